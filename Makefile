@@ -1,0 +1,28 @@
+# Two commands on a fresh machine: `make run` (the sample bot on the embedded store)
+# and `make test` (lint, types, tests). Both create the venv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PORT ?= 3978
+
+.PHONY: run run-v1 test lint
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+run: $(VENV)/.installed
+	$(PY) samples/state_management/bot.py --port $(PORT) --store memory://
+
+run-v1: $(VENV)/.installed
+	$(PY) samples/counter_v1/bot.py --port $(PORT)
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check src tests samples
+	$(VENV)/bin/ruff format --check src tests samples
+	$(VENV)/bin/mypy
+
+test: lint
+	$(VENV)/bin/pytest

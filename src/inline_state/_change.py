@@ -1,0 +1,168 @@
+"""The change replies make to the played-back bags: validate, diff, fold.
+
+Diffing is per top-level property, on canonical JSON bytes: a property whose bytes
+differ from the played ones is set, a played property absent from the bag is removed,
+and an absent or null field changes nothing. All replies of a response fold into one
+net change per record, where for each property the last reply that differs wins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._codec import UnstorableValue, bag_size, encode_value
+from ._keys import RecordKey
+from ._message import Kind, kind_of_field
+
+__all__ = ["BagError", "Change"]
+
+DEFAULT_MAX_BAG_BYTES = 64 * 1024
+
+
+class BagError(Exception):
+    """A reply carried a bag that cannot be stored; the turn fails with HTTP 500."""
+
+    def __init__(
+        self, field: str, reason: str, detail: str, *, size: int | None = None, limit: int
+    ) -> None:
+        self.field = field
+        self.reason = reason
+        self.size = size
+        self.limit = limit
+        super().__init__(f"{field}: {detail}")
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON error body sent instead of the bot's reply."""
+        return {
+            "error": {
+                "code": "InvalidBotData",
+                "message": str(self),
+                "field": self.field,
+                "reason": self.reason,
+                "size": self.size,
+                "limit": self.limit,
+            }
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One net change to one record, applied atomically by a store.
+
+    ``sets`` maps property names to canonical JSON bytes; ``removes`` names properties
+    to tombstone. ``replace`` first clears the record at ``stamp`` (whole-bag writes).
+    ``base`` is the highest stamp the turn observed on the owner's records; a store
+    drops changes to a user's records whose base is below the user's deletion stamp.
+    """
+
+    key: RecordKey
+    sets: Mapping[str, bytes]
+    removes: frozenset[str] = frozenset()
+    replace: bool = False
+    stamp: int = 0
+    base: int = 0
+    max_bytes: int = DEFAULT_MAX_BAG_BYTES
+
+
+@dataclass(slots=True)
+class PendingChange:
+    """The net change of one record kind while replies are folded."""
+
+    sets: dict[str, bytes] = field(default_factory=dict)
+    removes: set[str] = field(default_factory=set)
+    replace: bool = False
+
+
+def encode_bag(field_name: str, bag: Any, limit: int) -> dict[str, bytes] | None:
+    """Validate one reply bag and encode its properties; None when the field is null."""
+    if bag is None:
+        return None
+    if not isinstance(bag, dict):
+        raise BagError(
+            field_name,
+            "notAnObject",
+            f"must be a JSON object or null, got {type(bag).__name__}",
+            limit=limit,
+        )
+    encoded: dict[str, bytes] = {}
+    for name, value in bag.items():
+        try:
+            encoded[name] = encode_value(value)
+        except UnstorableValue as exc:
+            raise BagError(
+                field_name, "unstorableValue", f"property {name!r}: {exc}", limit=limit
+            ) from None
+    try:
+        size = bag_size(encoded)
+    except UnstorableValue as exc:
+        raise BagError(field_name, "unstorableValue", str(exc), limit=limit) from None
+    if size > limit:
+        raise BagError(
+            field_name,
+            "tooLarge",
+            f"is {size} bytes of JSON, over the limit of {limit}",
+            size=size,
+            limit=limit,
+        )
+    return encoded
+
+
+def fold_replies(
+    replies: Sequence[dict[str, Any]],
+    played: Mapping[Kind, Mapping[str, bytes]],
+    *,
+    whole_bag: frozenset[Kind],
+    text_kinds: frozenset[Kind] = frozenset(),
+    limit: int,
+) -> dict[Kind, PendingChange]:
+    """Validate every reply's bags, then fold them into one change per record kind.
+
+    Kinds in ``whole_bag`` (``merge="bag"``) replace the record wholesale with the last
+    bag that differs from the played one; kinds in ``text_kinds`` (records stored as a
+    string, never played back) are replaced by any bag.
+    Raises BagError before anything could be written.
+    """
+    bags: list[tuple[Kind, dict[str, bytes]]] = []
+    for reply in replies:
+        seen: dict[Kind, str] = {}
+        for name, value in reply.items():
+            kind = kind_of_field(name)
+            if kind is None:
+                continue
+            if kind in seen:
+                raise BagError(
+                    name,
+                    "duplicateField",
+                    f"one reply carries both {seen[kind]!r} and {name!r}",
+                    limit=limit,
+                )
+            seen[kind] = name
+            encoded = encode_bag(name, value, limit)
+            if encoded is not None:
+                bags.append((kind, encoded))
+
+    pending: dict[Kind, PendingChange] = {}
+    for kind, encoded in bags:
+        base = played.get(kind, {})
+        if kind in whole_bag or kind in text_kinds:
+            if encoded != base or kind in text_kinds:
+                pending[kind] = PendingChange(sets=encoded, replace=True)
+            continue
+        change = pending.get(kind)
+        if change is None:
+            change = pending[kind] = PendingChange()
+        for name, value in encoded.items():
+            if base.get(name) != value:
+                change.sets[name] = value
+                change.removes.discard(name)
+        for name in base:
+            if name not in encoded:
+                change.removes.add(name)
+                change.sets.pop(name, None)
+    return {
+        kind: change
+        for kind, change in pending.items()
+        if change.sets or change.removes or change.replace
+    }

@@ -1,0 +1,82 @@
+"""Encodings: canonical JSON bytes for property values, msgpack for stored records.
+
+A property value is kept as its compact JSON bytes, so playing a bag back is a byte
+join and comparing a reply's value with the played one is a bytes comparison.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+__all__ = ["UnstorableValue"]
+
+_ENCODER = json.JSONEncoder(
+    ensure_ascii=False, separators=(",", ":"), allow_nan=False, check_circular=True
+)
+_LONG_NUMBER = re.compile(rb"\d{20}")
+_INT64_MIN = -(2**63)
+_UINT64_MAX = 2**64 - 1
+
+
+class UnstorableValue(ValueError):
+    """A value that JSON or msgpack cannot carry faithfully."""
+
+
+def encode_value(value: Any) -> bytes:
+    """The canonical compact JSON bytes of a value.
+
+    Raises UnstorableValue for NaN/Infinity, lone surrogates, integers beyond 64 bits,
+    and values JSON cannot represent.
+    """
+    try:
+        text = _ENCODER.encode(value)
+    except ValueError as exc:
+        raise UnstorableValue("NaN or Infinity is not JSON") from exc
+    except TypeError as exc:
+        raise UnstorableValue(str(exc)) from exc
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise UnstorableValue("a string holds a lone surrogate") from exc
+    # Twenty digits in a row may be a huge integer; only then walk the value.
+    if _LONG_NUMBER.search(data) is not None:
+        _check_ints(value)
+    return data
+
+
+def _check_ints(value: Any) -> None:
+    if isinstance(value, bool):
+        return
+    if isinstance(value, int):
+        if not _INT64_MIN <= value <= _UINT64_MAX:
+            raise UnstorableValue("an integer does not fit in 64 bits")
+    elif isinstance(value, dict):
+        for item in value.values():
+            _check_ints(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _check_ints(item)
+
+
+def encode_name(name: str) -> bytes:
+    """A property name as a JSON string literal."""
+    if name.isascii() and name.isprintable() and '"' not in name and "\\" not in name:
+        return b'"' + name.encode() + b'"'
+    try:
+        return _ENCODER.encode(name).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise UnstorableValue("a property name holds a lone surrogate") from exc
+
+
+def join_bag(props: dict[str, bytes]) -> bytes:
+    """The JSON object of a bag whose values are already encoded."""
+    return b"{" + b",".join([encode_name(k) + b":" + v for k, v in props.items()]) + b"}"
+
+
+def bag_size(props: dict[str, bytes]) -> int:
+    """UTF-8 length of ``join_bag(props)`` without building it."""
+    if not props:
+        return 2
+    return 1 + sum(len(encode_name(k)) + 1 + len(v) + 1 for k, v in props.items())

@@ -1,0 +1,169 @@
+"""Typed helpers over the three bags, after the v1 C# extension methods, and create_reply.
+
+Bags are attached to replies copy-on-write: ``set_*``/``del_*`` on a reply without a bag
+start from the turn's played-back bag, so they never drop other properties, and a reply
+nobody touched carries no bag at all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, TypeVar, overload
+
+from ._message import FIELD_OF_KIND, Kind, Shape, detect_shape, kind_of_field
+from ._turn import current_turn
+
+__all__ = [
+    "create_reply",
+    "del_conversation_data",
+    "del_private_conversation_data",
+    "del_user_data",
+    "get_conversation_data",
+    "get_private_conversation_data",
+    "get_user_data",
+    "set_conversation_data",
+    "set_private_conversation_data",
+    "set_user_data",
+]
+
+T = TypeVar("T")
+Message = dict[str, Any]
+_MISSING: Any = object()
+
+
+def _read_bag(msg: Message, kind: Kind) -> dict[str, Any] | None:
+    bag = msg.get(FIELD_OF_KIND[kind])
+    if bag is None:  # tolerate other spellings on messages built by hand
+        for name, value in msg.items():
+            if kind_of_field(name) == kind:
+                bag = value
+                break
+    return bag if isinstance(bag, dict) else None
+
+
+def _writable_bag(msg: Message, kind: Kind) -> dict[str, Any]:
+    field = FIELD_OF_KIND[kind]
+    bag = msg.get(field)
+    if isinstance(bag, dict):
+        return bag
+    turn = current_turn()
+    fresh = turn.bag(kind) if turn is not None else {}
+    msg[field] = fresh
+    return fresh
+
+
+def _get(msg: Message, kind: Kind, name: str, default: Any, as_type: Any) -> Any:
+    bag = _read_bag(msg, kind)
+    value = bag.get(name, _MISSING) if bag is not None else _MISSING
+    if value is _MISSING:
+        return default
+    if as_type is None or value is None:
+        return value
+    if isinstance(as_type, type) and dataclasses.is_dataclass(as_type) and isinstance(value, dict):
+        return as_type(**value)
+    return as_type(value)
+
+
+def _to_json_value(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    return value
+
+
+def _set(msg: Message, kind: Kind, name: str, value: Any) -> None:
+    _writable_bag(msg, kind)[name] = _to_json_value(value)
+
+
+def _del(msg: Message, kind: Kind, name: str) -> None:
+    _writable_bag(msg, kind).pop(name, None)
+
+
+@overload
+def get_user_data(msg: Message, name: str, default: Any = None) -> Any: ...
+@overload
+def get_user_data(
+    msg: Message, name: str, default: Any = None, *, type: Callable[[Any], T]
+) -> T: ...
+def get_user_data(msg: Message, name: str, default: Any = None, *, type: Any = None) -> Any:
+    """A property of ``botUserData``, or ``default``; ``type`` converts (a dataclass, say)."""
+    return _get(msg, "user", name, default, type)
+
+
+def set_user_data(msg: Message, name: str, value: Any) -> None:
+    """Set a property of the reply's ``botUserData`` (a dataclass is stored as a dict)."""
+    _set(msg, "user", name, value)
+
+
+def del_user_data(msg: Message, name: str) -> None:
+    """Remove a property from the reply's ``botUserData``."""
+    _del(msg, "user", name)
+
+
+@overload
+def get_conversation_data(msg: Message, name: str, default: Any = None) -> Any: ...
+@overload
+def get_conversation_data(
+    msg: Message, name: str, default: Any = None, *, type: Callable[[Any], T]
+) -> T: ...
+def get_conversation_data(msg: Message, name: str, default: Any = None, *, type: Any = None) -> Any:
+    """A property of ``botConversationData``, or ``default``; ``type`` converts."""
+    return _get(msg, "conversation", name, default, type)
+
+
+def set_conversation_data(msg: Message, name: str, value: Any) -> None:
+    """Set a property of the reply's ``botConversationData``."""
+    _set(msg, "conversation", name, value)
+
+
+def del_conversation_data(msg: Message, name: str) -> None:
+    """Remove a property from the reply's ``botConversationData``."""
+    _del(msg, "conversation", name)
+
+
+@overload
+def get_private_conversation_data(msg: Message, name: str, default: Any = None) -> Any: ...
+@overload
+def get_private_conversation_data(
+    msg: Message, name: str, default: Any = None, *, type: Callable[[Any], T]
+) -> T: ...
+def get_private_conversation_data(
+    msg: Message, name: str, default: Any = None, *, type: Any = None
+) -> Any:
+    """A property of ``botPerUserInConversationData``, or ``default``; ``type`` converts."""
+    return _get(msg, "private", name, default, type)
+
+
+def set_private_conversation_data(msg: Message, name: str, value: Any) -> None:
+    """Set a property of the reply's ``botPerUserInConversationData``."""
+    _set(msg, "private", name, value)
+
+
+def del_private_conversation_data(msg: Message, name: str) -> None:
+    """Remove a property from the reply's ``botPerUserInConversationData``."""
+    _del(msg, "private", name)
+
+
+def create_reply(msg: Message, text: str = "") -> Message:
+    """A reply addressed back to the sender of ``msg`` (v1 Message or v3 Activity)."""
+    if detect_shape(msg) is Shape.V1:
+        reply: Message = {
+            "type": "Message",
+            "from": msg.get("to"),
+            "to": msg.get("from"),
+            "conversationId": msg.get("conversationId"),
+            "replyToMessageId": msg.get("id"),
+            "text": text,
+        }
+    else:
+        reply = {
+            "type": "message",
+            "channelId": msg.get("channelId"),
+            "serviceUrl": msg.get("serviceUrl"),
+            "conversation": msg.get("conversation"),
+            "from": msg.get("recipient"),
+            "recipient": msg.get("from"),
+            "replyToId": msg.get("id"),
+            "text": text,
+        }
+    return {k: v for k, v in reply.items() if v is not None}

@@ -1,0 +1,127 @@
+"""Record keys: which record a message's bag lives in, and its unambiguous encoding."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+from urllib.parse import unquote
+
+from ._message import Kind, Shape, message_ids
+
+__all__ = ["RecordKey", "UserRef"]
+
+_KIND_LETTER: dict[Kind, str] = {"user": "u", "conversation": "c", "private": "p"}
+
+
+def escape_part(part: str) -> str:
+    """Escape one id so that ``/`` separates parts and ``{``/``}`` stay ours (hash tags)."""
+    if "%" in part:
+        part = part.replace("%", "%25")
+    if "/" in part:
+        part = part.replace("/", "%2F")
+    if "{" in part or "}" in part:
+        part = part.replace("{", "%7B").replace("}", "%7D")
+    return part
+
+
+class UserRef(NamedTuple):
+    """A user of one bot: the owner of a user record and its per-conversation records.
+
+    ``channel`` is None for v1, whose user ids are global across channels.
+    """
+
+    bot: str
+    channel: str | None
+    user: str
+
+    def encode(self) -> str:
+        """The stable string form used by stores (user index, deletion stamp)."""
+        return f"{_namespace(self.bot, self.channel)}/u/{escape_part(self.user)}"
+
+
+class RecordKey(NamedTuple):
+    """The address of one record.
+
+    ``channel`` is None for v1 records (their own namespace). ``conversation`` is empty
+    for user records and ``user`` is empty for conversation records.
+    """
+
+    kind: Kind
+    bot: str
+    channel: str | None
+    conversation: str
+    user: str
+
+    @property
+    def owner(self) -> UserRef | None:
+        """The user whose data this is (user and private records), else None."""
+        if self.kind == "conversation":
+            return None
+        return UserRef(self.bot, self.channel, self.user)
+
+    def encode(self) -> str:
+        """Encode unambiguously: every id is escaped, parts are separated by ``/``."""
+        prefix = _namespace(self.bot, self.channel)
+        if self.kind == "user":
+            return f"{prefix}/u/{escape_part(self.user)}"
+        if self.kind == "conversation":
+            return f"{prefix}/c/{escape_part(self.conversation)}"
+        return f"{prefix}/p/{escape_part(self.user)}/{escape_part(self.conversation)}"
+
+
+def _namespace(bot: str, channel: str | None) -> str:
+    if channel is None:
+        return f"v1/{escape_part(bot)}"
+    return f"v3/{escape_part(bot)}/{escape_part(channel)}"
+
+
+def namespace_prefix(bot: str, channel: str | None) -> str:
+    """The prefix every encoded key of one bot on one channel starts with."""
+    return _namespace(bot, channel) + "/"
+
+
+class TurnKeys(NamedTuple):
+    """The keys of the three records a turn reads, each None when its ids are missing."""
+
+    user: RecordKey | None
+    conversation: RecordKey | None
+    private: RecordKey | None
+
+    def of(self, kind: Kind) -> RecordKey | None:
+        """The key of one kind."""
+        if kind == "user":
+            return self.user
+        if kind == "conversation":
+            return self.conversation
+        return self.private
+
+
+def turn_keys(msg: dict[str, Any], shape: Shape) -> TurnKeys | None:
+    """Keys for an incoming message; None when it names no bot."""
+    bot, channel, conversation, user = message_ids(msg, shape)
+    if bot is None or (shape is Shape.V3 and channel is None):
+        return None
+    return TurnKeys(
+        RecordKey("user", bot, channel, "", user) if user else None,
+        RecordKey("conversation", bot, channel, conversation, "") if conversation else None,
+        RecordKey("private", bot, channel, conversation, user) if user and conversation else None,
+    )
+
+
+_KIND_OF_LETTER: dict[str, Kind] = {"u": "user", "c": "conversation", "p": "private"}
+
+
+def decode_key(encoded: str) -> RecordKey:
+    """The inverse of ``RecordKey.encode``."""
+    parts = [unquote(p) for p in encoded.split("/")]
+    if parts[0] == "v1":
+        bot, channel, rest = parts[1], None, parts[2:]
+    elif parts[0] == "v3":
+        bot, channel, rest = parts[1], parts[2], parts[3:]
+    else:
+        raise ValueError(f"not an encoded record key: {encoded!r}")
+    kind = _KIND_OF_LETTER[rest[0]]
+    if kind == "user":
+        return RecordKey(kind, bot, channel, "", rest[1])
+    if kind == "conversation":
+        return RecordKey(kind, bot, channel, rest[1], "")
+    return RecordKey(kind, bot, channel, rest[2], rest[1])

@@ -1,0 +1,139 @@
+"""Wire shapes: v1 Messages and v3 Activities, their ids, and the three bag fields.
+
+Pure functions over parsed JSON (``dict``/``list``); no aiohttp, no store.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterator
+from typing import Any, Literal
+
+__all__ = [
+    "BAG_FIELDS",
+    "FIELD_OF_KIND",
+    "Kind",
+    "Shape",
+]
+
+Kind = Literal["user", "conversation", "private"]
+KINDS: tuple[Kind, ...] = ("user", "conversation", "private")
+
+#: The lowerCamel wire names we always emit, by record kind.
+FIELD_OF_KIND: dict[Kind, str] = {
+    "user": "botUserData",
+    "conversation": "botConversationData",
+    "private": "botPerUserInConversationData",
+}
+BAG_FIELDS: tuple[str, ...] = tuple(FIELD_OF_KIND.values())
+
+# Every spelling is matched case-insensitively; the doc variant without "In" too.
+_KIND_OF_LOWERED: dict[str, Kind] = {
+    "botuserdata": "user",
+    "botconversationdata": "conversation",
+    "botperuserinconversationdata": "private",
+    "botperuserconversationdata": "private",
+}
+
+# Lowercase substrings that any spelling of a bag field contains. Used to skip parsing
+# reply bodies that cannot carry a bag (JSON escapes are checked separately).
+BAG_MARKERS: tuple[bytes, ...] = (b"botuserdata", b"botconversationdata", b"botperuser")
+
+_V1_TYPES = frozenset(
+    {
+        "Message",
+        "Ping",
+        "DeleteUserData",
+        "BotAddedToConversation",
+        "BotRemovedFromConversation",
+        "UserAddedToConversation",
+        "UserRemovedFromConversation",
+        "EndOfConversation",
+    }
+)
+
+
+class Shape(enum.Enum):
+    """Which Bot Framework generation a message belongs to."""
+
+    V1 = "v1"
+    V3 = "v3"
+
+
+def kind_of_field(name: str) -> Kind | None:
+    """The record kind a field name (any spelling) stands for, or None."""
+    return _KIND_OF_LOWERED.get(name.lower())
+
+
+def detect_shape(msg: dict[str, Any]) -> Shape | None:
+    """Tell a v3 Activity from a v1 Message; None for anything else."""
+    if isinstance(msg.get("conversation"), dict) or "recipient" in msg or "channelId" in msg:
+        return Shape.V3
+    if "conversationId" in msg or "to" in msg or msg.get("type") in _V1_TYPES:
+        return Shape.V1
+    return None
+
+
+def bag_fields(msg: dict[str, Any]) -> Iterator[tuple[str, Kind]]:
+    """Yield (spelling, kind) for every bag field present in ``msg``."""
+    for name in msg:
+        kind = _KIND_OF_LOWERED.get(name.lower())
+        if kind is not None:
+            yield name, kind
+
+
+def strip_bags(msg: dict[str, Any]) -> bool:
+    """Remove every spelling of the three fields; True if anything was removed."""
+    found = [name for name, _ in bag_fields(msg)]
+    for name in found:
+        del msg[name]
+    return bool(found)
+
+
+def is_delete_user_data(msg: dict[str, Any], shape: Shape) -> bool:
+    """True for the compliance request to delete a user's data."""
+    kind = msg.get("type")
+    return kind == ("DeleteUserData" if shape is Shape.V1 else "deleteUserData")
+
+
+def _account_id(msg: dict[str, Any], field: str) -> str | None:
+    account = msg.get(field)
+    if isinstance(account, dict):
+        ident = account.get("id")
+        if isinstance(ident, str) and ident:
+            return ident
+    return None
+
+
+def _text(msg: dict[str, Any], field: str) -> str | None:
+    value = msg.get(field)
+    return value if isinstance(value, str) and value else None
+
+
+def message_ids(
+    msg: dict[str, Any], shape: Shape
+) -> tuple[str | None, str | None, str | None, str | None]:
+    """(bot, channel, conversation, user) of an incoming message; channel is None on v1."""
+    if shape is Shape.V3:
+        return (
+            _account_id(msg, "recipient"),
+            _text(msg, "channelId"),
+            _account_id(msg, "conversation"),
+            _account_id(msg, "from"),
+        )
+    return _account_id(msg, "to"), None, _text(msg, "conversationId"), _account_id(msg, "from")
+
+
+def reply_messages(body: Any) -> list[dict[str, Any]] | None:
+    """The messages in a reply body: one message, a list, or ``{"activities": [...]}``.
+
+    Returns None when the body has none of these shapes.
+    """
+    if isinstance(body, dict):
+        activities = body.get("activities")
+        if isinstance(activities, list) and "type" not in body:
+            return [m for m in activities if isinstance(m, dict)]
+        return [body]
+    if isinstance(body, list):
+        return [m for m in body if isinstance(m, dict)]
+    return None

@@ -1,0 +1,346 @@
+"""The aiohttp server middleware: play bags back into incoming messages, persist replies."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Collection, Mapping
+from typing import Any, Literal
+
+from aiohttp import hdrs, web
+from aiohttp.typedefs import Handler
+
+from ._change import DEFAULT_MAX_BAG_BYTES, BagError, Change, fold_replies
+from ._clock import HybridClock
+from ._codec import join_bag
+from ._keys import TurnKeys, turn_keys
+from ._message import (
+    BAG_MARKERS,
+    FIELD_OF_KIND,
+    KINDS,
+    Kind,
+    detect_shape,
+    is_delete_user_data,
+    reply_messages,
+    strip_bags,
+)
+from ._turn import Turn, _current
+from .stores import ApplyResult, Store, StoreUnavailable, open_store
+
+__all__ = ["STORE_KEY", "InlineStateMiddleware", "get_message", "get_turn", "setup"]
+
+logger = logging.getLogger("inline_state")
+
+# The only way to hand a rewritten body to `await request.json()`: aiohttp caches the
+# body read by `read()` in this attribute. Fail at import if it ever goes away.
+if "_read_bytes" not in web.BaseRequest.ATTRS:  # pragma: no cover - canary
+    raise ImportError("inline_state needs aiohttp's Request._read_bytes (aiohttp 3.12-3.14)")
+
+STORE_KEY: web.AppKey[Store] = web.AppKey("inline_state.store", Store)
+_TURN_KEY: Any = (
+    web.RequestKey("inline_state.turn", Turn) if hasattr(web, "RequestKey") else "inline_state.turn"
+)
+_JSON_TYPES = ("application/json",)
+_UTF8 = (None, "utf-8", "utf8")
+
+
+def get_turn(request: web.Request) -> Turn | None:
+    """The turn inline_state opened for this request, or None if it did not act on it."""
+    turn: Turn | None = request.get(_TURN_KEY)
+    return turn
+
+
+def get_message(request: web.Request) -> dict[str, Any] | None:
+    """The incoming message with its bags played back, or None if it was not a message.
+
+    The same content ``await request.json()`` returns, without parsing the body again.
+    """
+    turn = get_turn(request)
+    return turn.message if turn is not None else None
+
+
+def _error(status: int, code: str, message: str, **extra: Any) -> web.Response:
+    return web.json_response({"error": {"code": code, "message": message, **extra}}, status=status)
+
+
+def _splice(raw: bytes, fields: list[tuple[str, bytes]], empty: bool) -> bytes:
+    """Insert ``"field":bag`` members before the closing brace of a JSON object."""
+    end = raw.rfind(b"}")
+    members = b",".join([b'"' + name.encode() + b'":' + bag for name, bag in fields])
+    return raw[:end] + (members if empty else b"," + members) + raw[end:]
+
+
+class InlineStateMiddleware:
+    """Plays the three bags back into incoming messages and persists replies' changes.
+
+    Add it with ``setup()``, or yourself: ``app.middlewares.append(mw)`` plus
+    ``app.cleanup_ctx.append(mw.cleanup_ctx)``. It must sit inside any middleware that
+    clones requests, and behind the bot's channel authentication: it trusts the ids of
+    the messages that reach it.
+
+    ``store`` is a URL (opened and closed with the app) or a Store instance (the caller
+    opens and closes it). ``merge="bag"`` replaces whole bags like v1 did instead of
+    merging per property. ``keep_fields`` leaves the bags on the wire.
+    """
+
+    __middleware_version__ = 1
+
+    def __init__(
+        self,
+        store: str | Store = "memory://",
+        *,
+        paths: Collection[str] = ("/api/messages",),
+        clock: HybridClock | None = None,
+        merge: Literal["property", "bag"] = "property",
+        keep_fields: bool = False,
+        max_bag_bytes: int = DEFAULT_MAX_BAG_BYTES,
+        **store_options: Any,
+    ) -> None:
+        if merge not in ("property", "bag"):
+            raise ValueError(f"merge must be 'property' or 'bag', got {merge!r}")
+        if max_bag_bytes <= 2:
+            raise ValueError(f"max_bag_bytes must be above 2, got {max_bag_bytes}")
+        self._owns_store = isinstance(store, str)
+        if isinstance(store, str):
+            self.store = open_store(store, clock=clock, **store_options)
+        elif store_options:
+            raise TypeError(f"store options {sorted(store_options)} need a store URL")
+        else:
+            self.store = store
+        self.clock = clock
+        self.paths = frozenset(paths)
+        self.whole_bag: frozenset[Kind] = frozenset(KINDS) if merge == "bag" else frozenset()
+        self.keep_fields = keep_fields
+        self.max_bag_bytes = max_bag_bytes
+
+    async def cleanup_ctx(self, app: web.Application) -> AsyncIterator[None]:
+        """Open the store (if given as a URL) and the clock with the app; close after."""
+        if self._owns_store:
+            await self.store.open()
+        try:
+            if self.clock is None:
+                self.clock = HybridClock(await self.store.allocate_node_id())
+            yield
+        finally:
+            if self._owns_store:
+                await self.store.close()
+
+    async def __call__(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.method != hdrs.METH_POST or request.path not in self.paths:
+            return await handler(request)
+        if self.clock is None:  # used without cleanup_ctx, on a store the caller opened
+            self.clock = HybridClock(await self.store.allocate_node_id())
+        try:
+            turn = await self._incoming(request, self.clock)
+        except StoreUnavailable as exc:
+            return self._unavailable(exc)
+        if turn is None:
+            return await handler(request)
+        request[_TURN_KEY] = turn
+        token = _current.set(turn)
+        try:
+            try:
+                response = await handler(request)
+            except web.HTTPException as exc:
+                replacement = await self._outgoing(turn, exc, self.clock)
+                if replacement is not None:
+                    return replacement
+                raise
+            return await self._outgoing(turn, response, self.clock) or response
+        finally:
+            _current.reset(token)
+
+    @staticmethod
+    def _unavailable(exc: StoreUnavailable) -> web.Response:
+        logger.error("state store unavailable: %s", exc)
+        return _error(503, "StoreUnavailable", f"the state store is unavailable: {exc}")
+
+    async def _incoming(self, request: web.Request, clock: HybridClock) -> Turn | None:
+        content_type = request.content_type
+        if content_type not in _JSON_TYPES and not content_type.endswith("+json"):
+            return None
+        raw = await request.read()
+        try:
+            msg = json.loads(raw)
+        except ValueError:
+            return None
+        if not isinstance(msg, dict):
+            return None
+        shape = detect_shape(msg)
+        if shape is None:
+            return None
+        removed = strip_bags(msg)
+        keys = turn_keys(msg, shape)
+        played: dict[Kind, Mapping[str, bytes]] = {}
+        text_kinds: set[Kind] = set()
+        base = 0
+        deleted = False
+        if keys is None:
+            pass
+        elif is_delete_user_data(msg, shape):
+            deleted = True
+            if keys.user is not None and (owner := keys.user.owner) is not None:
+                clock.observe(await self.store.delete_user(owner, clock.stamp()))
+        else:
+            base, observed = await self._load(keys, played, text_kinds)
+            clock.observe(observed)
+        if removed or played:
+            self._rewrite_body(request, raw, msg, played, removed)
+        return Turn(
+            shape,
+            keys,
+            played,
+            message=msg,
+            text_kinds=frozenset(text_kinds),
+            base=base,
+            deleted=deleted,
+        )
+
+    async def _load(
+        self, keys: TurnKeys, played: dict[Kind, Mapping[str, bytes]], text_kinds: set[Kind]
+    ) -> tuple[int, int]:
+        present = [(kind, key) for kind in KINDS if (key := keys.of(kind)) is not None]
+        records = await self.store.load([key for _, key in present])
+        base = observed = 0
+        for (kind, _), record in zip(present, records, strict=True):
+            top = max(record.observed, record.deleted)
+            observed = max(observed, top)
+            if kind != "conversation":
+                base = max(base, top)
+            if record.props:
+                played[kind] = record.props
+            elif record.text is not None:
+                text_kinds.add(kind)
+        return base, observed
+
+    @staticmethod
+    def _rewrite_body(
+        request: web.Request,
+        raw: bytes,
+        msg: dict[str, Any],
+        played: Mapping[Kind, Mapping[str, bytes]],
+        removed: bool,
+    ) -> None:
+        fields = [(FIELD_OF_KIND[kind], join_bag(dict(props))) for kind, props in played.items()]
+        if request.charset not in _UTF8:
+            # Rebuild as ASCII-only JSON, which reads the same in any ASCII-based charset.
+            full = dict(msg)
+            for name, bag in fields:
+                full[name] = json.loads(bag)
+            request._read_bytes = json.dumps(full).encode("ascii")
+            return
+        if removed:
+            raw = json.dumps(msg, ensure_ascii=False).encode("utf-8")
+        request._read_bytes = _splice(raw, fields, not msg) if fields else raw
+
+    async def _outgoing(
+        self, turn: Turn, response: web.StreamResponse, clock: HybridClock
+    ) -> web.Response | None:
+        """Persist and strip the replies' bags; a response to send instead, if any."""
+        if not isinstance(response, web.Response) or response.prepared:
+            logger.warning(
+                "inline_state: a streamed or prepared response passes through untouched;"
+                " bags in it are neither persisted nor stripped"
+            )
+            return None
+        body = response.body
+        if not isinstance(body, (bytes, bytearray)) or response.content_type != "application/json":
+            return None
+        lowered = body.lower()
+        if b"\\u" not in body and not any(marker in lowered for marker in BAG_MARKERS):
+            return None
+        try:
+            parsed = json.loads(body)
+        except ValueError:
+            return None
+        replies = reply_messages(parsed)
+        if replies is None:
+            return None
+        try:
+            pending = fold_replies(
+                replies,
+                turn.played,
+                whole_bag=self.whole_bag,
+                text_kinds=turn.text_kinds,
+                limit=self.max_bag_bytes,
+            )
+        except BagError as exc:
+            logger.error("inline_state: invalid bag in the reply: %s", exc)
+            return web.json_response(exc.to_json(), status=500)
+        if pending:
+            failure = await self._persist(turn, pending, clock)
+            if failure is not None:
+                return failure
+        if not self.keep_fields and any([strip_bags(reply) for reply in replies]):
+            response.headers.popall(hdrs.CONTENT_LENGTH, None)
+            response.body = json.dumps(parsed).encode("utf-8")
+        return None
+
+    async def _persist(
+        self, turn: Turn, pending: Mapping[Kind, Any], clock: HybridClock
+    ) -> web.Response | None:
+        if turn.deleted:
+            logger.info("inline_state: bags of a reply to a user-data deletion are ignored")
+            return None
+        changes: list[Change] = []
+        stamp = clock.stamp()
+        for kind, change in pending.items():
+            key = turn.keys.of(kind) if turn.keys is not None else None
+            if key is None:
+                logger.warning(
+                    "inline_state: cannot persist %s: the incoming message lacks its ids",
+                    FIELD_OF_KIND[kind],
+                )
+                continue
+            if kind in turn.text_kinds:
+                logger.warning(
+                    "inline_state: the %s record holds a string written through the REST"
+                    " API; the reply's bag replaces it",
+                    kind,
+                )
+            changes.append(
+                Change(
+                    key,
+                    change.sets,
+                    frozenset(change.removes),
+                    change.replace,
+                    stamp,
+                    turn.base,
+                    self.max_bag_bytes,
+                )
+            )
+        if not changes:
+            return None
+        try:
+            results = await self.store.apply(changes)
+        except StoreUnavailable as exc:
+            return self._unavailable(exc)
+        for change, result in zip(changes, results, strict=True):
+            if result is ApplyResult.TOO_LARGE:
+                field = FIELD_OF_KIND[change.key.kind]
+                error = BagError(
+                    field,
+                    "tooLarge",
+                    f"merged with the stored record it would exceed the limit of"
+                    f" {self.max_bag_bytes} bytes",
+                    limit=self.max_bag_bytes,
+                )
+                logger.error("inline_state: %s", error)
+                return web.json_response(error.to_json(), status=500)
+        return None
+
+
+def setup(
+    app: web.Application, store: str | Store = "memory://", **options: Any
+) -> InlineStateMiddleware:
+    """Add inline state to an app: the middleware, and the store's lifecycle.
+
+    ``store`` is a URL (``memory://``) or a Store instance; ``options`` are those of
+    InlineStateMiddleware (``paths``, ``clock``, ``merge``, ``keep_fields``,
+    ``max_bag_bytes``) and, with a URL, the store's (``ttl``, ``tombstone_ttl``).
+    """
+    middleware = InlineStateMiddleware(store, **options)
+    app.middlewares.append(middleware)
+    app.cleanup_ctx.append(middleware.cleanup_ctx)
+    app[STORE_KEY] = middleware.store
+    return middleware

@@ -1,0 +1,81 @@
+"""What one incoming message played back, kept immutable for the whole turn."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from contextvars import ContextVar
+from types import MappingProxyType
+from typing import Any
+
+from ._codec import join_bag
+from ._keys import TurnKeys
+from ._message import FIELD_OF_KIND, Kind, Shape
+
+__all__ = ["Turn", "current_turn"]
+
+_EMPTY: Mapping[str, bytes] = MappingProxyType({})
+
+
+class Turn:
+    """The played-back state of one turn: replies are diffed against it.
+
+    ``played`` maps each record kind to its properties as canonical JSON bytes (a
+    read-only mapping of immutable bytes). ``keys`` is None when the incoming message
+    named no bot, in which case nothing is loaded or persisted.
+    """
+
+    __slots__ = ("_message", "base", "deleted", "keys", "played", "shape", "text_kinds")
+
+    def __init__(
+        self,
+        shape: Shape,
+        keys: TurnKeys | None,
+        played: Mapping[Kind, Mapping[str, bytes]],
+        *,
+        message: dict[str, Any],
+        text_kinds: frozenset[Kind] = frozenset(),
+        base: int = 0,
+        deleted: bool = False,
+    ) -> None:
+        self.shape = shape
+        self.keys = keys
+        self.played: Mapping[Kind, Mapping[str, bytes]] = MappingProxyType(
+            {kind: MappingProxyType(dict(props)) for kind, props in played.items()}
+        )
+        self.text_kinds = text_kinds
+        self.base = base
+        self.deleted = deleted
+        self._message = message
+
+    def played_bag(self, kind: Kind) -> Mapping[str, bytes]:
+        """The played-back properties of one kind (empty when nothing was stored)."""
+        return self.played.get(kind, _EMPTY)
+
+    def bag(self, kind: Kind) -> dict[str, Any]:
+        """A fresh, decoded copy of the played-back bag of one kind."""
+        props = self.played.get(kind)
+        return json.loads(join_bag(dict(props))) if props else {}
+
+    def bag_json(self, kind: Kind) -> bytes | None:
+        """The played-back bag of one kind as JSON bytes, or None."""
+        props = self.played.get(kind)
+        return join_bag(dict(props)) if props else None
+
+    @property
+    def message(self) -> dict[str, Any]:
+        """The incoming message as the bot sees it, bags included (parsed once)."""
+        msg = self._message
+        for kind in self.played:
+            field = FIELD_OF_KIND[kind]
+            if field not in msg:
+                msg[field] = self.bag(kind)
+        return msg
+
+
+_current: ContextVar[Turn | None] = ContextVar("inline_state_turn", default=None)
+
+
+def current_turn() -> Turn | None:
+    """The turn being handled in this task, or None outside a turn."""
+    return _current.get()
