@@ -15,7 +15,7 @@ __all__ = ["UnstorableValue"]
 _ENCODER = json.JSONEncoder(
     ensure_ascii=False, separators=(",", ":"), allow_nan=False, check_circular=True
 )
-_LONG_NUMBER = re.compile(rb"\d{20}")
+_LONG_NUMBER = re.compile(rb"\d{19}")
 _INT64_MIN = -(2**63)
 _UINT64_MAX = 2**64 - 1
 
@@ -40,7 +40,7 @@ def encode_value(value: Any) -> bytes:
         data = text.encode("utf-8")
     except UnicodeEncodeError as exc:
         raise UnstorableValue("a string holds a lone surrogate") from exc
-    # Twenty digits in a row may be a huge integer; only then walk the value.
+    # Nineteen digits in a row may be an integer beyond 64 bits; only then walk the value.
     if _LONG_NUMBER.search(data) is not None:
         _check_ints(value)
     return data

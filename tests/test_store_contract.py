@@ -1,0 +1,334 @@
+"""The contract every store backend passes. Parametrized over the backends."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from inline_state import (
+    ApplyResult,
+    Change,
+    HybridClock,
+    MemoryStore,
+    PreconditionFailed,
+    RecordKey,
+    RecordTooLarge,
+    Store,
+    UserRef,
+)
+from inline_state._clock import EPOCH_MS, MS_SHIFT
+
+START_MS = EPOCH_MS + 10**9  # a fixed "now" in 2025
+
+
+class FakeTime:
+    """A wall clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = START_MS
+
+    def __call__(self) -> int:
+        return self.now
+
+
+def stamp(ms_offset: int, node: int = 1) -> int:
+    """A stamp ``ms_offset`` milliseconds after START_MS."""
+    return ((START_MS - EPOCH_MS + ms_offset) << MS_SHIFT) | node
+
+
+StoreFactory = Callable[..., Store]
+
+
+def make_memory(**options: Any) -> Store:
+    return MemoryStore(**options)
+
+
+BACKENDS: dict[str, StoreFactory] = {"memory": make_memory}
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def backend(request: pytest.FixtureRequest) -> StoreFactory:
+    factory: StoreFactory = BACKENDS[request.param]
+    return factory
+
+
+@pytest.fixture
+def time() -> FakeTime:
+    return FakeTime()
+
+
+@pytest.fixture
+async def store(backend: StoreFactory, time: FakeTime) -> AsyncIterator[Store]:
+    async with backend(clock=HybridClock(0, wall_ms=time)) as opened:
+        yield opened
+
+
+USER = RecordKey("user", "bot", "chan", "", "u1")
+CONV = RecordKey("conversation", "bot", "chan", "c1", "")
+PRIV = RecordKey("private", "bot", "chan", "c1", "u1")
+
+
+def change(
+    key: RecordKey,
+    at: int,
+    sets: dict[str, bytes] | None = None,
+    removes: set[str] | None = None,
+    *,
+    replace: bool = False,
+    base: int = 0,
+    max_bytes: int = 64 * 1024,
+) -> Change:
+    return Change(key, sets or {}, frozenset(removes or ()), replace, at, base, max_bytes)
+
+
+async def props(store: Store, key: RecordKey) -> dict[str, bytes]:
+    [record] = await store.load([key])
+    return dict(record.props)
+
+
+async def test_missing_record_is_empty(store: Store) -> None:
+    records = await store.load([USER, CONV, PRIV])
+    assert [r.exists for r in records] == [False, False, False]
+    assert [r.etag for r in records] == ["", "", ""]
+
+
+async def test_apply_then_load(store: Store) -> None:
+    results = await store.apply(
+        [change(USER, stamp(1), {"a": b"1"}), change(CONV, stamp(1), {"b": b'"x"'})]
+    )
+    assert results == [ApplyResult.APPLIED, ApplyResult.APPLIED]
+    user, conv, priv = await store.load([USER, CONV, PRIV])
+    assert dict(user.props) == {"a": b"1"}
+    assert dict(conv.props) == {"b": b'"x"'}
+    assert not priv.exists
+    assert user.etag and user.observed == stamp(1)
+    assert user.modified_ms == START_MS + 1
+
+
+async def test_later_stamp_wins_whatever_the_order(store: Store) -> None:
+    assert await store.apply([change(USER, stamp(5), {"a": b"5"})]) == [ApplyResult.APPLIED]
+    [before] = await store.load([USER])
+    assert await store.apply([change(USER, stamp(3), {"a": b"3"})]) == [ApplyResult.STALE]
+    [after] = await store.load([USER])
+    assert dict(after.props) == {"a": b"5"}
+    assert after.etag == before.etag, "a rejected change must not change the eTag"
+
+
+async def test_different_properties_both_survive(store: Store) -> None:
+    await store.apply([change(CONV, stamp(2), {"a": b"1"})])
+    await store.apply([change(CONV, stamp(1), {"b": b"2"})])
+    assert await props(store, CONV) == {"a": b"1", "b": b"2"}
+
+
+async def test_tombstone_beats_an_older_set(store: Store) -> None:
+    await store.apply([change(USER, stamp(1), {"a": b"1", "b": b"1"})])
+    await store.apply([change(USER, stamp(3), removes={"a"})])
+    assert await store.apply([change(USER, stamp(2), {"a": b"2"})]) == [ApplyResult.STALE]
+    assert await props(store, USER) == {"b": b"1"}
+
+
+async def test_a_record_without_live_properties_is_missing(store: Store) -> None:
+    await store.apply([change(USER, stamp(1), {"a": b"1"})])
+    await store.apply([change(USER, stamp(2), removes={"a"})])
+    [record] = await store.load([USER])
+    assert not record.exists and record.etag == ""
+    assert record.observed == stamp(2), "tombstones still count as observed"
+
+
+async def test_every_order_of_the_same_changes_gives_the_same_record(
+    backend: StoreFactory, time: FakeTime
+) -> None:
+    changes = [
+        change(CONV, stamp(1), {"a": b"1", "b": b"1", "c": b"1"}),
+        change(CONV, stamp(2), {"a": b"2"}, {"b"}),
+        change(CONV, stamp(3), {"d": b"3"}, replace=True),
+        change(CONV, stamp(4), {"b": b"4"}, {"d"}),
+        change(CONV, stamp(5, node=2), {"e": b"5"}),
+    ]
+    outcomes = set()
+    async with backend(clock=HybridClock(0, wall_ms=time)) as store:
+        for n, order in enumerate(itertools.permutations(changes)):
+            key = CONV._replace(conversation=f"perm-{n}")
+            for c in order:
+                await store.apply(
+                    [Change(key, c.sets, c.removes, c.replace, c.stamp, 0, c.max_bytes)]
+                )
+            outcomes.add(tuple(sorted((await props(store, key)).items())))
+    assert outcomes == {(("b", b"4"), ("e", b"5"))}
+
+
+async def test_replace_clears_older_entries_only(store: Store) -> None:
+    await store.apply(
+        [change(CONV, stamp(1), {"old": b"1"}), change(CONV, stamp(9), {"new": b"9"})]
+    )
+    await store.apply([change(CONV, stamp(5), {"mid": b"5"}, replace=True)])
+    assert await props(store, CONV) == {"new": b"9", "mid": b"5"}
+
+
+async def test_compare_and_set_etag_rules(store: Store) -> None:
+    created = await store.compare_and_set(USER, {"a": b"1"}, "", max_bytes=1000)
+    assert created
+    with pytest.raises(PreconditionFailed):
+        await store.compare_and_set(USER, {"a": b"2"}, "", max_bytes=1000)
+    with pytest.raises(PreconditionFailed):
+        await store.compare_and_set(USER, {"a": b"2"}, "not-the-etag", max_bytes=1000)
+    updated = await store.compare_and_set(USER, {"b": b"2"}, created, max_bytes=1000)
+    assert updated != created
+    assert await props(store, USER) == {"b": b"2"}, "a whole-record write keeps no stale property"
+    forced = await store.compare_and_set(USER, {"c": b"3"}, "*", max_bytes=1000)
+    assert len({created, updated, forced}) == 3
+    assert await store.compare_and_set(USER, None, forced, max_bytes=1000) == ""
+    [gone] = await store.load([USER])
+    assert not gone.exists
+    with pytest.raises(PreconditionFailed):
+        await store.compare_and_set(USER, {"x": b"1"}, forced, max_bytes=1000)
+    recreated = await store.compare_and_set(USER, {"x": b"1"}, None, max_bytes=1000)
+    assert recreated not in {created, updated, forced}
+
+
+async def test_compare_and_set_beats_earlier_cookie_stamps(store: Store) -> None:
+    far_future = stamp(10**7)
+    await store.apply([change(USER, far_future, {"a": b"1"})])
+    await store.compare_and_set(USER, {"b": b"2"}, "*", max_bytes=1000)
+    assert await props(store, USER) == {"b": b"2"}
+
+
+async def test_string_records(store: Store) -> None:
+    etag = await store.compare_and_set(CONV, "H4sIAAAA", "", max_bytes=1000)
+    [record] = await store.load([CONV])
+    assert record.text == "H4sIAAAA" and not record.props and record.etag == etag
+    await store.apply([change(CONV, record.observed + 1, {"a": b"1"}, replace=True)])
+    [after] = await store.load([CONV])
+    assert after.text is None and dict(after.props) == {"a": b"1"}
+
+
+async def test_delete_one_record(store: Store) -> None:
+    await store.apply([change(USER, stamp(1), {"a": b"1"})])
+    await store.delete(USER)
+    [record] = await store.load([USER])
+    assert not record.exists
+    assert await store.apply([change(USER, stamp(0), {"a": b"0"})]) == [ApplyResult.STALE]
+
+
+async def test_delete_user_removes_only_that_users_records(store: Store) -> None:
+    other_conv = PRIV._replace(conversation="c2")
+    other_user = PRIV._replace(user="u2")
+    everything = [USER, CONV, PRIV, other_conv, other_user, USER._replace(user="u2")]
+    await store.apply([change(k, stamp(1), {"a": b"1"}) for k in everything])
+    deleted = await store.delete_user(UserRef("bot", "chan", "u1"), stamp(0))
+    assert deleted > stamp(1), "the deletion stamp is above everything stored"
+    loaded = await store.load(everything)
+    assert [r.exists for r in loaded] == [False, True, False, False, True, True]
+    assert loaded[0].deleted == deleted and loaded[2].deleted == deleted
+    assert loaded[1].deleted == 0, "conversation records have no owner"
+
+
+async def test_changes_older_than_a_deletion_are_dropped(store: Store) -> None:
+    await store.apply([change(USER, stamp(1), {"a": b"1"})])
+    deleted = await store.delete_user(UserRef("bot", "chan", "u1"), stamp(2))
+    late = change(PRIV, stamp(50), {"a": b"again"}, base=stamp(1))
+    assert await store.apply([late]) == [ApplyResult.DROPPED]
+    after = change(USER, stamp(60), {"b": b"2"}, base=deleted)
+    assert await store.apply([after]) == [ApplyResult.APPLIED]
+    assert await props(store, PRIV) == {}
+    assert await props(store, USER) == {"b": b"2"}
+
+
+async def test_export_pages_each_live_record_once(store: Store) -> None:
+    keys = [RecordKey("private", "bot", "chan", f"c{i % 7}", f"u/{i}") for i in range(23)]
+    keys += [RecordKey("user", "bot", "chan", "", f"u%{i}") for i in range(9)]
+    keys += [RecordKey("conversation", "bot", "chan", f"c{{{i}}}", "") for i in range(5)]
+    noise = [USER._replace(channel="other"), USER._replace(bot="bot2"), USER._replace(channel=None)]
+    await store.apply([change(k, stamp(1), {"v": b"1"}) for k in keys + noise])
+    await store.apply([change(keys[0], stamp(2), removes={"v"})])
+    seen: list[RecordKey] = []
+    cursor = None
+    for _ in range(100):
+        page = await store.export("bot", "chan", cursor=cursor, limit=5)
+        assert len(page.records) <= 5
+        seen += [key for key, record in page.records if record.exists]
+        cursor = page.cursor
+        if cursor is None:
+            break
+    assert sorted(seen) == sorted(keys[1:])
+    assert len(seen) == len(set(seen))
+
+
+async def test_ttl_is_sliding(backend: StoreFactory, time: FakeTime) -> None:
+    async with backend(clock=HybridClock(0, wall_ms=time), ttl={"conversation": 10}) as store:
+        await store.apply(
+            [change(CONV, stamp(0), {"a": b"1"}), change(USER, stamp(0), {"a": b"1"})]
+        )
+        time.now += 8_000
+        assert await props(store, CONV) == {"a": b"1"}, "a read refreshes the expiry"
+        time.now += 8_000
+        assert await props(store, CONV) == {"a": b"1"}
+        time.now += 10_001
+        assert await props(store, CONV) == {}
+        assert await props(store, USER) == {"a": b"1"}, "kinds without a ttl never expire"
+
+
+async def test_tombstones_expire(backend: StoreFactory, time: FakeTime) -> None:
+    async with backend(clock=HybridClock(0, wall_ms=time), tombstone_ttl=1) as store:
+        await store.apply([change(USER, stamp(1), {"a": b"1", "b": b"1"})])
+        await store.apply([change(USER, stamp(2), removes={"a"})])
+        time.now += 5_000
+        await store.apply([change(USER, stamp(5_000), {"b": b"2"})])  # prunes on write
+        assert await store.apply([change(USER, stamp(1_000), {"a": b"late"})]) == [
+            ApplyResult.APPLIED
+        ], "after the retention a late change is no longer recognised as stale"
+
+
+@pytest.mark.parametrize(
+    "ident", ["a/b", "50%", "%2F", "{tag}", "29:1A b/c", "ü€😀", "x" * 300, " ", "a\nb"]
+)
+async def test_odd_ids(store: Store, ident: str) -> None:
+    key = RecordKey("private", ident, ident, ident, ident)
+    plain = RecordKey("private", "a", "a", "a", "a")
+    await store.apply(
+        [change(key, stamp(1), {ident: b'"v"'}), change(plain, stamp(1), {"p": b"1"})]
+    )
+    assert await props(store, key) == {ident: b'"v"'}
+    page = await store.export(ident, ident)
+    assert [k for k, _ in page.records] == [key]
+
+
+async def test_size_limit_is_enforced_on_the_merged_record(store: Store) -> None:
+    limit = 1000
+    big = b'"' + b"x" * 900 + b'"'  # {"a":<902 bytes>} is 908 bytes
+    assert await store.apply([change(USER, stamp(1), {"a": big}, max_bytes=limit)]) == [
+        ApplyResult.APPLIED
+    ]
+    more = change(USER, stamp(2), {"b": b'"' + b"y" * 90 + b'"'}, max_bytes=limit)
+    assert await store.apply([more]) == [ApplyResult.TOO_LARGE]
+    assert await props(store, USER) == {"a": big}
+    exact = b'"' + b"y" * 85 + b'"'  # 908 + len(',"b":') + 87 == 1000
+    assert await store.apply([change(USER, stamp(3), {"b": exact}, max_bytes=limit)]) == [
+        ApplyResult.APPLIED
+    ]
+    with pytest.raises(RecordTooLarge):
+        await store.compare_and_set(CONV, {"a": b"x" * 2000}, "*", max_bytes=limit)
+    assert await props(store, CONV) == {}
+
+
+async def test_large_values_round_trip(store: Store) -> None:
+    value = b'"' + "é".encode() * 30_000 + b'"'
+    await store.apply([change(USER, stamp(1), {"big": value}, max_bytes=64 * 1024)])
+    assert await props(store, USER) == {"big": value}
+
+
+async def test_concurrent_writers_all_land(store: Store) -> None:
+    clock = HybridClock(1)
+    await asyncio.gather(
+        *(store.apply([change(CONV, clock.stamp(), {f"p{i}": b"1"})]) for i in range(50))
+    )
+    assert len(await props(store, CONV)) == 50
+
+
+async def test_node_ids_are_distinct(store: Store) -> None:
+    ids = {await store.allocate_node_id() for _ in range(10)}
+    assert len(ids) == 10 and all(0 < i < 256 for i in ids)
