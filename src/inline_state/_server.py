@@ -160,9 +160,10 @@ class InlineStateMiddleware:
         if content_type not in _JSON_TYPES and not content_type.endswith("+json"):
             return None
         raw = await request.read()
+        charset = request.charset
         try:
-            msg = json.loads(raw)
-        except ValueError:
+            msg = json.loads(raw if charset in _UTF8 else raw.decode(charset or "utf-8"))
+        except (ValueError, LookupError):  # invalid JSON or text, unknown charset
             return None
         if not isinstance(msg, dict):
             return None
