@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import itertools
 import json
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -92,3 +97,55 @@ async def post(client: Client, body: Any) -> tuple[int, Any]:
         return response.status, json.loads(text)
     except ValueError:
         return response.status, text
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class RunningBot:
+    """A sample bot started as its own process on a free loopback port."""
+
+    def __init__(self, script: Path, *args: str) -> None:
+        self.script = script
+        self.args = args
+        self.port = 0
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api/messages"
+
+    def start(self, timeout: float = 20.0) -> RunningBot:
+        for _ in range(5):  # another process may grab the port between probe and bind
+            self.port = free_port()
+            self.process = subprocess.Popen(
+                [sys.executable, str(self.script), "--port", str(self.port), *self.args],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and self.process.poll() is None:
+                try:
+                    with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                        return self
+                except OSError:
+                    time.sleep(0.05)
+            self.stop()
+        raise RuntimeError(f"{self.script.name} did not start listening")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+
+
+REPO = Path(__file__).resolve().parent.parent

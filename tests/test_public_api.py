@@ -1,0 +1,54 @@
+"""Pin the public surface: adding or removing a name is a deliberate change."""
+
+from __future__ import annotations
+
+import inline_state
+
+
+def test_public_names() -> None:
+    assert sorted(inline_state.__all__) == sorted(
+        [
+            "STORE_KEY",
+            "ApplyResult",
+            "BagError",
+            "Change",
+            "ExportPage",
+            "HybridClock",
+            "InlineStateMiddleware",
+            "MemoryStore",
+            "PreconditionFailed",
+            "RecordKey",
+            "RecordTooLarge",
+            "Store",
+            "StoreError",
+            "StoreUnavailable",
+            "StoredRecord",
+            "Turn",
+            "UserRef",
+            "create_reply",
+            "current_turn",
+            "del_conversation_data",
+            "del_private_conversation_data",
+            "del_user_data",
+            "get_conversation_data",
+            "get_message",
+            "get_private_conversation_data",
+            "get_turn",
+            "get_user_data",
+            "open_store",
+            "set_conversation_data",
+            "set_private_conversation_data",
+            "set_user_data",
+            "setup",
+        ]
+    )
+    for name in inline_state.__all__:
+        assert getattr(inline_state, name) is not None
+        assert not name.startswith("_")
+
+
+def test_every_public_callable_has_a_docstring() -> None:
+    for name in inline_state.__all__:
+        obj = getattr(inline_state, name)
+        if callable(obj):
+            assert obj.__doc__, f"{name} has no docstring"

@@ -1,0 +1,66 @@
+"""The README's examples run as written, so they never rot."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+import subprocess
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from .support import REPO, Client, RunningBot, activity, post
+
+StartFn = Callable[[web.Application], Awaitable[Client]]
+README = (REPO / "README.md").read_text(encoding="utf-8")
+
+
+def blocks(language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", README, flags=re.DOTALL)
+
+
+async def test_quick_start(client_for: StartFn) -> None:
+    [code] = blocks("python")
+    namespace: dict[str, Any] = {"__name__": "readme"}
+    exec(compile(code, "README.md", "exec"), namespace)
+    client = await client_for(namespace["app"])
+    texts = [(await post(client, activity()))[1]["text"] for _ in range(3)]
+    assert texts == ["message 1 from you", "message 2 from you", "message 3 from you"]
+
+
+def test_curl_conversation_with_the_sample_bot() -> None:
+    curl = shutil.which("curl")
+    if curl is None:
+        pytest.fail(
+            "curl is not installed: the README's conversation needs it (apt-get install curl)"
+        )
+    [console] = blocks("console")
+    steps: list[tuple[str, list[str]]] = []
+    for line in console.splitlines():
+        if line.startswith("$ "):
+            steps.append((line[2:], []))
+        elif line:
+            steps[-1][1].append(line)
+    assert len(steps) == 2
+    bot = RunningBot(REPO / "samples" / "state_management" / "bot.py").start()
+    try:
+        for command, expected in steps:
+            argv = shlex.split(command.replace("localhost:3978", f"127.0.0.1:{bot.port}"))
+            assert argv[0] == "curl"
+            out = subprocess.run(
+                [curl, *argv[1:]], capture_output=True, text=True, timeout=20, check=True
+            ).stdout
+            assert out.splitlines() == expected, command
+    finally:
+        bot.stop()
+
+
+def test_make_targets_named_in_the_readme_exist() -> None:
+    makefile = (REPO / "Makefile").read_text()
+    for target in re.findall(r"^make ([\w-]+)", "\n".join(blocks("sh")), flags=re.MULTILINE):
+        assert re.search(rf"^{target}:", makefile, flags=re.MULTILINE), target
+    assert "make run-v1" in README
+    assert re.search(r"^run-v1:", makefile, flags=re.MULTILINE)

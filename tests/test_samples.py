@@ -1,0 +1,75 @@
+"""The samples, run as their own processes, answer real conversations."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from .support import REPO, RunningBot, activity, v1_message
+
+
+@pytest.fixture
+def state_bot() -> Iterator[RunningBot]:
+    bot = RunningBot(REPO / "samples" / "state_management" / "bot.py", "--store", "memory://")
+    yield bot.start()
+    bot.stop()
+
+
+async def say(url: str, message: dict[str, Any]) -> list[str]:
+    # A fresh client per turn: the state must live in the server, not in the client.
+    async with aiohttp.ClientSession() as session, session.post(url, json=message) as response:
+        assert response.status == 200, await response.text()
+        body = await response.json()
+    for reply in body["activities"]:
+        assert not {k for k in reply if k.lower().startswith("bot")}, "bags leaked to the wire"
+    return [reply["text"] for reply in body["activities"]]
+
+
+async def test_seed_004_conversation(state_bot: RunningBot) -> None:
+    url = state_bot.url
+    joined = activity(
+        type="conversationUpdate",
+        text="",
+        membersAdded=[{"id": "user-1"}, {"id": "bot-1"}],
+    )
+    assert await say(url, joined) == ["Welcome to State Bot Sample. Type anything to get started."]
+    assert await say(url, activity(text="hello")) == ["What is your name?"]
+    assert await say(url, activity(text="Ada")) == [
+        "Thanks Ada. To see conversation data, type anything."
+    ]
+    third = await say(url, activity(text="how are you", timestamp="2026-11-23T10:00:00Z"))
+    assert third[0] == "Ada sent: how are you"
+    assert third[1].startswith("Message received at: 2026-11-23")
+    assert third[2] == "Message received from: test"
+    # Another conversation of the same user: the name is remembered, the rest is new.
+    other = await say(url, activity(text="hi", conversation="conv-2"))
+    assert other[0] == "Ada sent: hi"
+    # Another user starts over.
+    assert await say(url, activity(text="hi", user="user-2")) == ["What is your name?"]
+
+
+async def test_v1_counter_sample() -> None:
+    bot = RunningBot(REPO / "samples" / "counter_v1" / "bot.py").start()
+    try:
+        texts = []
+        for message in (
+            v1_message(),
+            v1_message(),
+            v1_message(conversation="conv-2"),
+            v1_message(user="user-2"),
+        ):
+            async with aiohttp.ClientSession() as session, session.post(bot.url, json=message) as r:
+                reply = await r.json()
+                assert "botUserData" not in reply
+                texts.append(reply["text"])
+        assert texts == [
+            "you: 1 messages; this conversation: 1; you here: 1",
+            "you: 2 messages; this conversation: 2; you here: 2",
+            "you: 3 messages; this conversation: 1; you here: 1",
+            "you: 1 messages; this conversation: 3; you here: 1",
+        ]
+    finally:
+        bot.stop()
