@@ -77,14 +77,16 @@ def detect_shape(msg: dict[str, Any]) -> Shape | None:
 def bag_fields(msg: dict[str, Any]) -> Iterator[tuple[str, Kind]]:
     """Yield (spelling, kind) for every bag field present in ``msg``."""
     for name in msg:
-        kind = _KIND_OF_LOWERED.get(name.lower())
-        if kind is not None:
-            yield name, kind
+        # Every spelling starts with b/B; most fields can skip the lower() call.
+        if name[:1] in "bB":
+            kind = _KIND_OF_LOWERED.get(name.lower())
+            if kind is not None:
+                yield name, kind
 
 
 def strip_bags(msg: dict[str, Any]) -> bool:
     """Remove every spelling of the three fields; True if anything was removed."""
-    found = [name for name, _ in bag_fields(msg)]
+    found = [name for name in msg if name[:1] in "bB" and name.lower() in _KIND_OF_LOWERED]
     for name in found:
         del msg[name]
     return bool(found)

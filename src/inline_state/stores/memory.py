@@ -75,13 +75,17 @@ class MemoryStore(Store):
         for encoded in [k for k, at in self._expires.items() if at < now_ms]:
             self._drop(encoded)
 
+    def _deletion_stamp(self, key: RecordKey) -> int:
+        if not self._deleted or key.kind == "conversation":
+            return 0
+        return self._deleted.get(UserRef(key.bot, key.channel, key.user).encode(), 0)
+
     async def load(self, keys: Sequence[RecordKey]) -> list[StoredRecord]:
         """Read several records; missing ones come back empty."""
         now_ms = self.clock.wall_ms()
         out: list[StoredRecord] = []
         for key in keys:
-            owner = key.owner
-            deleted = self._deleted.get(owner.encode(), 0) if owner is not None else 0
+            deleted = self._deletion_stamp(key)
             blob = self._live_blob(key.encode(), key.kind, now_ms)
             if blob is None:
                 out.append(StoredRecord(deleted=deleted) if deleted else MISSING)
@@ -108,8 +112,7 @@ class MemoryStore(Store):
         results: list[ApplyResult] = []
         for change in changes:
             key = change.key
-            owner = key.owner
-            if owner is not None and change.base < self._deleted.get(owner.encode(), 0):
+            if change.base < self._deletion_stamp(key):
                 results.append(ApplyResult.DROPPED)
                 continue
             encoded = key.encode()
@@ -140,10 +143,7 @@ class MemoryStore(Store):
         blob = self._live_blob(encoded, key.kind, now_ms)
         rec = Record.unpack(blob) if blob is not None else Record()
         check_etag(rec.etag, etag)
-        owner = key.owner
-        deleted = self._deleted.get(owner.encode(), 0) if owner is not None else 0
-        stamp = self.clock.stamp()
-        stamp = max(stamp, rec.observed + 1, deleted + 1)
+        stamp = max(self.clock.stamp(), rec.observed + 1, self._deletion_stamp(key) + 1)
         self.clock.observe(stamp)
         rec.replace(data, stamp)
         if data is not None and rec.size() > max_bytes:
