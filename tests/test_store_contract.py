@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +17,7 @@ from inline_state import (
     PreconditionFailed,
     RecordKey,
     RecordTooLarge,
+    SqliteStore,
     Store,
     UserRef,
 )
@@ -43,17 +44,15 @@ def stamp(ms_offset: int, node: int = 1) -> int:
 StoreFactory = Callable[..., Store]
 
 
-def make_memory(**options: Any) -> Store:
-    return MemoryStore(**options)
-
-
-BACKENDS: dict[str, StoreFactory] = {"memory": make_memory}
-
-
-@pytest.fixture(params=sorted(BACKENDS))
-def backend(request: pytest.FixtureRequest) -> StoreFactory:
-    factory: StoreFactory = BACKENDS[request.param]
-    return factory
+@pytest.fixture(params=["memory", "sqlite"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
+    """A factory of fresh, unopened stores of one backend."""
+    names = itertools.count()
+    if request.param == "memory":
+        return MemoryStore
+    if request.param == "sqlite":
+        return lambda **options: SqliteStore(tmp_path / f"state-{next(names)}.db", **options)
+    raise AssertionError(request.param)
 
 
 @pytest.fixture

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from ._base import (
     ApplyResult,
@@ -16,6 +17,7 @@ from ._base import (
     StoreUnavailable,
 )
 from .memory import MemoryStore
+from .sqlite import SqliteStore
 
 __all__ = [
     "ApplyResult",
@@ -23,6 +25,7 @@ __all__ = [
     "MemoryStore",
     "PreconditionFailed",
     "RecordTooLarge",
+    "SqliteStore",
     "Store",
     "StoreError",
     "StoreUnavailable",
@@ -31,13 +34,28 @@ __all__ = [
 ]
 
 
+_SQLITE_OPTIONS: dict[str, Callable[[str], Any]] = {"synchronous": str.upper, "timeout": float}
+
+
 def open_store(url: str, **options: Any) -> Store:
     """A store for a URL; ``options`` go to the backend's constructor.
 
-    ``memory://`` is the only backend so far. The store is not connected yet: use it as
-    an async context manager, or let ``setup()`` open and close it with the app.
+    - ``memory://``
+    - ``sqlite:///relative/state.db``, ``sqlite:////absolute/state.db``
+      (query: ``synchronous=FULL``, ``timeout=<seconds>``)
+
+    The store is not connected yet: use it as an async context manager, or let
+    ``setup()`` open and close it with the app.
     """
-    scheme = urlsplit(url).scheme
-    if scheme == "memory":
+    parts = urlsplit(url)
+    if parts.scheme == "memory":
         return MemoryStore(**options)
-    raise ValueError(f"unsupported store URL {url!r}: expected memory://")
+    if parts.scheme == "sqlite":
+        if parts.netloc or not parts.path.startswith("/") or parts.path == "/":
+            raise ValueError(f"expected sqlite:///path/to/state.db, got {url!r}")
+        for name, value in parse_qsl(parts.query, strict_parsing=bool(parts.query)):
+            if name not in _SQLITE_OPTIONS:
+                raise ValueError(f"unknown sqlite:// option {name!r} in {url!r}")
+            options.setdefault(name, _SQLITE_OPTIONS[name](value))
+        return SqliteStore(parts.path[1:], **options)
+    raise ValueError(f"unsupported store URL {url!r}: expected memory:// or sqlite:///path")

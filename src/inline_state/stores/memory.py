@@ -10,18 +10,61 @@ from .._change import Change
 from .._clock import MAX_NODES, HybridClock
 from .._keys import RecordKey, UserRef, decode_key, namespace_prefix
 from .._message import Kind
-from ._base import (
-    DEFAULT_TOMBSTONE_TTL,
-    MISSING,
-    ApplyResult,
-    ExportPage,
-    RecordTooLarge,
-    Store,
-    StoredRecord,
-)
-from ._record import Record, check_etag
+from . import _blob
+from ._base import DEFAULT_TOMBSTONE_TTL, ApplyResult, ExportPage, Store, StoredRecord
+from ._record import Record
 
 __all__ = ["MemoryStore"]
+
+
+class _DictTable(_blob.BlobTable):
+    """The memory store's tables, seen at one instant ``now_ms``."""
+
+    def __init__(self, store: MemoryStore, now_ms: int) -> None:
+        self.store = store
+        self.now_ms = now_ms
+
+    def get(self, key: RecordKey, encoded: str) -> bytes | None:
+        store = self.store
+        blob = store._records.get(encoded)
+        ttl = store.ttl_ms.get(key.kind)
+        if blob is None or ttl is None:
+            return blob
+        if store._expires.get(encoded, self.now_ms) < self.now_ms:
+            self.drop(encoded)
+            return None
+        store._expires[encoded] = self.now_ms + ttl
+        return blob
+
+    def get_raw(self, encoded: str) -> bytes | None:
+        return self.store._records.get(encoded)
+
+    def put(self, key: RecordKey, encoded: str, blob: bytes) -> None:
+        store = self.store
+        store._records[encoded] = blob
+        ttl = store.ttl_ms.get(key.kind)
+        if ttl is not None:
+            store._expires[encoded] = self.now_ms + ttl
+        if key.kind == "private":
+            owner = UserRef(key.bot, key.channel, key.user).encode()
+            store._private_index.setdefault(owner, set()).add(encoded)
+
+    def drop(self, encoded: str) -> None:
+        self.store._records.pop(encoded, None)
+        self.store._expires.pop(encoded, None)
+
+    def deletion_stamp(self, key: RecordKey) -> int:
+        deleted = self.store._deleted
+        if not deleted or key.kind == "conversation":
+            return 0
+        return deleted.get(UserRef(key.bot, key.channel, key.user).encode(), 0)
+
+    def user_records(self, user: UserRef) -> list[str]:
+        own = RecordKey("user", user.bot, user.channel, "", user.user).encode()
+        return [own, *sorted(self.store._private_index.pop(user.encode(), ()))]
+
+    def set_deletion_stamp(self, user: UserRef, stamp: int) -> None:
+        self.store._deleted[user.encode()] = stamp
 
 
 class MemoryStore(Store):
@@ -46,6 +89,9 @@ class MemoryStore(Store):
         self._node_ids = itertools.count(1)
         self._next_sweep_ms = 0
 
+    def _table(self) -> _DictTable:
+        return _DictTable(self, self.clock.wall_ms())
+
     async def allocate_node_id(self) -> int:
         """The next unused node id; the store's own clock holds 0."""
         node = next(self._node_ids)
@@ -53,81 +99,24 @@ class MemoryStore(Store):
             raise RuntimeError(f"more than {MAX_NODES - 1} clocks on one MemoryStore")
         return node
 
-    def _live_blob(self, encoded: str, kind: Kind, now_ms: int) -> bytes | None:
-        blob = self._records.get(encoded)
-        if blob is None or kind not in self.ttl_ms:
-            return blob
-        if self._expires.get(encoded, now_ms) < now_ms:
-            self._drop(encoded)
-            return None
-        self._expires[encoded] = now_ms + self.ttl_ms[kind]
-        return blob
-
-    def _drop(self, encoded: str) -> None:
-        self._records.pop(encoded, None)
-        self._expires.pop(encoded, None)
-
-    def _sweep(self, now_ms: int) -> None:
+    def _sweep(self, table: _DictTable) -> None:
         # Expired records nobody reads again would otherwise stay forever.
+        now_ms = table.now_ms
         if not self._expires or now_ms < self._next_sweep_ms:
             return
         self._next_sweep_ms = now_ms + min(self.ttl_ms.values()) // 4
         for encoded in [k for k, at in self._expires.items() if at < now_ms]:
-            self._drop(encoded)
-
-    def _deletion_stamp(self, key: RecordKey) -> int:
-        if not self._deleted or key.kind == "conversation":
-            return 0
-        return self._deleted.get(UserRef(key.bot, key.channel, key.user).encode(), 0)
+            table.drop(encoded)
 
     async def load(self, keys: Sequence[RecordKey]) -> list[StoredRecord]:
         """Read several records; missing ones come back empty."""
-        now_ms = self.clock.wall_ms()
-        out: list[StoredRecord] = []
-        for key in keys:
-            deleted = self._deletion_stamp(key)
-            blob = self._live_blob(key.encode(), key.kind, now_ms)
-            if blob is None:
-                out.append(StoredRecord(deleted=deleted) if deleted else MISSING)
-            else:
-                out.append(Record.unpack(blob).view(deleted))
-        return out
-
-    def _store(self, key: RecordKey, encoded: str, rec: Record, now_ms: int) -> None:
-        if rec.forgettable(now_ms, self.tombstone_ttl_ms):
-            self._drop(encoded)
-            return
-        self._records[encoded] = rec.pack()
-        if key.kind in self.ttl_ms:
-            self._expires[encoded] = now_ms + self.ttl_ms[key.kind]
-        if key.kind == "private":
-            self._private_index.setdefault(
-                UserRef(key.bot, key.channel, key.user).encode(), set()
-            ).add(encoded)
+        return _blob.load_records(self._table(), keys)
 
     async def apply(self, changes: Sequence[Change]) -> list[ApplyResult]:
         """Apply stamped changes, each atomically to its record."""
-        now_ms = self.clock.wall_ms()
-        self._sweep(now_ms)
-        results: list[ApplyResult] = []
-        for change in changes:
-            key = change.key
-            if change.base < self._deletion_stamp(key):
-                results.append(ApplyResult.DROPPED)
-                continue
-            encoded = key.encode()
-            blob = self._live_blob(encoded, key.kind, now_ms)
-            rec = Record.unpack(blob) if blob is not None else Record()
-            if not rec.apply(change):
-                results.append(ApplyResult.STALE)
-                continue
-            if rec.size() > change.max_bytes:
-                results.append(ApplyResult.TOO_LARGE)
-                continue
-            rec.prune(now_ms, self.tombstone_ttl_ms)
-            self._store(key, encoded, rec, now_ms)
-            results.append(ApplyResult.APPLIED)
-        return results
+        table = self._table()
+        self._sweep(table)
+        return _blob.apply_changes(table, changes, table.now_ms, self.tombstone_ttl_ms)
 
     async def compare_and_set(
         self,
@@ -138,33 +127,14 @@ class MemoryStore(Store):
         max_bytes: int,
     ) -> str:
         """Replace a whole record if ``etag`` allows it; return the new eTag."""
-        now_ms = self.clock.wall_ms()
-        encoded = key.encode()
-        blob = self._live_blob(encoded, key.kind, now_ms)
-        rec = Record.unpack(blob) if blob is not None else Record()
-        check_etag(rec.etag, etag)
-        stamp = max(self.clock.stamp(), rec.observed + 1, self._deletion_stamp(key) + 1)
-        self.clock.observe(stamp)
-        rec.replace(data, stamp)
-        if data is not None and rec.size() > max_bytes:
-            raise RecordTooLarge(key, rec.size(), max_bytes)
-        self._store(key, encoded, rec, now_ms)
-        return rec.etag
+        table = self._table()
+        return _blob.compare_and_set(
+            table, self.clock, key, data, etag, max_bytes, table.now_ms, self.tombstone_ttl_ms
+        )
 
     async def delete_user(self, user: UserRef, stamp: int) -> int:
         """Delete a user's record and per-conversation records; return the deletion stamp."""
-        encoded_user = user.encode()
-        keys = [RecordKey("user", user.bot, user.channel, "", user.user).encode()]
-        keys += sorted(self._private_index.pop(encoded_user, set()))
-        highest = self._deleted.get(encoded_user, 0)
-        for encoded in keys:
-            blob = self._records.get(encoded)
-            if blob is not None:
-                highest = max(highest, Record.unpack(blob).observed)
-                self._drop(encoded)
-        deleted = max(stamp, highest + 1)
-        self._deleted[encoded_user] = deleted
-        return deleted
+        return _blob.delete_user(self._table(), user, stamp)
 
     async def export(
         self, bot: str, channel: str | None, *, cursor: str | None = None, limit: int = 100
@@ -172,7 +142,7 @@ class MemoryStore(Store):
         """A page of live records in encoded-key order after ``cursor``."""
         if limit <= 0:
             raise ValueError("limit must be positive")
-        now_ms = self.clock.wall_ms()
+        table = self._table()
         prefix = namespace_prefix(bot, channel)
         after = cursor or ""
         candidates = (k for k in self._records if k.startswith(prefix) and k > after)
@@ -182,7 +152,7 @@ class MemoryStore(Store):
         page: list[tuple[RecordKey, StoredRecord]] = []
         for encoded in chosen:
             key = decode_key(encoded)
-            blob = self._live_blob(encoded, key.kind, now_ms)
+            blob = table.get(key, encoded)
             if blob is not None:
                 view = Record.unpack(blob).view()
                 if view.exists:
