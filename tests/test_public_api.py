@@ -19,6 +19,7 @@ def test_public_names() -> None:
             "PreconditionFailed",
             "RecordKey",
             "RecordTooLarge",
+            "RedisStore",
             "SqliteStore",
             "Store",
             "StoreError",

@@ -17,6 +17,7 @@ from ._base import (
     StoreUnavailable,
 )
 from .memory import MemoryStore
+from .redis import RedisStore
 from .sqlite import SqliteStore
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "MemoryStore",
     "PreconditionFailed",
     "RecordTooLarge",
+    "RedisStore",
     "SqliteStore",
     "Store",
     "StoreError",
@@ -43,6 +45,8 @@ def open_store(url: str, **options: Any) -> Store:
     - ``memory://``
     - ``sqlite:///relative/state.db``, ``sqlite:////absolute/state.db``
       (query: ``synchronous=FULL``, ``timeout=<seconds>``)
+    - ``redis://[user:password@]host:port/db``, ``rediss://...`` (TLS),
+      ``redis+cluster://host:port`` (query: ``prefix=...``, ``timeout=<seconds>``)
 
     The store is not connected yet: use it as an async context manager, or let
     ``setup()`` open and close it with the app.
@@ -58,4 +62,9 @@ def open_store(url: str, **options: Any) -> Store:
                 raise ValueError(f"unknown sqlite:// option {name!r} in {url!r}")
             options.setdefault(name, _SQLITE_OPTIONS[name](value))
         return SqliteStore(parts.path[1:], **options)
-    raise ValueError(f"unsupported store URL {url!r}: expected memory:// or sqlite:///path")
+    if parts.scheme in ("redis", "rediss", "redis+cluster"):
+        return RedisStore.from_url(url, **options)
+    raise ValueError(
+        f"unsupported store URL {url!r}: expected memory://, sqlite:///path,"
+        " redis://, rediss:// or redis+cluster://"
+    )

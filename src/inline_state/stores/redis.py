@@ -1,0 +1,339 @@
+"""``redis://``, ``rediss://`` and ``redis+cluster://``: state shared by many processes.
+
+A record is a Redis hash with one field per property (see ``_redis_lua``); Lua scripts
+compare stamps and do HSET/HDEL only, never decoding values. A user's record, their
+per-conversation records, their deletion stamp and their index share one hash slot
+(the hash tag is the user), so deleting a user is one atomic script even on a cluster.
+Loading a turn's records is one pipelined round trip (one per node on a cluster).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Mapping, Sequence
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisClusterException, RedisError
+from redis.maint_notifications import MaintNotificationsConfig
+
+from .._change import Change
+from .._clock import MAX_NODES, HybridClock, stamp_ms
+from .._codec import encode_name
+from .._keys import RecordKey, UserRef, decode_key, escape_part, namespace_prefix
+from .._message import Kind
+from . import _redis_lua
+from ._base import (
+    DEFAULT_TOMBSTONE_TTL,
+    MISSING,
+    ApplyResult,
+    ExportPage,
+    PreconditionFailed,
+    RecordTooLarge,
+    Store,
+    StoredRecord,
+    StoreUnavailable,
+)
+
+__all__ = ["RedisStore"]
+
+T = TypeVar("T")
+Client = Redis | RedisCluster
+_RESULTS = {
+    b"applied": ApplyResult.APPLIED,
+    b"stale": ApplyResult.STALE,
+    b"dropped": ApplyResult.DROPPED,
+    b"too_large": ApplyResult.TOO_LARGE,
+}
+_OUR_QUERY = ("prefix", "timeout")
+
+
+def _member_len(name: str, value: bytes) -> int:
+    return len(encode_name(name)) + 1 + len(value)
+
+
+class RedisStore(Store):
+    """Records in Redis or a Redis Cluster, for bots running as several processes.
+
+    Pass a ready ``redis.asyncio.Redis`` or ``RedisCluster`` client (you keep owning
+    it), or use ``RedisStore.from_url`` / ``open_store(url)``, which create one with
+    explicit timeouts and a retry budget of one. ``timeout`` bounds every operation:
+    past it, or when Redis is unreachable, callers get StoreUnavailable.
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        *,
+        prefix: str = "inline_state",
+        timeout: float = 1.0,
+        owns_client: bool = False,
+        clock: HybridClock | None = None,
+        ttl: Mapping[Kind, float] | None = None,
+        tombstone_ttl: float = DEFAULT_TOMBSTONE_TTL,
+    ) -> None:
+        super().__init__(clock=clock, ttl=ttl, tombstone_ttl=tombstone_ttl)
+        if not isinstance(client, (Redis, RedisCluster)):
+            raise TypeError(f"expected a redis.asyncio Redis or RedisCluster, got {client!r}")
+        if "{" in prefix or "}" in prefix:
+            raise ValueError("the key prefix must not contain '{' or '}' (hash tags)")
+        self.client = client
+        self.prefix = prefix
+        self.timeout = timeout
+        self._owns_client = owns_client
+        self._cluster = isinstance(client, RedisCluster)
+        self._apply = client.register_script(_redis_lua.APPLY)
+        self._cas = client.register_script(_redis_lua.COMPARE_AND_SET)
+        self._delete_user = client.register_script(_redis_lua.DELETE_USER)
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> RedisStore:
+        """A store on a new client for ``redis://``, ``rediss://`` or ``redis+cluster://``.
+
+        URL query options of ours: ``prefix`` and ``timeout`` (seconds); the rest goes
+        to redis-py. Credentials go in the URL: ``redis://user:password@host:6379/0``.
+        """
+        parts = urlsplit(url)
+        query = parse_qsl(parts.query)
+        for name, value in query:
+            if name == "prefix":
+                options.setdefault("prefix", value)
+            elif name == "timeout":
+                options.setdefault("timeout", float(value))
+        rest = urlencode([(k, v) for k, v in query if k not in _OUR_QUERY])
+        timeout = float(options.get("timeout", 1.0))
+        common: dict[str, Any] = {
+            "socket_timeout": timeout,
+            "socket_connect_timeout": timeout,
+            "retry": Retry(NoBackoff(), 1),
+        }
+        client: Client
+        if parts.scheme == "redis+cluster":
+            if not parts.hostname:
+                raise ValueError(f"expected redis+cluster://host:port, got {url!r}")
+            client = RedisCluster(
+                host=parts.hostname,
+                port=parts.port or 6379,
+                username=parts.username,
+                password=parts.password,
+                # Maintenance notifications are a Redis Enterprise/Cloud feature; on
+                # open-source Redis the handshake only fails and logs.
+                maint_notifications_config=MaintNotificationsConfig(enabled=False),
+                **common,
+            )
+        elif parts.scheme in ("redis", "rediss"):
+            client = Redis.from_url(urlunsplit(parts._replace(query=rest)), **common)
+        else:
+            raise ValueError(f"not a Redis URL: {url!r}")
+        return cls(client, owns_client=True, **options)
+
+    async def open(self) -> None:
+        """Discover a cluster's slots before the first turn (a no-op on one Redis).
+
+        Concurrent first commands on a cold cluster client each race to discover the
+        cluster and tear each other's connections down.
+        """
+        if isinstance(self.client, RedisCluster):
+            await self._guard(self.client.initialize())
+
+    async def close(self) -> None:
+        """Close the client if this store created it."""
+        if self._owns_client:
+            await self.client.aclose()
+
+    async def _guard(self, operation: Awaitable[T]) -> T:
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await operation
+        except TimeoutError:
+            raise StoreUnavailable(f"Redis did not answer within {self.timeout} s") from None
+        except (RedisError, RedisClusterException, OSError) as exc:
+            raise StoreUnavailable(f"Redis: {exc}") from exc
+
+    # -- keys ---------------------------------------------------------------------------
+
+    def _user_tag(self, user: UserRef) -> str:
+        return f"{self.prefix}:{{{user.encode()}}}"
+
+    def _record_key(self, key: RecordKey) -> str:
+        if key.kind == "conversation":
+            return f"{self.prefix}:{{{key.encode()}}}:r"
+        tag = self._user_tag(UserRef(key.bot, key.channel, key.user))
+        return f"{tag}:r" if key.kind == "user" else f"{tag}:p/{escape_part(key.conversation)}"
+
+    def _script_keys(self, key: RecordKey) -> list[str]:
+        """The record, then (for user-owned records) the deletion stamp and the index."""
+        record = self._record_key(key)
+        if key.kind == "conversation":
+            return [record]
+        tag = self._user_tag(UserRef(key.bot, key.channel, key.user))
+        if key.kind == "user":
+            return [record, f"{tag}:d"]
+        return [record, f"{tag}:d", f"{tag}:i"]
+
+    def _export_key(self, bot: str, channel: str | None) -> str:
+        return f"{self.prefix}:{{x/{namespace_prefix(bot, channel)}}}:x"
+
+    # -- operations -----------------------------------------------------------------------
+
+    async def allocate_node_id(self) -> int:
+        """A node id from a counter in Redis (1..255, then wrapping)."""
+        value = await self._guard(self.client.incr(f"{self.prefix}:nodes"))
+        return (int(value) - 1) % (MAX_NODES - 1) + 1
+
+    async def load(self, keys: Sequence[RecordKey]) -> list[StoredRecord]:
+        """Read records (and refresh TTLs) in one pipelined round trip per node."""
+        pipe = self.client.pipeline(transaction=False)
+        for key in keys:
+            script_keys = self._script_keys(key)
+            pipe.hgetall(script_keys[0])
+            if len(script_keys) > 1:
+                pipe.get(script_keys[1])
+            ttl = self.ttl_ms.get(key.kind)
+            if ttl is not None:
+                pipe.pexpire(script_keys[0], ttl)
+        replies = iter(await self._guard(pipe.execute()))
+        out: list[StoredRecord] = []
+        for key in keys:
+            fields: dict[bytes, bytes] = next(replies)
+            deleted = int(next(replies) or 0) if key.kind != "conversation" else 0
+            if key.kind in self.ttl_ms:
+                next(replies)
+            out.append(_view(fields, deleted))
+        return out
+
+    def _apply_args(self, change: Change, now_ms: int) -> list[Any]:
+        args: list[Any] = [
+            change.stamp,
+            change.base,
+            1 if change.replace else 0,
+            change.max_bytes,
+            self.ttl_ms.get(change.key.kind, 0),
+            self.tombstone_ttl_ms,
+            len(change.sets),
+            now_ms,
+        ]
+        for name, value in change.sets.items():
+            args += (name.encode(), value, _member_len(name, value))
+        args += [name.encode() for name in change.removes]
+        return args
+
+    async def apply(self, changes: Sequence[Change]) -> list[ApplyResult]:
+        """Apply each change atomically to its record (one script per record)."""
+        now_ms = self.clock.wall_ms()
+        indexed = [(self._export_key(c.key.bot, c.key.channel), c.key.encode()) for c in changes]
+        if self._cluster:
+            # Scripts cannot join a cluster pipeline; run them side by side instead.
+            calls: list[Awaitable[Any]] = [
+                self._apply(keys=self._script_keys(c.key), args=self._apply_args(c, now_ms))
+                for c in changes
+            ]
+            calls += [self.client.zadd(zkey, {member: 0}, nx=True) for zkey, member in indexed]
+            replies = await self._guard(asyncio.gather(*calls))
+        else:
+            pipe = self.client.pipeline(transaction=False)
+            for c in changes:
+                keys, args = self._script_keys(c.key), self._apply_args(c, now_ms)
+                # With a pipeline the await only queues the EVALSHA.
+                await self._apply(keys=keys, args=args, client=pipe)  # type: ignore[arg-type]
+            for zkey, member in indexed:
+                pipe.zadd(zkey, {member: 0}, nx=True)
+            replies = await self._guard(pipe.execute())
+        return [_RESULTS[reply] for reply in replies[: len(changes)]]
+
+    async def compare_and_set(
+        self,
+        key: RecordKey,
+        data: Mapping[str, bytes] | str | None,
+        etag: str | None,
+        *,
+        max_bytes: int,
+    ) -> str:
+        """Replace a whole record if ``etag`` allows it; return the new eTag."""
+        stamp = self.clock.stamp()
+        args: list[Any] = [
+            etag or "",
+            stamp,
+            max_bytes,
+            self.ttl_ms.get(key.kind, 0),
+            self.tombstone_ttl_ms,
+        ]
+        if data is None:
+            args.append("none")
+        elif isinstance(data, str):
+            text = data.encode("utf-8", "surrogatepass")
+            args += ("text", text, len(text) + 2)
+        else:
+            args.append("props")
+            for name, value in data.items():
+                args += (name.encode(), value, _member_len(name, value))
+        reply = await self._guard(self._cas(keys=self._script_keys(key), args=args))
+        outcome: bytes = reply[0]
+        detail: str = reply[1].decode()
+        if outcome == b"conflict":
+            raise PreconditionFailed(detail)
+        if outcome == b"too_large":
+            raise RecordTooLarge(key, int(detail), max_bytes)
+        if data is not None:
+            index = self._export_key(key.bot, key.channel)
+            await self._guard(self.client.zadd(index, {key.encode(): 0}, nx=True))
+        return detail
+
+    async def delete_user(self, user: UserRef, stamp: int) -> int:
+        """Delete a user's record and per-conversation records; return the deletion stamp."""
+        tag = self._user_tag(user)
+        reply: bytes = await self._guard(
+            self._delete_user(keys=[f"{tag}:r", f"{tag}:d", f"{tag}:i"], args=[stamp])
+        )
+        return int(reply)
+
+    async def export(
+        self, bot: str, channel: str | None, *, cursor: str | None = None, limit: int = 100
+    ) -> ExportPage:
+        """A page of live records in key order, from the namespace's index."""
+        if limit <= 0:
+            raise ValueError("limit must be positive")
+        zkey = self._export_key(bot, channel)
+        start = b"(" + cursor.encode() if cursor else b"-"
+        members: list[bytes] = await self._guard(
+            self.client.zrange(zkey, start, b"+", bylex=True, offset=0, num=limit + 1)  # type: ignore[arg-type]
+        )
+        more = len(members) > limit
+        members = members[:limit]
+        keys = [decode_key(m.decode()) for m in members]
+        records = await self.load(keys) if keys else []
+        page = [(k, r) for k, r in zip(keys, records, strict=True) if r.exists]
+        gone = [m for m, r in zip(members, records, strict=True) if not r.exists and not r.observed]
+        if gone:  # expired or deleted records leave the index lazily
+            await self._guard(self.client.zrem(zkey, *gone))
+        return ExportPage(page, members[-1].decode() if more else None)
+
+
+def _view(fields: Mapping[bytes, bytes], deleted: int) -> StoredRecord:
+    if not fields:
+        return StoredRecord(deleted=deleted) if deleted else MISSING
+    props: dict[str, bytes] = {}
+    stamps: dict[bytes, int] = {}
+    for name, value in fields.items():
+        if name[:2] == b"v:":
+            props[name[2:].decode()] = value
+        elif name[:2] == b"s:":
+            stamps[name[2:]] = int(value)
+    text = fields.get(b"text")
+    text_stamp = int(fields.get(b"ts", 0))
+    observed = max([int(fields.get(b"clear", 0)), text_stamp, *stamps.values()])
+    if not props and text is None:
+        return StoredRecord(observed=observed, deleted=deleted)
+    newest = max([stamps[n.encode()] for n in props] or [text_stamp])
+    return StoredRecord(
+        props=props,
+        text=text.decode("utf-8", "surrogatepass") if text is not None else None,
+        etag=fields[b"e"].decode(),
+        observed=observed,
+        deleted=deleted,
+        modified_ms=stamp_ms(newest),
+    )

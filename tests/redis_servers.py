@@ -1,0 +1,150 @@
+"""Real redis-server processes on free loopback ports: one node, or a 3-node cluster."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from .support import free_port
+
+
+def _binary(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise RuntimeError(
+            f"{name} is not installed: the Redis tests need a real server"
+            " (Debian: apt-get install redis-server)"
+        )
+    return path
+
+
+def _ping(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+class RedisServer:
+    """One redis-server; ``stop()`` and ``start()`` again on the same port and data."""
+
+    def __init__(self, directory: Path, *extra: str) -> None:
+        self.directory = directory
+        self.extra = extra
+        self.port = 0
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, port: int | None = None) -> RedisServer:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        for _ in range(5):
+            self.port = port or free_port()
+            self.process = subprocess.Popen(
+                [
+                    _binary("redis-server"),
+                    "--port",
+                    str(self.port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    str(self.directory),
+                    "--logfile",
+                    str(self.directory / "redis.log"),
+                    "--loglevel",
+                    "warning",
+                    *self.extra,
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and self.process.poll() is None:
+                if _ping(self.port):
+                    return self
+                time.sleep(0.02)
+            self.stop()
+            if port is not None:
+                break
+        log = self.directory / "redis.log"
+        raise RuntimeError(
+            f"redis-server did not start: {log.read_text() if log.exists() else 'no log'}"
+        )
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        self.process = None
+
+
+class RedisCluster:
+    """Three masters, no replicas, created with ``redis-cli --cluster create``."""
+
+    def __init__(self, directory: Path) -> None:
+        self.nodes = [
+            RedisServer(
+                directory / f"node{i}",
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                str(directory / f"node{i}" / "nodes.conf"),
+                "--cluster-node-timeout",
+                "2000",
+                "--cluster-port",
+                str(free_port()),
+            )
+            for i in range(3)
+        ]
+
+    @property
+    def port(self) -> int:
+        return self.nodes[0].port
+
+    def start(self) -> RedisCluster:
+        for node in self.nodes:
+            node.start()
+        subprocess.run(
+            [
+                _binary("redis-cli"),
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{node.port}" for node in self.nodes),
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            states = [
+                subprocess.run(
+                    [_binary("redis-cli"), "-p", str(node.port), "cluster", "info"],
+                    capture_output=True,
+                    text=True,
+                    timeout=5,
+                ).stdout
+                for node in self.nodes
+            ]
+            if all("cluster_state:ok" in state for state in states):
+                return self
+            time.sleep(0.1)
+        raise RuntimeError("the Redis cluster did not reach cluster_state:ok")
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
