@@ -1,0 +1,169 @@
+"""Redis specifics: outages, scale-out across processes, URLs, the cluster's hash slots."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster as ClusterClient
+
+import inline_state
+from inline_state import RecordKey, RedisStore, open_store
+
+from .redis_servers import RedisCluster, RedisServer
+from .support import REPO, Client, RunningBot, activity, post
+
+StartFn = Callable[[web.Application], Awaitable[Client]]
+STATE_BOT = REPO / "samples" / "state_management" / "bot.py"
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server this test may stop and start."""
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    server.stop()
+
+
+def url_of(target: RedisServer | RedisCluster, prefix: str) -> str:
+    scheme = "redis+cluster" if isinstance(target, RedisCluster) else "redis"
+    return f"{scheme}://127.0.0.1:{target.port}?prefix={prefix}"
+
+
+@pytest.fixture(params=["redis", "redis-cluster"])
+def shared(request: pytest.FixtureRequest) -> RedisServer | RedisCluster:
+    name = "redis_server" if request.param == "redis" else "redis_cluster"
+    target: RedisServer | RedisCluster = request.getfixturevalue(name)
+    return target
+
+
+async def test_redis_down_gives_503_then_recovers(
+    client_for: StartFn, own_redis: RedisServer
+) -> None:
+    def bot(request_msg: dict[str, Any]) -> Any:
+        n = inline_state.get_user_data(request_msg, "n", 0) + 1
+        reply = inline_state.create_reply(request_msg, str(n))
+        inline_state.set_user_data(reply, "n", n)
+        return reply
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.json_response(bot(await request.json()))
+
+    app = web.Application()
+    inline_state.setup(app, f"redis://127.0.0.1:{own_redis.port}")
+    app.router.add_post("/api/messages", handler)
+    client = await client_for(app)
+    assert (await post(client, activity()))[1]["text"] == "1"
+    assert (await post(client, activity()))[1]["text"] == "2"
+
+    own_redis.stop()
+    started = time.monotonic()
+    status, body = await asyncio.wait_for(post(client, activity()), 10)
+    elapsed = time.monotonic() - started
+    assert status == 503
+    assert body["error"]["code"] == "StoreUnavailable"
+    assert "Redis" in body["error"]["message"]
+    assert elapsed < 3.0, f"the 503 took {elapsed:.2f} s; the configured bound is 1 s"
+
+    own_redis.start(port=own_redis.port)  # empty again: no persistence in tests
+    status, body = await post(client, activity())
+    assert status == 200
+    assert body["text"] == "1"
+
+
+async def test_alternate_turns_on_two_processes_share_state(
+    shared: RedisServer | RedisCluster,
+) -> None:
+    url = url_of(shared, f"t{uuid.uuid4().hex}")
+    bots = [RunningBot(STATE_BOT, "--store", url).start() for _ in range(2)]
+    try:
+        texts = []
+        async with aiohttp.ClientSession() as session:
+            for turn, text in enumerate(["hello", "Ada", "still there?"]):
+                bot = bots[turn % 2]
+                async with session.post(bot.url, json=activity(text=text)) as response:
+                    assert response.status == 200, await response.text()
+                    texts.append([r["text"] for r in (await response.json())["activities"]])
+        assert texts[0] == ["What is your name?"]
+        assert texts[1] == ["Thanks Ada. To see conversation data, type anything."]
+        assert texts[2][0] == "Ada sent: still there?"
+    finally:
+        for bot in bots:
+            bot.stop()
+
+
+async def test_overlapping_turns_on_two_apps_keep_both_properties(
+    client_for: StartFn, shared: RedisServer | RedisCluster
+) -> None:
+    url = url_of(shared, f"t{uuid.uuid4().hex}")
+    both_loaded = asyncio.Barrier(2)
+
+    def make(name: str) -> web.Application:
+        async def handler(request: web.Request) -> web.Response:
+            msg = await request.json()
+            await both_loaded.wait()  # each turn loaded before the other replied
+            bag = {**(msg.get("botConversationData") or {}), name: True}
+            return web.json_response(
+                inline_state.create_reply(msg, "ok") | {"botConversationData": bag}
+            )
+
+        app = web.Application()
+        inline_state.setup(app, url)  # each app has its own client, like a process
+        app.router.add_post("/api/messages", handler)
+        return app
+
+    first, second = await client_for(make("first")), await client_for(make("second"))
+    results = await asyncio.gather(post(first, activity()), post(second, activity()))
+    assert [status for status, _ in results] == [200, 200]
+    async with open_store(url) as store:
+        [conv] = await store.load([RecordKey("conversation", "bot-1", "test", "conv-1", "")])
+    assert dict(conv.props) == {"first": b"true", "second": b"true"}
+
+
+async def test_a_users_records_share_one_hash_slot(redis_cluster: RedisCluster) -> None:
+    async with open_store(url_of(redis_cluster, "slots")) as store:
+        assert isinstance(store, RedisStore)
+        cluster = store.client
+        assert isinstance(cluster, ClusterClient)
+        user = RecordKey("user", "28:bot", "msteams", "", "29:1A b/c{x}")
+        private = [user._replace(kind="private", conversation=f"conv/{i}") for i in range(20)]
+        slots = {cluster.keyslot(k) for key in [user, *private] for k in store._script_keys(key)}
+        assert len(slots) == 1
+        conversations = {
+            cluster.keyslot(store._record_key(RecordKey("conversation", "b", "c", f"{i}", "")))
+            for i in range(20)
+        }
+        assert len(conversations) > 1, "conversations spread over the cluster"
+
+
+async def test_injected_client_is_not_closed(redis_server: RedisServer) -> None:
+    client = Redis(host="127.0.0.1", port=redis_server.port)
+    async with RedisStore(client, prefix=f"t{uuid.uuid4().hex}") as store:
+        await store.compare_and_set(
+            RecordKey("user", "b", "c", "", "u"), {"a": b"1"}, "*", max_bytes=100
+        )
+    assert await client.ping()
+    await client.aclose()
+
+
+def test_urls_and_arguments() -> None:
+    store = open_store("redis://user:secret@127.0.0.1:1/2?prefix=bots&timeout=0.5")
+    assert isinstance(store, RedisStore)
+    assert (store.prefix, store.timeout) == ("bots", 0.5)
+    kwargs = store.client.connection_pool.connection_kwargs  # type: ignore[union-attr]
+    assert (kwargs["username"], kwargs["password"], kwargs["db"]) == ("user", "secret", 2)
+    assert kwargs["socket_timeout"] == 0.5
+    with pytest.raises(ValueError, match="hash tags"):
+        RedisStore(Redis(), prefix="a{b}")
+    with pytest.raises(TypeError, match="Redis"):
+        RedisStore("redis://x")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="redis"):
+        open_store("redis+cluster://")
