@@ -269,7 +269,7 @@ async def test_export_pages_each_live_record_once(store: Store) -> None:
 
 async def test_ttl_is_sliding(backend: StoreFactory) -> None:
     # Real time: Redis expires keys by its own clock, so no injected clock here.
-    async with backend(ttl={"conversation": 0.6}) as store:
+    async with backend(ttl={"conversation": 1.0}) as store:
         clock = HybridClock(1)
         await store.apply(
             [
@@ -277,11 +277,11 @@ async def test_ttl_is_sliding(backend: StoreFactory) -> None:
                 change(USER, clock.stamp(), {"a": b"1"}),
             ]
         )
-        await asyncio.sleep(0.35)
+        await asyncio.sleep(0.6)
         assert await props(store, CONV) == {"a": b"1"}, "a read refreshes the expiry"
-        await asyncio.sleep(0.35)
-        assert await props(store, CONV) == {"a": b"1"}, "0.7 s after the write, kept alive"
-        await asyncio.sleep(0.9)
+        await asyncio.sleep(0.6)
+        assert await props(store, CONV) == {"a": b"1"}, "1.2 s after the write, kept alive"
+        await asyncio.sleep(1.6)
         assert await props(store, CONV) == {}
         assert await props(store, USER) == {"a": b"1"}, "kinds without a ttl never expire"
 
