@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
+import uuid
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 
 import pytest
 from aiohttp import web
 from pytest_aiohttp import AiohttpClient
+
+from inline_state import MemoryStore, SqliteStore, Store, open_store
 
 from .redis_servers import RedisCluster, RedisServer
 from .support import Client
@@ -36,3 +41,25 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClu
     cluster = RedisCluster(tmp_path_factory.mktemp("cluster")).start()
     yield cluster
     cluster.stop()
+
+
+StoreFactory = Callable[..., Store]
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis", "redis-cluster"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
+    """A factory of fresh, unopened stores of one backend."""
+    names = itertools.count()
+    if request.param == "memory":
+        return MemoryStore
+    if request.param == "sqlite":
+        return lambda **options: SqliteStore(tmp_path / f"state-{next(names)}.db", **options)
+    scheme, port = (
+        ("redis", request.getfixturevalue("redis_server").port)
+        if request.param == "redis"
+        else ("redis+cluster", request.getfixturevalue("redis_cluster").port)
+    )
+    # A fresh key prefix per store isolates tests sharing the session's server.
+    return lambda **options: open_store(
+        f"{scheme}://127.0.0.1:{port}?prefix=t{uuid.uuid4().hex}", **options
+    )

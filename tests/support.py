@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from aiohttp import web
 from aiohttp.test_utils import TestClient
@@ -107,12 +107,14 @@ def free_port() -> int:
         return port
 
 
-class RunningBot:
-    """A sample bot started as its own process on a free loopback port."""
+class RunningProcess:
+    """A server started as its own process on a free loopback port.
 
-    def __init__(self, script: Path, *args: str) -> None:
-        self.script = script
-        self.args = args
+    ``argv(port)`` builds its command line for the port picked.
+    """
+
+    def __init__(self, argv: Callable[[int], list[str]]) -> None:
+        self.argv = argv
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -120,13 +122,11 @@ class RunningBot:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/api/messages"
 
-    def start(self, timeout: float = 20.0) -> RunningBot:
+    def start(self, timeout: float = 20.0) -> Self:
         for _ in range(5):  # another process may grab the port between probe and bind
             self.port = free_port()
             self.process = subprocess.Popen(
-                [sys.executable, str(self.script), "--port", str(self.port), *self.args],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
+                self.argv(self.port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
             )
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline and self.process.poll() is None:
@@ -136,7 +136,7 @@ class RunningBot:
                 except OSError:
                     time.sleep(0.05)
             self.stop()
-        raise RuntimeError(f"{self.script.name} did not start listening")
+        raise RuntimeError(f"{self.argv(0)} did not start listening")
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -146,6 +146,13 @@ class RunningBot:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(5)
+
+
+class RunningBot(RunningProcess):
+    """A sample bot script started with ``--port``."""
+
+    def __init__(self, script: Path, *args: str) -> None:
+        super().__init__(lambda port: [sys.executable, str(script), "--port", str(port), *args])
 
 
 REPO = Path(__file__).resolve().parent.parent

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import uuid
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -14,16 +12,15 @@ from inline_state import (
     ApplyResult,
     Change,
     HybridClock,
-    MemoryStore,
     PreconditionFailed,
     RecordKey,
     RecordTooLarge,
-    SqliteStore,
     Store,
     UserRef,
-    open_store,
 )
 from inline_state._clock import EPOCH_MS, MS_SHIFT
+
+from .conftest import StoreFactory
 
 START_MS = EPOCH_MS + 10**9  # a fixed "now" in 2025
 
@@ -41,28 +38,6 @@ class FakeTime:
 def stamp(ms_offset: int, node: int = 1) -> int:
     """A stamp ``ms_offset`` milliseconds after START_MS."""
     return ((START_MS - EPOCH_MS + ms_offset) << MS_SHIFT) | node
-
-
-StoreFactory = Callable[..., Store]
-
-
-@pytest.fixture(params=["memory", "sqlite", "redis", "redis-cluster"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
-    """A factory of fresh, unopened stores of one backend."""
-    names = itertools.count()
-    if request.param == "memory":
-        return MemoryStore
-    if request.param == "sqlite":
-        return lambda **options: SqliteStore(tmp_path / f"state-{next(names)}.db", **options)
-    scheme, port = (
-        ("redis", request.getfixturevalue("redis_server").port)
-        if request.param == "redis"
-        else ("redis+cluster", request.getfixturevalue("redis_cluster").port)
-    )
-    # A fresh key prefix per store isolates tests sharing the session's server.
-    return lambda **options: open_store(
-        f"{scheme}://127.0.0.1:{port}?prefix=t{uuid.uuid4().hex}", **options
-    )
 
 
 @pytest.fixture

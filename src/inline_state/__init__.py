@@ -20,7 +20,9 @@ from ._helpers import (
     set_user_data,
 )
 from ._keys import RecordKey, UserRef
+from ._rest import add_state_api
 from ._server import STORE_KEY, InlineStateMiddleware, get_message, get_turn, setup
+from ._state_client import BotData, StateApiError, StateClient
 from ._turn import Turn, current_turn
 from .stores import (
     ApplyResult,
@@ -43,6 +45,7 @@ __all__ = [
     "STORE_KEY",
     "ApplyResult",
     "BagError",
+    "BotData",
     "Change",
     "ExportPage",
     "HybridClock",
@@ -53,12 +56,15 @@ __all__ = [
     "RecordTooLarge",
     "RedisStore",
     "SqliteStore",
+    "StateApiError",
+    "StateClient",
     "Store",
     "StoreError",
     "StoreUnavailable",
     "StoredRecord",
     "Turn",
     "UserRef",
+    "add_state_api",
     "create_reply",
     "current_turn",
     "del_conversation_data",

@@ -1,0 +1,84 @@
+"""Command line: ``python -m inline_state state-service --listen HOST:PORT --store URL``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from aiohttp import web
+
+from ._rest import _is_loopback, add_state_api
+
+SECRET_ENV = "INLINE_STATE_SECRET"
+
+
+def _listen(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="inline-state", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    service = commands.add_parser(
+        "state-service",
+        help="serve the Bot State REST API alone (a drop-in for the retired state service)",
+    )
+    service.add_argument("--listen", type=_listen, default=("127.0.0.1", 3979), metavar="HOST:PORT")
+    service.add_argument("--store", default="memory://", help="store URL (default memory://)")
+    service.add_argument(
+        "--bot-id", required=True, help="the bot's channel account id (recipient.id)"
+    )
+    service.add_argument("--app-id", help="require this appId in HTTP Basic credentials")
+    service.add_argument(
+        "--secret", help=f"the API secret (or set {SECRET_ENV}); Bearer or Basic appId:secret"
+    )
+    service.add_argument(
+        "--no-auth", action="store_true", help="no credentials; only on a loopback address"
+    )
+    return parser
+
+
+def state_service_app(args: argparse.Namespace) -> web.Application:
+    """The standalone state service's app for parsed arguments."""
+    secret = args.secret or os.environ.get(SECRET_ENV)
+    host, _ = args.listen
+    if args.no_auth:
+        if secret:
+            raise SystemExit("--no-auth and a secret exclude each other")
+        if not _is_loopback(host):
+            raise SystemExit(f"--no-auth listens on loopback addresses only, not {host!r}")
+        print(
+            f"WARNING: inline_state state service WITHOUT AUTHENTICATION on {host} (loopback only)",
+            file=sys.stderr,
+            flush=True,
+        )
+    elif not secret:
+        raise SystemExit(f"a secret is required: --secret or {SECRET_ENV} (or --no-auth)")
+    app = web.Application()
+    add_state_api(
+        app,
+        secret=None if args.no_auth else secret,
+        bot_id=args.bot_id,
+        app_id=args.app_id,
+        no_auth=args.no_auth,
+        store=args.store,
+    )
+    return app
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of ``python -m inline_state`` and the ``inline-state`` script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    host, port = args.listen
+    web.run_app(state_service_app(args), host=host, port=port)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,361 @@
+"""The Bot State REST API (v1 and v3 paths) with ETags, over the cookie path's records.
+
+Bots that cannot afford a stomped update read a record, change it, and write it back
+with the eTag they read; a write that lost a race gets 412 and retries.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import ipaddress
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import hdrs, web
+
+from ._change import DEFAULT_MAX_BAG_BYTES, BagError, encode_bag
+from ._codec import join_bag
+from ._keys import RecordKey, UserRef
+from ._message import Kind
+from ._server import STORE_KEY
+from .stores import (
+    PreconditionFailed,
+    RecordTooLarge,
+    Store,
+    StoredRecord,
+    StoreUnavailable,
+    open_store,
+)
+
+__all__ = ["add_state_api"]
+
+logger = logging.getLogger("inline_state")
+
+V1 = "/bot/v1.0/bots/{botId}"
+V3 = "/v3/botstate/{channelId}"
+#: (method, path) of every route, relative to the prefix.
+ROUTES: tuple[tuple[str, str], ...] = (
+    ("GET", V1 + "/users/{userId}"),
+    ("POST", V1 + "/users/{userId}"),
+    ("DELETE", V1 + "/users/{userId}"),
+    ("GET", V1 + "/conversations/{conversationId}"),
+    ("POST", V1 + "/conversations/{conversationId}"),
+    ("GET", V1 + "/conversations/{conversationId}/users/{userId}"),
+    ("POST", V1 + "/conversations/{conversationId}/users/{userId}"),
+    ("GET", V3 + "/users/{userId}"),
+    ("POST", V3 + "/users/{userId}"),
+    ("DELETE", V3 + "/users/{userId}"),
+    ("GET", V3 + "/conversations/{conversationId}"),
+    ("POST", V3 + "/conversations/{conversationId}"),
+    ("GET", V3 + "/conversations/{conversationId}/users/{userId}"),
+    ("POST", V3 + "/conversations/{conversationId}/users/{userId}"),
+    ("GET", V3 + "/exportBotStateData"),
+)
+_LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+class ApiError(Exception):
+    """An error answered as JSON in the shape of the path's API version."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+def _is_loopback(host: str | None) -> bool:
+    if host is None:
+        return False
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+class _StateApi:
+    """Request handlers; one instance per mounted API."""
+
+    def __init__(
+        self,
+        store: str | Store | None,
+        credentials: Mapping[str, str],
+        app_id: str | None,
+        no_auth_bot_id: str | None,
+        max_bytes: int,
+    ) -> None:
+        self._store_arg = store
+        self._store: Store | None = store if isinstance(store, Store) else None
+        self.credentials = dict(credentials)
+        self.app_id = app_id
+        self.no_auth_bot_id = no_auth_bot_id
+        self.max_bytes = max_bytes
+
+    async def cleanup_ctx(self, app: web.Application) -> AsyncIterator[None]:
+        if isinstance(self._store_arg, str):
+            self._store = open_store(self._store_arg)
+            async with self._store:
+                yield
+        else:
+            yield
+
+    def store(self, request: web.Request) -> Store:
+        if self._store is None:
+            store = request.config_dict.get(STORE_KEY)
+            if store is None:
+                raise RuntimeError("add_state_api needs a store: call setup() first or pass one")
+            self._store = store
+        return self._store
+
+    # -- auth ---------------------------------------------------------------------------
+
+    def authenticate(self, request: web.Request) -> str:
+        """The bot id the request's credential maps to; ApiError 401 otherwise."""
+        if self.no_auth_bot_id is not None:
+            if _is_loopback(request.remote):
+                return self.no_auth_bot_id
+            raise ApiError(401, "Unauthorized", "no-auth mode answers loopback clients only")
+        header = request.headers.get(hdrs.AUTHORIZATION, "")
+        scheme, _, value = header.partition(" ")
+        secret: str | None = None
+        if scheme.lower() == "bearer":
+            secret = value.strip()
+        elif scheme.lower() == "basic":
+            try:
+                app_id, _, secret = (
+                    base64.b64decode(value.strip(), validate=True).decode().partition(":")
+                )
+            except (binascii.Error, UnicodeDecodeError):
+                secret = None
+            else:
+                if self.app_id is not None and not hmac.compare_digest(
+                    app_id.encode(), self.app_id.encode()
+                ):
+                    secret = None
+        bot_id = None
+        if secret:
+            for known, bot in self.credentials.items():
+                # Compare against every credential so timing says nothing about which.
+                if hmac.compare_digest(secret.encode(), known.encode()):
+                    bot_id = bot
+        if bot_id is None:
+            raise ApiError(401, "Unauthorized", "missing or invalid credentials")
+        return bot_id
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def key(self, request: web.Request, kind: Kind, bot: str) -> RecordKey:
+        info = request.match_info
+        channel = info.get("channelId")  # None on v1 paths: their own namespace
+        return RecordKey(
+            kind,
+            bot,
+            channel,
+            info.get("conversationId", "") if kind != "user" else "",
+            info.get("userId", "") if kind != "conversation" else "",
+        )
+
+    def bot_for(self, request: web.Request) -> str:
+        bot = self.authenticate(request)
+        path_bot = request.match_info.get("botId")
+        if path_bot is not None and path_bot != bot:
+            raise ApiError(403, "Forbidden", f"the credential does not allow bot {path_bot!r}")
+        return bot
+
+    @staticmethod
+    def body_of(record: StoredRecord) -> bytes:
+        if record.props:
+            data = join_bag(dict(record.props))
+        elif record.text is not None:
+            data = json.dumps(record.text).encode()
+        else:
+            data = b"null"
+        return b'{"data":' + data + b',"eTag":' + json.dumps(record.etag).encode() + b"}"
+
+    # -- handlers -----------------------------------------------------------------------
+
+    async def get(self, request: web.Request, kind: Kind) -> web.Response:
+        key = self.key(request, kind, self.bot_for(request))
+        [record] = await self.store(request).load([key])
+        return web.Response(body=self.body_of(record), content_type="application/json")
+
+    async def post(self, request: web.Request, kind: Kind) -> web.Response:
+        key = self.key(request, kind, self.bot_for(request))
+        try:
+            body = await request.json()
+        except ValueError as exc:
+            raise ApiError(400, "BadSyntax", f"the body is not valid JSON: {exc}") from None
+        if not isinstance(body, dict):
+            raise ApiError(400, "BadArgument", "the body must be a JSON object {data, eTag}")
+        etag = body.get("eTag")
+        if etag is not None and not isinstance(etag, str):
+            raise ApiError(400, "BadArgument", f"eTag must be a string, got {type(etag).__name__}")
+        data = body.get("data")
+        stored: Mapping[str, bytes] | str | None
+        if isinstance(data, str):
+            size = len(data.encode("utf-8", "surrogatepass")) + 2
+            if size > self.max_bytes:
+                raise ApiError(
+                    400,
+                    "MessageSizeTooBig",
+                    f"data is {size} bytes, over the limit of {self.max_bytes}",
+                )
+            stored = data
+        elif data is None or isinstance(data, dict):
+            try:
+                stored = encode_bag("data", data, self.max_bytes)
+            except BagError as exc:
+                code = "MessageSizeTooBig" if exc.reason == "tooLarge" else "BadArgument"
+                raise ApiError(400, code, str(exc)) from None
+        else:
+            raise ApiError(
+                400,
+                "BadArgument",
+                f"data must be an object, a string or null, got {type(data).__name__}",
+            )
+        try:
+            new_etag = await self.store(request).compare_and_set(
+                key, stored, etag, max_bytes=self.max_bytes
+            )
+        except PreconditionFailed as exc:
+            raise ApiError(412, "PreconditionFailed", str(exc)) from None
+        except RecordTooLarge as exc:
+            raise ApiError(400, "MessageSizeTooBig", str(exc)) from None
+        return web.json_response({"data": data, "eTag": new_etag})
+
+    async def delete_user(self, request: web.Request) -> web.Response:
+        bot = self.bot_for(request)
+        store = self.store(request)
+        user = UserRef(bot, request.match_info.get("channelId"), request.match_info["userId"])
+        await store.delete_user(user, store.clock.stamp())
+        return web.json_response([])
+
+    async def export(self, request: web.Request) -> web.Response:
+        bot = self.bot_for(request)
+        token = request.query.get("continuationToken") or None
+        cursor = None
+        if token:
+            try:
+                cursor = base64.urlsafe_b64decode(token.encode()).decode()
+            except (binascii.Error, UnicodeDecodeError):
+                raise ApiError(
+                    400, "BadArgument", "continuationToken is not one this API issued"
+                ) from None
+        page = await self.store(request).export(bot, request.match_info["channelId"], cursor=cursor)
+        items = []
+        for key, record in page.records:
+            data = (
+                join_bag(dict(record.props)).decode() if record.props else json.dumps(record.text)
+            )
+            items.append(
+                {
+                    "conversationId": key.conversation or None,
+                    "userId": key.user or None,
+                    "data": data,
+                    "lastModified": datetime.fromtimestamp(record.modified_ms / 1000, UTC)
+                    .isoformat()
+                    .replace("+00:00", "Z"),
+                }
+            )
+        next_token = (
+            base64.urlsafe_b64encode(page.cursor.encode()).decode() if page.cursor else None
+        )
+        return web.json_response({"botStateData": items, "continuationToken": next_token})
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _wrap(handler: Handler, v1: bool) -> Handler:
+    async def respond(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except ApiError as exc:
+            return _error(exc.status, exc.code, str(exc), v1)
+        except StoreUnavailable as exc:
+            logger.error("state store unavailable: %s", exc)
+            return _error(503, "ServiceUnavailable", f"the state store is unavailable: {exc}", v1)
+
+    return respond
+
+
+def _error(status: int, code: str, message: str, v1: bool) -> web.Response:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if v1:
+        error["statusCode"] = status
+    headers = {hdrs.WWW_AUTHENTICATE: 'Basic realm="inline_state"'} if status == 401 else None
+    return web.json_response({"error": error}, status=status, headers=headers)
+
+
+def add_state_api(
+    app: web.Application,
+    *,
+    secret: str | None = None,
+    bot_id: str | None = None,
+    credentials: Mapping[str, str] | None = None,
+    app_id: str | None = None,
+    no_auth: bool = False,
+    store: str | Store | None = None,
+    prefix: str = "",
+    max_bytes: int = DEFAULT_MAX_BAG_BYTES,
+) -> None:
+    """Serve the v1 and v3 Bot State REST API on ``app``, over the cookie path's records.
+
+    Every request needs ``Authorization: Bearer <secret>`` or HTTP Basic
+    ``appId:<secret>`` (``app_id``, when given, must match). A credential maps to one
+    bot id, the bot's channel account id (the ``recipient.id`` the cookie path keys
+    by): ``secret`` + ``bot_id`` for one bot, or ``credentials={secret: bot_id}``.
+    ``no_auth=True`` (with ``bot_id``) skips credentials but answers loopback clients
+    only. ``store`` defaults to the one ``setup()`` gave the app.
+    """
+    table = dict(credentials or {})
+    if secret is not None:
+        if bot_id is None:
+            raise ValueError("secret needs the bot_id it stands for")
+        table[secret] = bot_id
+    if any(not s for s in table):
+        raise ValueError("empty secrets are not allowed")
+    if no_auth:
+        if table:
+            raise ValueError("no_auth and credentials exclude each other")
+        if bot_id is None:
+            raise ValueError("no_auth needs bot_id")
+        logger.warning("inline_state: the state API runs WITHOUT authentication (loopback only)")
+    elif not table:
+        raise ValueError(
+            "the state API is not mounted without a secret: pass secret= and bot_id=,"
+            " credentials=, or no_auth=True for loopback-only use"
+        )
+    api = _StateApi(store, table, app_id, bot_id if no_auth else None, max_bytes)
+    if isinstance(store, str):
+        app.cleanup_ctx.append(api.cleanup_ctx)
+    prefix = prefix.rstrip("/")
+    kinds: dict[str, Kind] = {
+        "/users/{userId}": "user",
+        "/conversations/{conversationId}": "conversation",
+        "/conversations/{conversationId}/users/{userId}": "private",
+    }
+    for method, path in ROUTES:
+        v1 = path.startswith(V1)
+        tail = path.removeprefix(V1 if v1 else V3)
+        handler: Handler
+        if tail == "/exportBotStateData":
+            handler = api.export
+        elif method == "DELETE":
+            handler = api.delete_user
+        else:
+            kind = kinds[tail]
+            verb = api.get if method == "GET" else api.post
+            handler = _bind(verb, kind)
+        app.router.add_route(method, prefix + path, _wrap(handler, v1))
+
+
+def _bind(verb: Callable[[web.Request, Kind], Awaitable[web.Response]], kind: Kind) -> Handler:
+    async def handler(request: web.Request) -> web.Response:
+        return await verb(request, kind)
+
+    return handler
