@@ -22,13 +22,20 @@ def blocks(language: str) -> list[str]:
     return re.findall(rf"```{language}\n(.*?)```", README, flags=re.DOTALL)
 
 
-async def test_quick_start(client_for: StartFn) -> None:
-    [code] = blocks("python")
+async def test_quick_start_and_the_state_api_snippet(client_for: StartFn) -> None:
+    quick_start, state_api = blocks("python")
     namespace: dict[str, Any] = {"__name__": "readme"}
-    exec(compile(code, "README.md", "exec"), namespace)
+    exec(compile(quick_start, "README.md", "exec"), namespace)
+    exec(compile(state_api, "README.md", "exec"), namespace)
     client = await client_for(namespace["app"])
-    texts = [(await post(client, activity()))[1]["text"] for _ in range(3)]
+    texts = [(await post(client, activity(bot="28:your-app-id")))[1]["text"] for _ in range(3)]
     assert texts == ["message 1 from you", "message 2 from you", "message 3 from you"]
+    response = await client.get(
+        "/v3/botstate/test/users/user-1",
+        headers={"Authorization": "Bearer a long random secret"},
+    )
+    body = await response.json()
+    assert body["data"] == {"count": 3}, "the API reads what the cookie path wrote"
 
 
 def test_curl_conversation_with_the_sample_bot() -> None:

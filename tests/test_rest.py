@@ -304,3 +304,18 @@ def test_openapi_document_matches_the_served_routes() -> None:
         if route.resource is not None and route.method != "HEAD"
     }
     assert served == documented == set(rest.ROUTES)
+
+
+async def test_delete_user_data_message_on_every_backend(client: Client) -> None:
+    async with StateClient(url(client), secret=SECRET, channel="test") as api:
+        for conv in ("c1", "c2"):
+            await api.set_private_conversation_data(conv, "user-1", {"a": 1}, "*")
+            await api.set_conversation_data(conv, {"c": 1}, "*")
+        await post(client, activity(user="user-1"))  # the cookie path writes user data
+        assert (await api.get_user_data("user-1")).data == {"n": 1}
+        status, _ = await post(client, activity(user="user-1", type="deleteUserData"))
+        assert status == 200
+        assert (await api.get_user_data("user-1")).data is None
+        for conv in ("c1", "c2"):
+            assert (await api.get_private_conversation_data(conv, "user-1")).data is None
+            assert (await api.get_conversation_data(conv)).data == {"c": 1}
