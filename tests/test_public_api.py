@@ -15,6 +15,7 @@ def test_public_names() -> None:
             "Change",
             "ExportPage",
             "HybridClock",
+            "InlineStateClientMiddleware",
             "InlineStateMiddleware",
             "MemoryStore",
             "PreconditionFailed",

@@ -6,6 +6,7 @@ the next incoming message from the same user or conversation.
 """
 
 from ._change import BagError, Change
+from ._client import InlineStateClientMiddleware
 from ._clock import HybridClock
 from ._helpers import (
     create_reply,
@@ -49,6 +50,7 @@ __all__ = [
     "Change",
     "ExportPage",
     "HybridClock",
+    "InlineStateClientMiddleware",
     "InlineStateMiddleware",
     "MemoryStore",
     "PreconditionFailed",

@@ -11,6 +11,7 @@ from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 
 from ._change import DEFAULT_MAX_BAG_BYTES, BagError, Change, fold_replies
+from ._client import InlineStateClientMiddleware
 from ._clock import HybridClock
 from ._codec import join_bag
 from ._keys import TurnKeys, turn_keys
@@ -112,6 +113,13 @@ class InlineStateMiddleware:
         self.whole_bag: frozenset[Kind] = frozenset(KINDS) if merge == "bag" else frozenset()
         self.keep_fields = keep_fields
         self.max_bag_bytes = max_bag_bytes
+        self._client = InlineStateClientMiddleware(self)
+
+    @property
+    def client(self) -> InlineStateClientMiddleware:
+        """The client middleware for replies POSTed with ``ClientSession``, sharing the
+        store, clock and options: ``ClientSession(middlewares=(mw.client,))``."""
+        return self._client
 
     async def cleanup_ctx(self, app: web.Application) -> AsyncIterator[None]:
         """Open the store (if given as a URL) and the clock with the app; close after."""

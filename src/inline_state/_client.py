@@ -1,0 +1,102 @@
+"""The aiohttp client middleware: bags on replies a bot POSTs to the channel.
+
+v3 bots POST replies (and proactive messages) to
+``{serviceUrl}/v3/conversations/{conversationId}/activities[/{replyToId}]``; v1 bots
+POSTed later replies to ``/bot/v1.0/messages``. The middleware strips the bags before
+the request leaves and persists them only after the channel answered 2xx.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import ClientHandlerType, ClientRequest, ClientResponse, hdrs, payload
+
+from ._clock import HybridClock
+from ._message import strip_bags
+from ._posted import PendingWrite, has_bags, posted_changes, posted_keys, posted_target
+from ._turn import current_turn
+
+if TYPE_CHECKING:
+    from ._server import InlineStateMiddleware
+
+__all__ = ["InlineStateClientMiddleware"]
+
+
+class _StrippedJson(payload.JsonPayload):
+    """The stripped body, carrying its pending write across redirects and retries.
+
+    aiohttp hands the same payload to the request it builds for a 307/308 redirect, so
+    the write survives the hop; a JSON payload keeps ``application/json`` on the way.
+    """
+
+    def __init__(self, value: Any, pending: PendingWrite) -> None:
+        super().__init__(value)
+        self.pending = pending
+
+
+class InlineStateClientMiddleware:
+    """Persists the bags of replies POSTed through a ``ClientSession``, then strips them.
+
+    Get it from the server middleware (``setup(app).client``), so both share the store,
+    the clock and the options: ``ClientSession(middlewares=(mw.client,))``. A reply sent
+    during a turn is diffed against that turn's played-back bags, exactly like an inline
+    reply; a proactive message, outside any turn, replaces whole bags. Invalid bags
+    raise BagError before anything is sent.
+    """
+
+    def __init__(self, server: InlineStateMiddleware) -> None:
+        self.server = server
+
+    async def _clock(self) -> HybridClock:
+        server = self.server
+        if server.clock is None:
+            server.clock = HybridClock(await server.store.allocate_node_id())
+        return server.clock
+
+    async def __call__(self, request: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
+        body = request.body
+        if isinstance(body, _StrippedJson):
+            pending: PendingWrite | None = body.pending  # a redirect or retry of our request
+        else:
+            pending = await self._strip(request)
+        response = await handler(request)
+        if pending is not None and 200 <= response.status < 300:
+            await pending.apply(self.server.store)
+        return response
+
+    async def _strip(self, request: ClientRequest) -> PendingWrite | None:
+        if request.method != hdrs.METH_POST:
+            return None
+        target = posted_target(request.url.path)
+        body = request.body
+        if target is None or not isinstance(body, payload.BytesPayload):
+            return None
+        try:
+            msg = json.loads(await body.as_bytes())
+        except ValueError:
+            return None
+        if not isinstance(msg, dict) or not has_bags(msg):
+            return None
+        turn = current_turn()
+        keys = posted_keys(msg, target, turn)
+        server = self.server
+        changes = (
+            await posted_changes(
+                msg,
+                keys,
+                turn,
+                store=server.store,
+                clock=await self._clock(),
+                whole_bag=server.whole_bag,
+                max_bag_bytes=server.max_bag_bytes,
+            )
+            if keys is not None
+            else []
+        )
+        pending = PendingWrite(changes)
+        if not server.keep_fields:
+            strip_bags(msg)
+        await request.update_body(_StrippedJson(msg, pending))
+        return pending

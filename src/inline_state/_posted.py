@@ -1,0 +1,173 @@
+"""Replies POSTed to the channel (not returned inline): their keys and their change.
+
+Used by the client middleware (replies a Python bot POSTs itself) and by the proxy
+(replies a bot in any language POSTs to it). Keys follow DESIGN section 3: the bot is
+the reply's ``from.id``, the user its ``recipient.id``/``to.id``, the conversation the
+one in the URL path when there is one, else the body's.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._change import Change, fold_replies
+from ._clock import HybridClock
+from ._keys import RecordKey, TurnKeys
+from ._message import KINDS, Kind, Shape, bag_fields, detect_shape
+from ._turn import Turn
+from .stores import ApplyResult, Store
+
+_V3_REPLY = re.compile(
+    r"/v3/conversations/(?P<conversation>[^/]+)/activities(?:/(?P<reply_to>[^/]+))?/?$"
+)
+_V1_REPLY = re.compile(r"/bot/v1\.0/messages/?$")
+
+
+@dataclass(frozen=True, slots=True)
+class PostedTarget:
+    """What the URL of a POSTed reply tells: its shape and, on v3, the conversation."""
+
+    shape: Shape
+    conversation: str | None = None
+    reply_to: str | None = None
+
+
+def posted_target(path: str) -> PostedTarget | None:
+    """Recognise the connector paths replies are POSTed to; None for any other path.
+
+    ``path`` is the decoded URL path.
+    """
+    match = _V3_REPLY.search(path)
+    if match is not None:
+        return PostedTarget(Shape.V3, match["conversation"], match["reply_to"])
+    if _V1_REPLY.search(path) is not None:
+        return PostedTarget(Shape.V1)
+    return None
+
+
+def _id(value: Any) -> str | None:
+    ident = value.get("id") if isinstance(value, dict) else None
+    return ident if isinstance(ident, str) and ident else None
+
+
+def posted_keys(msg: dict[str, Any], target: PostedTarget, turn: Turn | None) -> TurnKeys | None:
+    """The records a POSTed reply's bags belong to."""
+    shape = detect_shape(msg) or target.shape
+    # A reply is addressed the other way round: from = the bot, recipient/to = the user.
+    bot = _id(msg.get("from"))
+    if shape is Shape.V3:
+        user = _id(msg.get("recipient"))
+        channel = msg.get("channelId") if isinstance(msg.get("channelId"), str) else None
+        conversation = target.conversation or _id(msg.get("conversation"))
+    else:
+        user = _id(msg.get("to"))
+        channel = None
+        conversation = (
+            msg.get("conversationId") if isinstance(msg.get("conversationId"), str) else None
+        )
+    if turn is not None and turn.keys is not None and shape is turn.shape:
+        # A v1 later reply without full addressing belongs to the turn it answers.
+        own = turn.keys
+        known = own.user or own.private or own.conversation
+        if known is not None:
+            bot = bot or known.bot
+            channel = channel if channel is not None else known.channel
+            user = user or (own.user.user if own.user else None)
+            conversation = conversation or (
+                own.conversation.conversation if own.conversation else None
+            )
+    if bot is None or (shape is Shape.V3 and not channel):
+        return None
+    return TurnKeys(
+        RecordKey("user", bot, channel, "", user) if user else None,
+        RecordKey("conversation", bot, channel, conversation, "") if conversation else None,
+        RecordKey("private", bot, channel, conversation, user) if user and conversation else None,
+    )
+
+
+@dataclass(slots=True)
+class PendingWrite:
+    """A POSTed reply's stamped changes, applied once the channel accepted it."""
+
+    changes: list[Change]
+    done: bool = False
+    results: list[ApplyResult] = field(default_factory=list)
+
+    async def apply(self, store: Store) -> None:
+        """Apply once; later calls (retries, redirects) do nothing."""
+        if not self.done and self.changes:
+            self.results = await store.apply(self.changes)
+        self.done = True
+
+
+async def posted_changes(
+    msg: dict[str, Any],
+    keys: TurnKeys,
+    turn: Turn | None,
+    *,
+    store: Store,
+    clock: HybridClock,
+    whole_bag: frozenset[Kind],
+    max_bag_bytes: int,
+) -> list[Change]:
+    """Validate the reply's bags and build its changes (raises BagError).
+
+    A kind whose record is the one the current turn played back is diffed against the
+    played bag, exactly like an inline reply; anything else (a proactive message, a
+    reply to another user) replaces the bag wholesale, after a load that observes the
+    records' stamps and the owner's deletion stamp.
+    """
+    present: set[Kind] = {kind for _, kind in bag_fields(msg)}
+    played: dict[Kind, Mapping[str, bytes]] = {}
+    diffed: set[Kind] = set()
+    for kind in present:
+        key = keys.of(kind)
+        if (
+            turn is not None
+            and turn.keys is not None
+            and key is not None
+            and key == turn.keys.of(kind)
+        ):
+            diffed.add(kind)
+            if kind in turn.played:
+                played[kind] = turn.played[kind]
+    proactive = [k for k in KINDS if k in present and k not in diffed and keys.of(k) is not None]
+    base = turn.base if turn is not None else 0
+    if proactive:
+        loaded = await store.load([k for kind in proactive if (k := keys.of(kind)) is not None])
+        for record in loaded:
+            clock.observe(max(record.observed, record.deleted))
+            base = max(base, record.observed, record.deleted)
+    pending = fold_replies(
+        [msg],
+        played,
+        whole_bag=whole_bag | frozenset(proactive),
+        text_kinds=(turn.text_kinds & frozenset(diffed)) if turn is not None else frozenset(),
+        limit=max_bag_bytes,
+    )
+    stamp = clock.stamp()
+    changes: list[Change] = []
+    for kind, change in pending.items():
+        key = keys.of(kind)
+        if key is None or (turn is not None and turn.deleted and kind in diffed):
+            continue
+        changes.append(
+            Change(
+                key,
+                change.sets,
+                frozenset(change.removes),
+                change.replace,
+                stamp,
+                base,
+                max_bag_bytes,
+            )
+        )
+    return changes
+
+
+def has_bags(msg: dict[str, Any]) -> bool:
+    """True when any spelling of a bag field is present."""
+    return any(True for _ in bag_fields(msg))
