@@ -43,6 +43,7 @@ def test_public_names() -> None:
             "get_turn",
             "get_user_data",
             "open_store",
+            "proxy_app",
             "set_conversation_data",
             "set_private_conversation_data",
             "set_user_data",

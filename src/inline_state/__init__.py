@@ -21,6 +21,7 @@ from ._helpers import (
     set_user_data,
 )
 from ._keys import RecordKey, UserRef
+from ._proxy import proxy_app
 from ._rest import add_state_api
 from ._server import STORE_KEY, InlineStateMiddleware, get_message, get_turn, setup
 from ._state_client import BotData, StateApiError, StateClient
@@ -78,6 +79,7 @@ __all__ = [
     "get_turn",
     "get_user_data",
     "open_store",
+    "proxy_app",
     "set_conversation_data",
     "set_private_conversation_data",
     "set_user_data",

@@ -1,4 +1,4 @@
-"""Command line: ``python -m inline_state state-service --listen HOST:PORT --store URL``."""
+"""Command line: ``python -m inline_state {state-service,proxy} --listen HOST:PORT ...``."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
+from ._proxy import proxy_app
 from ._rest import _is_loopback, add_state_api
 
 SECRET_ENV = "INLINE_STATE_SECRET"
@@ -41,7 +42,40 @@ def build_parser() -> argparse.ArgumentParser:
     service.add_argument(
         "--no-auth", action="store_true", help="no credentials; only on a loopback address"
     )
+    proxy = commands.add_parser(
+        "proxy", help="play the connector's part in front of a bot in any language"
+    )
+    proxy.add_argument("--listen", type=_listen, default=("127.0.0.1", 3980), metavar="HOST:PORT")
+    proxy.add_argument("--upstream", required=True, help="the bot's messaging endpoint URL")
+    proxy.add_argument("--store", default="memory://", help="store URL (default memory://)")
+    proxy.add_argument("--channel", help="forward replies the bot POSTs to this base URL")
+    proxy.add_argument(
+        "--allow-service-url",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="forward POSTed replies to a serviceUrl under this URL (repeatable)",
+    )
+    proxy.add_argument(
+        "--rewrite-service-url",
+        metavar="PUBLIC_URL",
+        help="rewrite incoming serviceUrl to this proxy (breaks channels that check tokens"
+        " against the serviceUrl)",
+    )
+    proxy.add_argument("--timeout", type=float, default=10.0, help="seconds to wait upstream")
     return parser
+
+
+def proxy_app_from(args: argparse.Namespace) -> web.Application:
+    """The proxy's app for parsed arguments."""
+    return proxy_app(
+        upstream=args.upstream,
+        store=args.store,
+        channel=args.channel,
+        allow_service_urls=args.allow_service_url,
+        rewrite_service_url=args.rewrite_service_url,
+        timeout=args.timeout,
+    )
 
 
 def state_service_app(args: argparse.Namespace) -> web.Application:
@@ -77,7 +111,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     host, port = args.listen
-    web.run_app(state_service_app(args), host=host, port=port)
+    app = state_service_app(args) if args.command == "state-service" else proxy_app_from(args)
+    web.run_app(app, host=host, port=port)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import ClientHandlerType, ClientRequest, ClientResponse, hdrs, payload
 
-from ._clock import HybridClock
 from ._message import strip_bags
 from ._posted import PendingWrite, has_bags, posted_changes, posted_keys, posted_target
 from ._turn import current_turn
@@ -49,12 +48,6 @@ class InlineStateClientMiddleware:
     def __init__(self, server: InlineStateMiddleware) -> None:
         self.server = server
 
-    async def _clock(self) -> HybridClock:
-        server = self.server
-        if server.clock is None:
-            server.clock = HybridClock(await server.store.allocate_node_id())
-        return server.clock
-
     async def __call__(self, request: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
         body = request.body
         if isinstance(body, _StrippedJson):
@@ -69,7 +62,7 @@ class InlineStateClientMiddleware:
     async def _strip(self, request: ClientRequest) -> PendingWrite | None:
         if request.method != hdrs.METH_POST:
             return None
-        target = posted_target(request.url.path)
+        target = posted_target(request.url.raw_path)
         body = request.body
         if target is None or not isinstance(body, payload.BytesPayload):
             return None
@@ -88,7 +81,7 @@ class InlineStateClientMiddleware:
                 keys,
                 turn,
                 store=server.store,
-                clock=await self._clock(),
+                clock=await server.ensure_clock(),
                 whole_bag=server.whole_bag,
                 max_bag_bytes=server.max_bag_bytes,
             )

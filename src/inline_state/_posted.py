@@ -12,6 +12,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote
 
 from ._change import Change, fold_replies
 from ._clock import HybridClock
@@ -35,15 +36,19 @@ class PostedTarget:
     reply_to: str | None = None
 
 
-def posted_target(path: str) -> PostedTarget | None:
+def posted_target(raw_path: str) -> PostedTarget | None:
     """Recognise the connector paths replies are POSTed to; None for any other path.
 
-    ``path`` is the decoded URL path.
+    ``raw_path`` is the percent-encoded path, so an id holding ``/`` (``%2F``) stays one
+    path segment; ids are decoded once here.
     """
-    match = _V3_REPLY.search(path)
+    match = _V3_REPLY.search(raw_path)
     if match is not None:
-        return PostedTarget(Shape.V3, match["conversation"], match["reply_to"])
-    if _V1_REPLY.search(path) is not None:
+        reply_to = match["reply_to"]
+        return PostedTarget(
+            Shape.V3, unquote(match["conversation"]), unquote(reply_to) if reply_to else None
+        )
+    if _V1_REPLY.search(raw_path) is not None:
         return PostedTarget(Shape.V1)
     return None
 

@@ -121,13 +121,18 @@ class InlineStateMiddleware:
         store, clock and options: ``ClientSession(middlewares=(mw.client,))``."""
         return self._client
 
+    async def ensure_clock(self) -> HybridClock:
+        """The clock, with a node id allocated by the store on first use."""
+        if self.clock is None:
+            self.clock = HybridClock(await self.store.allocate_node_id())
+        return self.clock
+
     async def cleanup_ctx(self, app: web.Application) -> AsyncIterator[None]:
         """Open the store (if given as a URL) and the clock with the app; close after."""
         if self._owns_store:
             await self.store.open()
         try:
-            if self.clock is None:
-                self.clock = HybridClock(await self.store.allocate_node_id())
+            await self.ensure_clock()
             yield
         finally:
             if self._owns_store:
@@ -136,10 +141,9 @@ class InlineStateMiddleware:
     async def __call__(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.method != hdrs.METH_POST or request.path not in self.paths:
             return await handler(request)
-        if self.clock is None:  # used without cleanup_ctx, on a store the caller opened
-            self.clock = HybridClock(await self.store.allocate_node_id())
+        clock = self.clock or await self.ensure_clock()  # without cleanup_ctx: on first use
         try:
-            turn = await self._incoming(request, self.clock)
+            turn = await self._incoming(request, clock)
         except StoreUnavailable as exc:
             return self._unavailable(exc)
         if turn is None:
@@ -150,11 +154,11 @@ class InlineStateMiddleware:
             try:
                 response = await handler(request)
             except web.HTTPException as exc:
-                replacement = await self._outgoing(turn, exc, self.clock)
+                replacement = await self._outgoing(turn, exc, clock)
                 if replacement is not None:
                     return replacement
                 raise
-            return await self._outgoing(turn, response, self.clock) or response
+            return await self._outgoing(turn, response, clock) or response
         finally:
             _current.reset(token)
 

@@ -1,0 +1,243 @@
+"""A state proxy: inline state for a bot in any language, without changing a line of it.
+
+It plays the connector's part in front of the bot: incoming messages get their bags
+played back and are forwarded to the bot; the bot's inline replies are persisted and
+stripped on the way back. Replies the bot POSTs to the connector itself (v1
+``/bot/v1.0/messages``, v3 ``/v3/conversations/{id}/activities[/{replyToId}]``) are
+persisted, stripped and forwarded to the channel, but only to a configured channel URL
+or to a serviceUrl on the allow-list: never to a URL taken from a request body alone.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import aiohttp
+from aiohttp import hdrs, web
+from yarl import URL
+
+from ._change import BagError
+from ._message import Shape, strip_bags
+from ._posted import PendingWrite, PostedTarget, has_bags, posted_changes, posted_keys
+from ._server import InlineStateMiddleware, get_turn, setup
+from ._turn import Turn
+from .stores import Store, StoreUnavailable
+
+__all__ = ["proxy_app"]
+
+logger = logging.getLogger("inline_state")
+_FORWARDED_HEADERS = (hdrs.AUTHORIZATION, hdrs.CONTENT_TYPE, hdrs.ACCEPT)
+_SESSION_KEY = web.AppKey("inline_state.proxy_session", aiohttp.ClientSession)
+
+
+def _error(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+
+
+class _Allowed:
+    """serviceUrl allow-list: same scheme, host and port, and a path under the entry's."""
+
+    def __init__(self, entries: Sequence[str]) -> None:
+        self.entries = [URL(entry) for entry in entries]
+        for entry in self.entries:
+            if not entry.is_absolute() or entry.scheme not in ("http", "https"):
+                raise ValueError(f"allow-list entries must be http(s) URLs, got {entry}")
+
+    def __contains__(self, candidate: str) -> bool:
+        try:
+            url = URL(candidate)
+        except ValueError:
+            return False
+        if not url.is_absolute():
+            return False
+        for entry in self.entries:
+            prefix = entry.path.rstrip("/") + "/"
+            if (
+                url.scheme == entry.scheme
+                and (url.host or "").lower() == (entry.host or "").lower()
+                and url.port == entry.port
+                and (url.path + "/").startswith(prefix)
+            ):
+                return True
+        return False
+
+
+class _Proxy:
+    def __init__(
+        self,
+        middleware: InlineStateMiddleware,
+        upstream: str,
+        channel: str | None,
+        allowed: _Allowed,
+        public_url: str | None,
+        timeout: float,
+        remembered_turns: int,
+    ) -> None:
+        self.middleware = middleware
+        self.upstream = upstream
+        self.channel = channel.rstrip("/") if channel else None
+        self.allowed = allowed
+        self.public_url = public_url
+        self.timeout = aiohttp.ClientTimeout(total=timeout)
+        self.turns: OrderedDict[str, Turn] = OrderedDict()
+        self.remembered_turns = remembered_turns
+
+    async def session_ctx(self, app: web.Application) -> AsyncIterator[None]:
+        async with aiohttp.ClientSession(timeout=self.timeout, auto_decompress=False) as session:
+            app[_SESSION_KEY] = session
+            yield
+
+    def remember(self, activity_id: Any, turn: Turn) -> None:
+        if isinstance(activity_id, str) and activity_id:
+            self.turns[activity_id] = turn
+            self.turns.move_to_end(activity_id)
+            while len(self.turns) > self.remembered_turns:
+                self.turns.popitem(last=False)
+
+    async def _send(self, request: web.Request, url: str, body: bytes, who: str) -> web.Response:
+        headers = {
+            name: request.headers[name] for name in _FORWARDED_HEADERS if name in request.headers
+        }
+        session = request.app[_SESSION_KEY]
+        try:
+            async with session.post(url, data=body, headers=headers) as answer:
+                payload = await answer.read()
+                return web.Response(
+                    body=payload,
+                    status=answer.status,
+                    headers={
+                        hdrs.CONTENT_TYPE: answer.headers.get(
+                            hdrs.CONTENT_TYPE, "application/octet-stream"
+                        )
+                    },
+                )
+        except TimeoutError:
+            return _error(
+                504, "GatewayTimeout", f"the {who} did not answer within {self.timeout.total} s"
+            )
+        except aiohttp.ClientError as exc:
+            return _error(
+                502, "BadGateway", f"the {who} at {url} failed: {exc or type(exc).__name__}"
+            )
+
+    async def incoming(self, request: web.Request) -> web.Response:
+        """A message from the channel: forward it (bags played back) to the bot."""
+        body = await request.read()
+        turn = get_turn(request)
+        if turn is not None:
+            message = turn.message
+            self.remember(message.get("id"), turn)
+            if self.public_url is not None and isinstance(message.get("serviceUrl"), str):
+                message["serviceUrl"] = self.public_url
+                body = json.dumps(message).encode()
+        return await self._send(request, self.upstream, body, "bot")
+
+    async def posted(self, request: web.Request) -> web.Response:
+        """A reply the bot POSTed to the connector: persist, strip, forward to the channel."""
+        try:
+            msg = await request.json()
+        except ValueError:
+            return _error(400, "BadSyntax", "the reply is not valid JSON")
+        if not isinstance(msg, dict):
+            return _error(400, "BadArgument", "the reply must be a JSON object")
+        info = request.match_info
+        if "conversationId" in info:
+            target = PostedTarget(Shape.V3, info["conversationId"], info.get("activityId"))
+            reply_to = target.reply_to or msg.get("replyToId")
+        else:
+            target = PostedTarget(Shape.V1)
+            reply_to = msg.get("replyToMessageId")
+        destination = self.destination(msg, request)
+        if destination is None:
+            service_url = msg.get("serviceUrl")
+            return _error(
+                403,
+                "ServiceUrlNotAllowed",
+                f"serviceUrl {service_url!r} is not on the allow-list and no channel URL is"
+                " configured; nothing was forwarded",
+            )
+        pending = PendingWrite([])
+        if has_bags(msg):
+            turn = self.turns.get(reply_to) if isinstance(reply_to, str) else None
+            keys = posted_keys(msg, target, turn)
+            middleware = self.middleware
+            if keys is not None:
+                try:
+                    pending.changes = await posted_changes(
+                        msg,
+                        keys,
+                        turn,
+                        store=middleware.store,
+                        clock=await middleware.ensure_clock(),
+                        whole_bag=middleware.whole_bag,
+                        max_bag_bytes=middleware.max_bag_bytes,
+                    )
+                except BagError as exc:
+                    return web.json_response(exc.to_json(), status=500)
+                except StoreUnavailable as exc:
+                    return _error(503, "StoreUnavailable", f"the state store is unavailable: {exc}")
+            strip_bags(msg)
+        answer = await self._send(request, destination, json.dumps(msg).encode(), "channel")
+        if 200 <= answer.status < 300:
+            try:
+                await pending.apply(self.middleware.store)
+            except StoreUnavailable as exc:
+                return _error(503, "StoreUnavailable", f"the state store is unavailable: {exc}")
+        return answer
+
+    def destination(self, msg: dict[str, Any], request: web.Request) -> str | None:
+        path = request.rel_url.raw_path
+        if self.channel is not None:
+            return self.channel + path
+        service_url = msg.get("serviceUrl")
+        if isinstance(service_url, str) and service_url in self.allowed:
+            return service_url.rstrip("/") + path
+        return None
+
+
+def proxy_app(
+    *,
+    upstream: str,
+    store: str | Store = "memory://",
+    channel: str | None = None,
+    allow_service_urls: Sequence[str] = (),
+    rewrite_service_url: str | None = None,
+    timeout: float = 10.0,
+    remembered_turns: int = 10_000,
+    **options: Any,
+) -> web.Application:
+    """The proxy's aiohttp app. ``options`` are those of ``setup()``.
+
+    ``upstream`` is the bot's messaging endpoint. POSTed replies go to ``channel`` (a
+    base URL) when set, else to their serviceUrl if it is on ``allow_service_urls``.
+    ``rewrite_service_url`` (this proxy's public base URL) makes the bot POST its replies
+    here; it breaks channels that check tokens against the serviceUrl. ``timeout``
+    bounds every forwarded request: a silent bot gives 504, an unreachable one 502.
+    """
+    if rewrite_service_url is not None:
+        logger.warning(
+            "inline_state proxy: incoming serviceUrl is rewritten to %s; channels that check"
+            " tokens against the serviceUrl will reject the bot's replies",
+            rewrite_service_url,
+        )
+    app = web.Application()
+    middleware = setup(app, store, **options)
+    proxy = _Proxy(
+        middleware,
+        upstream,
+        channel,
+        _Allowed(allow_service_urls),
+        rewrite_service_url,
+        timeout,
+        remembered_turns,
+    )
+    app.cleanup_ctx.append(proxy.session_ctx)
+    app.router.add_post("/api/messages", proxy.incoming)
+    app.router.add_post("/bot/v1.0/messages", proxy.posted)
+    app.router.add_post("/v3/conversations/{conversationId}/activities", proxy.posted)
+    app.router.add_post("/v3/conversations/{conversationId}/activities/{activityId}", proxy.posted)
+    return app

@@ -1,0 +1,257 @@
+"""The state proxy in front of bots that know nothing about inline_state."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from pytest_aiohttp import AiohttpServer
+
+import inline_state
+from inline_state import MemoryStore, RecordKey
+
+from .support import Client, RunningBot, activity, free_port, post
+
+StartFn = Callable[[web.Application], Awaitable[Client]]
+PLAIN_BOT = Path(__file__).resolve().parent / "bots" / "plain_bot.py"
+BAGS = {"botuserdata", "botconversationdata", "botperuserinconversationdata"}
+
+
+class Recorder:
+    """A channel (or a trap) on loopback that records what it receives."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[str, dict[str, Any], str | None]] = []
+
+    def app(self) -> web.Application:
+        async def handle(request: web.Request) -> web.Response:
+            body = await request.json()
+            self.received.append((request.path, body, request.headers.get("Authorization")))
+            return web.json_response({"id": "sent"})
+
+        app = web.Application()
+        app.router.add_post("/{tail:.*}", handle)
+        return app
+
+
+@pytest.fixture
+def plain_bot() -> Iterator[RunningBot]:
+    bot = RunningBot(PLAIN_BOT).start()
+    yield bot
+    bot.stop()
+
+
+def no_bags(message: dict[str, Any]) -> bool:
+    return not {key.lower() for key in message} & BAGS
+
+
+async def test_multi_turn_conversation_through_the_proxy(
+    client_for: StartFn, plain_bot: RunningBot
+) -> None:
+    store = MemoryStore()
+    proxy = await client_for(inline_state.proxy_app(upstream=plain_bot.url, store=store))
+    texts = []
+    for user in ("u1", "u1", "u2", "u1"):
+        status, body = await post(proxy, activity(user=user, botUserData={"count": 1000}))
+        assert status == 200
+        [reply] = body["activities"]
+        assert no_bags(reply), "the channel never sees the bags"
+        texts.append(reply["text"])
+    assert texts == [
+        "user 1 conversation 1",
+        "user 2 conversation 2",
+        "user 1 conversation 3",
+        "user 3 conversation 4",
+    ]
+    [record] = await store.load([RecordKey("user", "bot-1", "test", "", "u1")])
+    assert record.props == {"count": b"3"}
+
+
+async def test_killing_the_upstream_gives_502_quickly(client_for: StartFn) -> None:
+    bot = RunningBot(PLAIN_BOT).start()
+    proxy = await client_for(inline_state.proxy_app(upstream=bot.url, timeout=5))
+    assert (await post(proxy, activity()))[0] == 200
+    bot.stop()
+    started = time.monotonic()
+    status, body = await post(proxy, activity())
+    assert status == 502
+    assert body["error"]["code"] == "BadGateway"
+    assert time.monotonic() - started < 2.0
+
+
+async def test_a_bot_that_never_answers_gives_504(
+    client_for: StartFn, aiohttp_server: AiohttpServer
+) -> None:
+    async def silent(request: web.Request) -> web.Response:
+        await asyncio.sleep(30)
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_post("/api/messages", silent)
+    upstream = await aiohttp_server(app)
+    proxy = await client_for(
+        inline_state.proxy_app(upstream=str(upstream.make_url("/api/messages")), timeout=0.5)
+    )
+    status, body = await asyncio.wait_for(post(proxy, activity()), 10)
+    assert status == 504
+    assert "did not answer within 0.5 s" in body["error"]["message"]
+
+
+async def test_replies_the_bot_posts_go_through_the_proxy_to_the_channel(
+    aiohttp_server: AiohttpServer,
+) -> None:
+    channel = Recorder()
+    channel_server = await aiohttp_server(channel.app())
+    store = MemoryStore()
+    proxy_port = free_port()
+    bot = RunningBot(PLAIN_BOT, "--post").start()
+    try:
+        proxy = inline_state.proxy_app(
+            upstream=bot.url,
+            store=store,
+            channel=str(channel_server.make_url("")).rstrip("/"),
+            rewrite_service_url=f"http://127.0.0.1:{proxy_port}",
+        )
+        proxy_server = await aiohttp_server(proxy, port=proxy_port)
+        async with aiohttp.ClientSession() as session:
+            for _ in range(3):
+                async with session.post(
+                    proxy_server.make_url("/api/messages"),
+                    json=activity(serviceUrl="https://channel.invalid/"),
+                    headers={"Authorization": "Bearer bot-token"},
+                ) as response:
+                    assert response.status == 200
+                    assert await response.json() == {"channelStatus": 200}
+    finally:
+        bot.stop()
+    assert len(channel.received) == 3
+    for path, body, _ in channel.received:
+        assert path.startswith("/v3/conversations/conv-1/activities/act-")
+        assert no_bags(body)
+    assert [body["text"] for _, body, _ in channel.received][-1] == "user 3 conversation 3"
+    [conv] = await store.load([RecordKey("conversation", "bot-1", "test", "conv-1", "")])
+    assert conv.props == {"count": b"3"}
+
+
+async def test_service_url_outside_the_allow_list_is_never_contacted(
+    aiohttp_server: AiohttpServer, client_for: StartFn
+) -> None:
+    allowed, trap = Recorder(), Recorder()
+    allowed_server = await aiohttp_server(allowed.app())
+    trap_server = await aiohttp_server(trap.app())
+    store = MemoryStore()
+    proxy = await client_for(
+        inline_state.proxy_app(
+            upstream="http://127.0.0.1:9/api/messages",
+            store=store,
+            allow_service_urls=[str(allowed_server.make_url("/"))],
+        )
+    )
+    reply = {
+        "type": "message",
+        "channelId": "test",
+        "conversation": {"id": "c/1"},
+        "from": {"id": "bot-1"},
+        "recipient": {"id": "user-1"},
+        "text": "hi",
+        "botUserData": {"x": 1},
+    }
+    for service_url in (
+        str(trap_server.make_url("/")),
+        str(allowed_server.make_url("/")).replace("127.0.0.1", "127.0.0.1.evil.example"),
+        "file:///etc/passwd",
+    ):
+        response = await proxy.post(
+            "/v3/conversations/c%2F1/activities", json=reply | {"serviceUrl": service_url}
+        )
+        assert response.status == 403
+        assert "allow-list" in (await response.json())["error"]["message"]
+    assert trap.received == []
+    [user] = await store.load([RecordKey("user", "bot-1", "test", "", "user-1")])
+    assert not user.exists, "nothing persisted for a reply that was not delivered"
+
+    response = await proxy.post(
+        "/v3/conversations/c%2F1/activities",
+        json=reply | {"serviceUrl": str(allowed_server.make_url("/"))},
+        headers={"Authorization": "Bearer t"},
+    )
+    assert response.status == 200
+    [(path, body, auth)] = allowed.received
+    assert (path, auth) == ("/v3/conversations/c/1/activities", "Bearer t")
+    assert no_bags(body)
+    [user] = await store.load([RecordKey("user", "bot-1", "test", "", "user-1")])
+    assert user.props == {"x": b"1"}
+
+
+async def test_v1_later_reply_matches_its_turn(
+    aiohttp_server: AiohttpServer, client_for: StartFn
+) -> None:
+    channel = Recorder()
+    channel_server = await aiohttp_server(channel.app())
+    store = MemoryStore()
+
+    async def v1_bot(request: web.Request) -> web.Response:
+        assert json.loads(await request.read())["text"] == "hi"
+        return web.json_response({"type": "Message", "text": "first", "botUserData": {"n": 1}})
+
+    upstream = web.Application()
+    upstream.router.add_post("/api/messages", v1_bot)
+    upstream_server = await aiohttp_server(upstream)
+    proxy = await client_for(
+        inline_state.proxy_app(
+            upstream=str(upstream_server.make_url("/api/messages")),
+            store=store,
+            channel=str(channel_server.make_url("")).rstrip("/"),
+        )
+    )
+    incoming = {
+        "type": "Message",
+        "id": "m-1",
+        "conversationId": "conv-1",
+        "from": {"id": "user-1"},
+        "to": {"id": "bot-1"},
+        "text": "hi",
+    }
+    status, first = await post(proxy, incoming)
+    assert (status, first) == (200, {"type": "Message", "text": "first"})
+    later = {
+        "type": "Message",
+        "replyToMessageId": "m-1",
+        "text": "later",
+        "botUserData": {"n": 1, "m": 2},
+    }
+    response = await proxy.post("/bot/v1.0/messages", json=later)
+    assert response.status == 200
+    assert channel.received[0][0] == "/bot/v1.0/messages"
+    assert no_bags(channel.received[0][1])
+    [user] = await store.load([RecordKey("user", "bot-1", None, "", "user-1")])
+    assert user.props == {"n": b"1", "m": b"2"}
+
+
+def test_cli_parses_proxy_options() -> None:
+    from inline_state.__main__ import build_parser, proxy_app_from
+
+    args = build_parser().parse_args(
+        [
+            "proxy",
+            "--listen",
+            "127.0.0.1:4000",
+            "--upstream",
+            "http://127.0.0.1:3978/api/messages",
+            "--allow-service-url",
+            "https://smba.trafficmanager.net/",
+            "--timeout",
+            "3",
+        ]
+    )
+    assert args.listen == ("127.0.0.1", 4000)
+    app = proxy_app_from(args)
+    paths = {route.resource.canonical for route in app.router.routes() if route.resource}
+    assert "/v3/conversations/{conversationId}/activities/{activityId}" in paths
