@@ -9,8 +9,11 @@ import subprocess
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
+
+import inline_state
 
 from .support import REPO, Client, RunningBot, activity, post
 
@@ -23,7 +26,7 @@ def blocks(language: str) -> list[str]:
 
 
 async def test_quick_start_and_the_state_api_snippet(client_for: StartFn) -> None:
-    quick_start, state_api = blocks("python")
+    quick_start, _, state_api = blocks("python")
     namespace: dict[str, Any] = {"__name__": "readme"}
     exec(compile(quick_start, "README.md", "exec"), namespace)
     exec(compile(state_api, "README.md", "exec"), namespace)
@@ -36,6 +39,19 @@ async def test_quick_start_and_the_state_api_snippet(client_for: StartFn) -> Non
     )
     body = await response.json()
     assert body["data"] == {"count": 3}, "the API reads what the cookie path wrote"
+
+
+async def test_client_middleware_snippet() -> None:
+    _, snippet, _ = blocks("python")
+    namespace: dict[str, Any] = {"aiohttp": aiohttp, "inline_state": inline_state}
+    namespace["app"] = web.Application()
+    exec(compile(snippet, "README.md", "exec"), namespace)
+    session = namespace["session"]
+    try:
+        assert isinstance(namespace["middleware"].client, inline_state.InlineStateClientMiddleware)
+        assert session._middlewares == (namespace["middleware"].client,)
+    finally:
+        await session.close()
 
 
 def test_curl_conversation_with_the_sample_bot() -> None:

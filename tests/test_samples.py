@@ -7,6 +7,10 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
+from samples.proactive.bot import create_app
+
+import inline_state
 
 from .support import REPO, RunningBot, activity, v1_message
 
@@ -73,3 +77,33 @@ async def test_v1_counter_sample() -> None:
         ]
     finally:
         bot.stop()
+
+
+async def test_proactive_sample(aiohttp_server: Any, client_for: Any) -> None:
+    from aiohttp import web
+
+    received: list[dict[str, Any]] = []
+
+    async def channel_handler(request: web.Request) -> web.Response:
+        received.append(await request.json())
+        return web.json_response({"id": "ok"})
+
+    channel_app = web.Application()
+    channel_app.router.add_post("/{tail:.*}", channel_handler)
+    channel = await aiohttp_server(channel_app)
+    store = inline_state.MemoryStore()
+    bot = await client_for(create_app(store))
+    service_url = str(channel.make_url("/"))
+    for _ in range(2):
+        response = await bot.post("/api/messages", json=activity(serviceUrl=service_url))
+        assert response.status == 200
+    assert [r["text"] for r in received] == [
+        "message 1; I will remind you later",
+        "message 2; I will remind you later",
+    ]
+    response = await bot.post("/api/notify")
+    assert await response.json() == {"sent": 1}
+    assert received[-1]["text"] == "reminder: you asked me to remind you"
+    assert all("botUserData" not in r for r in received)
+    [user] = await store.load([inline_state.RecordKey("user", "bot-1", "test", "", "user-1")])
+    assert set(user.props) == {"lastNotified"}
