@@ -9,8 +9,7 @@ net change per record, where for each property the last reply that differs wins.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from ._codec import UnstorableValue, bag_size, encode_value
 from ._keys import RecordKey
@@ -47,8 +46,7 @@ class BagError(Exception):
         }
 
 
-@dataclass(frozen=True, slots=True)
-class Change:
+class Change(NamedTuple):
     """One net change to one record, applied atomically by a store.
 
     ``sets`` maps property names to canonical JSON bytes; ``removes`` names properties
@@ -66,13 +64,15 @@ class Change:
     max_bytes: int = DEFAULT_MAX_BAG_BYTES
 
 
-@dataclass(slots=True)
 class PendingChange:
     """The net change of one record kind while replies are folded."""
 
-    sets: dict[str, bytes] = field(default_factory=dict)
-    removes: set[str] = field(default_factory=set)
-    replace: bool = False
+    __slots__ = ("removes", "replace", "sets")
+
+    def __init__(self, sets: dict[str, bytes] | None = None, replace: bool = False) -> None:
+        self.sets: dict[str, bytes] = sets if sets is not None else {}
+        self.removes: set[str] = set()
+        self.replace = replace
 
 
 def encode_bag(field_name: str, bag: Any, limit: int) -> dict[str, bytes] | None:
@@ -128,6 +128,8 @@ def fold_replies(
     for reply in replies:
         seen: dict[Kind, str] = {}
         for name, value in reply.items():
+            if name[:1] not in "bB":  # every spelling of a bag field starts with b
+                continue
             kind = kind_of_field(name)
             if kind is None:
                 continue

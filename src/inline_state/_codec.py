@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from typing import Any
 
 __all__ = ["UnstorableValue"]
@@ -24,12 +25,23 @@ class UnstorableValue(ValueError):
     """A value that JSON or msgpack cannot carry faithfully."""
 
 
+_TRUE, _FALSE, _NULL = b"true", b"false", b"null"
+
+
 def encode_value(value: Any) -> bytes:
     """The canonical compact JSON bytes of a value.
 
     Raises UnstorableValue for NaN/Infinity, lone surrogates, integers beyond 64 bits,
     and values JSON cannot represent.
     """
+    kind = type(value)
+    # Scalars are most of what bots store; skip the encoder machinery for them.
+    if kind is int and _INT64_MIN <= value <= _UINT64_MAX:
+        return str(value).encode()
+    if kind is bool:
+        return _TRUE if value else _FALSE
+    if value is None:
+        return _NULL
     try:
         text = _ENCODER.encode(value)
     except ValueError as exc:
@@ -60,22 +72,32 @@ def _check_ints(value: Any) -> None:
             _check_ints(item)
 
 
+_NAMES: dict[str, bytes] = {}
+
+
 def encode_name(name: str) -> bytes:
-    """A property name as a JSON string literal."""
+    """A property name as a JSON string literal (cached: bots reuse a few names)."""
+    encoded = _NAMES.get(name)
+    if encoded is not None:
+        return encoded
     if name.isascii() and name.isprintable() and '"' not in name and "\\" not in name:
-        return b'"' + name.encode() + b'"'
-    try:
-        return _ENCODER.encode(name).encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise UnstorableValue("a property name holds a lone surrogate") from exc
+        encoded = b'"' + name.encode() + b'"'
+    else:
+        try:
+            encoded = _ENCODER.encode(name).encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise UnstorableValue("a property name holds a lone surrogate") from exc
+    if len(_NAMES) < 4096:
+        _NAMES[name] = encoded
+    return encoded
 
 
-def join_bag(props: dict[str, bytes]) -> bytes:
+def join_bag(props: Mapping[str, bytes]) -> bytes:
     """The JSON object of a bag whose values are already encoded."""
     return b"{" + b",".join([encode_name(k) + b":" + v for k, v in props.items()]) + b"}"
 
 
-def bag_size(props: dict[str, bytes]) -> int:
+def bag_size(props: Mapping[str, bytes]) -> int:
     """UTF-8 length of ``join_bag(props)`` without building it."""
     if not props:
         return 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 from urllib.parse import unquote
 
@@ -60,12 +61,18 @@ class RecordKey(NamedTuple):
 
     def encode(self) -> str:
         """Encode unambiguously: every id is escaped, parts are separated by ``/``."""
-        prefix = _namespace(self.bot, self.channel)
-        if self.kind == "user":
-            return f"{prefix}/u/{escape_part(self.user)}"
-        if self.kind == "conversation":
-            return f"{prefix}/c/{escape_part(self.conversation)}"
-        return f"{prefix}/p/{escape_part(self.user)}/{escape_part(self.conversation)}"
+        return _encode_key(self)
+
+
+@functools.lru_cache(maxsize=16384)
+def _encode_key(key: RecordKey) -> str:
+    # A turn's keys are encoded several times (load, apply, index): keep recent ones.
+    prefix = _namespace(key.bot, key.channel)
+    if key.kind == "user":
+        return f"{prefix}/u/{escape_part(key.user)}"
+    if key.kind == "conversation":
+        return f"{prefix}/c/{escape_part(key.conversation)}"
+    return f"{prefix}/p/{escape_part(key.user)}/{escape_part(key.conversation)}"
 
 
 def _namespace(bot: str, channel: str | None) -> str:

@@ -25,7 +25,16 @@ class Turn:
     named no bot, in which case nothing is loaded or persisted.
     """
 
-    __slots__ = ("_message", "base", "deleted", "keys", "played", "shape", "text_kinds")
+    __slots__ = (
+        "_decoded",
+        "_message",
+        "base",
+        "deleted",
+        "keys",
+        "played",
+        "shape",
+        "text_kinds",
+    )
 
     def __init__(
         self,
@@ -40,27 +49,37 @@ class Turn:
     ) -> None:
         self.shape = shape
         self.keys = keys
-        self.played: Mapping[Kind, Mapping[str, bytes]] = MappingProxyType(
-            {kind: MappingProxyType(dict(props)) for kind, props in played.items()}
-        )
+        # Values are immutable bytes in a read-only view; the bot only ever gets decoded
+        # copies, so the snapshot the replies are diffed against cannot change.
+        self.played: Mapping[Kind, Mapping[str, bytes]] = MappingProxyType(played)
         self.text_kinds = text_kinds
         self.base = base
         self.deleted = deleted
         self._message = message
+        self._decoded: dict[Kind, dict[str, Any]] = {}
 
     def played_bag(self, kind: Kind) -> Mapping[str, bytes]:
         """The played-back properties of one kind (empty when nothing was stored)."""
         return self.played.get(kind, _EMPTY)
 
+    def _decode(self, kind: Kind) -> dict[str, Any] | None:
+        decoded = self._decoded.get(kind)
+        if decoded is None:
+            props = self.played.get(kind)
+            if not props:
+                return None
+            decoded = self._decoded[kind] = json.loads(join_bag(props))
+        return decoded
+
     def bag(self, kind: Kind) -> dict[str, Any]:
-        """A fresh, decoded copy of the played-back bag of one kind."""
-        props = self.played.get(kind)
-        return json.loads(join_bag(dict(props))) if props else {}
+        """A decoded copy of the played-back bag of one kind (its top level is copied)."""
+        decoded = self._decode(kind)
+        return dict(decoded) if decoded is not None else {}
 
     def bag_json(self, kind: Kind) -> bytes | None:
         """The played-back bag of one kind as JSON bytes, or None."""
         props = self.played.get(kind)
-        return join_bag(dict(props)) if props else None
+        return join_bag(props) if props else None
 
     @property
     def message(self) -> dict[str, Any]:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import abc
 import enum
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Self
+from dataclasses import dataclass
+from types import MappingProxyType, TracebackType
+from typing import NamedTuple, Self
 
 from .._change import Change
 from .._clock import HybridClock
@@ -63,8 +63,10 @@ class ApplyResult(enum.Enum):
     """The merged record would exceed the change's ``max_bytes``; nothing changed."""
 
 
-@dataclass(frozen=True, slots=True)
-class StoredRecord:
+_NO_PROPS: Mapping[str, bytes] = MappingProxyType({})
+
+
+class StoredRecord(NamedTuple):
     """One record as loaded.
 
     ``props`` holds the live properties as canonical JSON bytes; ``text`` is set
@@ -73,7 +75,7 @@ class StoredRecord:
     record holds (values, tombstones, clear); ``deleted`` is the owner's deletion stamp.
     """
 
-    props: Mapping[str, bytes] = field(default_factory=dict)
+    props: Mapping[str, bytes] = _NO_PROPS
     text: str | None = None
     etag: str = ""
     observed: int = 0
