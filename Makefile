@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PORT ?= 3978
 
-.PHONY: run run-v1 test lint
+.PHONY: run run-v1 test lint bench bench-smoke
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,3 +26,11 @@ lint: $(VENV)/.installed
 
 test: lint
 	$(VENV)/bin/pytest
+
+# Throughput/latency/memory against a plain aiohttp bot (needs wrk, taskset, redis-server).
+bench: $(VENV)/.installed
+	$(PY) bench/run.py --mem-users 20000
+
+# One short round on baseline and memory: keeps the benchmark script working in CI.
+bench-smoke: $(VENV)/.installed
+	$(PY) bench/run.py --smoke --json bench/results/smoke.json
