@@ -13,7 +13,7 @@ from .._change import Change
 from .._clock import HybridClock
 from .._keys import RecordKey, UserRef
 from ._base import MISSING, ApplyResult, RecordTooLarge, StoredRecord
-from ._record import Record, check_etag
+from ._record import Record, check_etag, view_blob
 
 
 class BlobTable(abc.ABC):
@@ -55,7 +55,7 @@ def load_records(table: BlobTable, keys: Sequence[RecordKey]) -> list[StoredReco
         deleted = table.deletion_stamp(key)
         blob = table.get(key, key.encode())
         if blob is not None:
-            out.append(Record.unpack(blob).view(deleted))
+            out.append(view_blob(blob, deleted))
         else:
             out.append(StoredRecord(deleted=deleted) if deleted else MISSING)
     return out

@@ -182,6 +182,29 @@ class Record:
         return not self.live and not self.tombs and stamp_ms(self.clear) < now_ms - tombstone_ttl_ms
 
 
+def view_blob(blob: bytes, deleted: int = 0) -> StoredRecord:
+    """``Record.unpack(blob).view(deleted)`` without building the Record: the read path."""
+    fields: list[Any] = msgpack.unpackb(blob)
+    if fields[0] != FORMAT:
+        raise FormatError(f"stored record has format {fields[0]}, expected {FORMAT}")
+    _, created, writes, clear, text, text_stamp, flat, tombs = fields
+    stamps = flat[2::3]
+    observed = (
+        max(clear, text_stamp, *stamps, *tombs[1::2]) if stamps or tombs else max(clear, text_stamp)
+    )
+    if not flat and text is None:
+        return StoredRecord(observed=observed, deleted=deleted)
+    newest = max(stamps) if stamps else text_stamp
+    return StoredRecord(
+        dict(zip(flat[::3], flat[1::3], strict=True)),
+        text,
+        f"{created:x}.{writes:x}",
+        observed,
+        deleted,
+        stamp_ms(max(newest, text_stamp) if text is not None else newest),
+    )
+
+
 def check_etag(current: str, sent: str | None) -> None:
     """Raise PreconditionFailed unless ``sent`` permits replacing a record at ``current``.
 
