@@ -22,6 +22,7 @@ def test_public_names() -> None:
             "RecordKey",
             "RecordTooLarge",
             "RedisStore",
+            "ReplyResponse",
             "SqliteStore",
             "StateApiError",
             "StateClient",

@@ -663,3 +663,47 @@ async def test_non_utf8_charset_request(client_for: StartFn) -> None:
         )
     assert seen[1]["text"] == "café"
     assert seen[1]["botUserData"] == {"name": "Zoë"}
+
+
+async def test_reply_response_skips_the_reparse_and_strips(client_for: StartFn) -> None:
+    seen: list[dict[str, Any]] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        msg = inline_state.get_message(request)
+        assert msg is not None
+        seen.append(msg)
+        n = inline_state.get_user_data(msg, "n", 0) + 1
+        reply = inline_state.create_reply(msg, str(n))
+        inline_state.set_user_data(reply, "n", n)
+        return inline_state.ReplyResponse({"activities": [reply]}, status=200)
+
+    async def elsewhere(request: web.Request) -> web.StreamResponse:
+        return inline_state.ReplyResponse({"botUserData": {"kept": True}}, status=201)
+
+    app = web.Application()
+    inline_state.setup(app)
+    app.router.add_post("/api/messages", handler)
+    app.router.add_post("/other", elsewhere)
+    client = await client_for(app)
+    for expected in ("1", "2", "3"):
+        status, body = await post(client, activity())
+        assert status == 200
+        assert body["activities"][0]["text"] == expected
+        assert bags_of(body["activities"][0]) == {}
+    assert seen[2]["botUserData"] == {"n": 2}
+    response = await client.post("/other", json={})
+    assert response.status == 201
+    assert await response.json() == {"botUserData": {"kept": True}}
+
+
+async def test_reply_response_with_an_invalid_bag_fails_cleanly(client_for: StartFn) -> None:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return inline_state.ReplyResponse({"type": "message", "botUserData": [1]})
+
+    app = web.Application()
+    inline_state.setup(app)
+    app.router.add_post("/api/messages", handler)
+    client = await client_for(app)
+    status, body = await post(client, activity())
+    assert status == 500
+    assert body["error"]["reason"] == "notAnObject"

@@ -28,7 +28,8 @@ async def messages(request: web.Request) -> web.Response:
     inline_state.set_conversation_data(reply, "turns", c)
     if args_bag_bytes:
         inline_state.set_user_data(reply, "padding", act.get("botUserData", {}).get("padding") or "x" * args_bag_bytes)
-    return web.json_response({"activities": [reply]})
+    # ReplyResponse keeps the objects: the middleware reads the bags without a re-parse.
+    return inline_state.ReplyResponse({"activities": [reply]})
 
 
 args_bag_bytes = 0

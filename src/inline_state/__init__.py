@@ -23,7 +23,14 @@ from ._helpers import (
 from ._keys import RecordKey, UserRef
 from ._proxy import proxy_app
 from ._rest import add_state_api
-from ._server import STORE_KEY, InlineStateMiddleware, get_message, get_turn, setup
+from ._server import (
+    STORE_KEY,
+    InlineStateMiddleware,
+    ReplyResponse,
+    get_message,
+    get_turn,
+    setup,
+)
 from ._state_client import BotData, StateApiError, StateClient
 from ._turn import Turn, current_turn
 from .stores import (
@@ -58,6 +65,7 @@ __all__ = [
     "RecordKey",
     "RecordTooLarge",
     "RedisStore",
+    "ReplyResponse",
     "SqliteStore",
     "StateApiError",
     "StateClient",

@@ -28,7 +28,14 @@ from ._message import (
 from ._turn import Turn, _current
 from .stores import ApplyResult, Store, StoreUnavailable, open_store
 
-__all__ = ["STORE_KEY", "InlineStateMiddleware", "get_message", "get_turn", "setup"]
+__all__ = [
+    "STORE_KEY",
+    "InlineStateMiddleware",
+    "ReplyResponse",
+    "get_message",
+    "get_turn",
+    "setup",
+]
 
 logger = logging.getLogger("inline_state")
 
@@ -62,6 +69,34 @@ def get_message(request: web.Request) -> dict[str, Any] | None:
 
 def _error(status: int, code: str, message: str, **extra: Any) -> web.Response:
     return web.json_response({"error": {"code": code, "message": message, **extra}}, status=status)
+
+
+class ReplyResponse(web.Response):
+    """A JSON response that keeps the reply objects until it is sent.
+
+    ``return ReplyResponse({"activities": replies})`` answers like
+    ``web.json_response`` but lets the middleware read the bags from the objects
+    instead of parsing the body the bot just serialized: the body is serialized once,
+    after the bags are stripped. ``data`` is the body as given.
+    """
+
+    def __init__(
+        self, data: Any, *, status: int = 200, headers: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(status=status, headers=headers, content_type="application/json")
+        self.data = data
+        self._encoded = False
+
+    def encode(self) -> None:
+        """Serialize ``data`` into the body (once)."""
+        if not self._encoded:
+            self._encoded = True
+            self.body = json.dumps(self.data).encode("utf-8")
+
+    async def prepare(self, request: web.BaseRequest) -> Any:
+        """Serialize, then send like any response (also where no middleware ran)."""
+        self.encode()
+        return await super().prepare(request)
 
 
 def _splice(raw: bytes, fields: list[tuple[str, bytes]], empty: bool) -> bytes:
@@ -256,16 +291,22 @@ class InlineStateMiddleware:
                 " bags in it are neither persisted nor stripped"
             )
             return None
-        body = response.body
-        if not isinstance(body, (bytes, bytearray)) or response.content_type != "application/json":
-            return None
-        lowered = body.lower()
-        if b"\\u" not in body and not any(marker in lowered for marker in BAG_MARKERS):
-            return None
-        try:
-            parsed = json.loads(body)
-        except ValueError:
-            return None
+        if isinstance(response, ReplyResponse) and not response._encoded:
+            parsed = response.data  # the bot's own objects: nothing to parse
+        else:
+            body = response.body
+            if (
+                not isinstance(body, (bytes, bytearray))
+                or response.content_type != "application/json"
+            ):
+                return None
+            lowered = body.lower()
+            if b"\\u" not in body and not any(marker in lowered for marker in BAG_MARKERS):
+                return None
+            try:
+                parsed = json.loads(body)
+            except ValueError:
+                return None
         replies = reply_messages(parsed)
         if replies is None:
             return None
@@ -284,7 +325,10 @@ class InlineStateMiddleware:
             failure = await self._persist(turn, pending, clock)
             if failure is not None:
                 return failure
-        if not self.keep_fields and any([strip_bags(reply) for reply in replies]):
+        stripped = not self.keep_fields and any([strip_bags(reply) for reply in replies])
+        if isinstance(response, ReplyResponse) and not response._encoded:
+            response.encode()
+        elif stripped:
             response.headers.popall(hdrs.CONTENT_LENGTH, None)
             response.body = json.dumps(parsed).encode("utf-8")
         return None
