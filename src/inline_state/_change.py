@@ -74,6 +74,10 @@ class PendingChange:
         self.removes: set[str] = set()
         self.replace = replace
 
+    def stamped(self, key: RecordKey, stamp: int, base: int, max_bytes: int) -> Change:
+        """The Change a store applies for this record."""
+        return Change(key, self.sets, frozenset(self.removes), self.replace, stamp, base, max_bytes)
+
 
 def encode_bag(field_name: str, bag: Any, limit: int) -> dict[str, bytes] | None:
     """Validate one reply bag and encode its properties; None when the field is null."""

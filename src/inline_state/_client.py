@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import ClientHandlerType, ClientRequest, ClientResponse, hdrs, payload
 
 from ._message import strip_bags
-from ._posted import PendingWrite, has_bags, posted_changes, posted_keys, posted_target
+from ._posted import PendingWrite, has_bags, posted_keys, posted_target
 from ._turn import current_turn
 
 if TYPE_CHECKING:
@@ -75,19 +75,7 @@ class InlineStateClientMiddleware:
         turn = current_turn()
         keys = posted_keys(msg, target, turn)
         server = self.server
-        changes = (
-            await posted_changes(
-                msg,
-                keys,
-                turn,
-                store=server.store,
-                clock=await server.ensure_clock(),
-                whole_bag=server.whole_bag,
-                max_bag_bytes=server.max_bag_bytes,
-            )
-            if keys is not None
-            else []
-        )
+        changes = await server.posted_changes(msg, keys, turn) if keys is not None else []
         pending = PendingWrite(changes)
         if not server.keep_fields:
             strip_bags(msg)

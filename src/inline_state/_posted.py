@@ -159,17 +159,7 @@ async def posted_changes(
         key = keys.of(kind)
         if key is None or (turn is not None and turn.deleted and kind in diffed):
             continue
-        changes.append(
-            Change(
-                key,
-                change.sets,
-                frozenset(change.removes),
-                change.replace,
-                stamp,
-                base,
-                max_bag_bytes,
-            )
-        )
+        changes.append(change.stamped(key, stamp, base, max_bag_bytes))
     return changes
 
 

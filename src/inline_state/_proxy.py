@@ -22,7 +22,7 @@ from yarl import URL
 
 from ._change import BagError
 from ._message import Shape, strip_bags
-from ._posted import PendingWrite, PostedTarget, has_bags, posted_changes, posted_keys
+from ._posted import PendingWrite, PostedTarget, has_bags, posted_keys
 from ._server import InlineStateMiddleware, get_turn, setup
 from ._turn import Turn
 from .stores import Store, StoreUnavailable
@@ -164,18 +164,9 @@ class _Proxy:
         if has_bags(msg):
             turn = self.turns.get(reply_to) if isinstance(reply_to, str) else None
             keys = posted_keys(msg, target, turn)
-            middleware = self.middleware
             if keys is not None:
                 try:
-                    pending.changes = await posted_changes(
-                        msg,
-                        keys,
-                        turn,
-                        store=middleware.store,
-                        clock=await middleware.ensure_clock(),
-                        whole_bag=middleware.whole_bag,
-                        max_bag_bytes=middleware.max_bag_bytes,
-                    )
+                    pending.changes = await self.middleware.posted_changes(msg, keys, turn)
                 except BagError as exc:
                     return web.json_response(exc.to_json(), status=500)
                 except StoreUnavailable as exc:

@@ -10,7 +10,7 @@ from typing import Any, Literal
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 
-from ._change import DEFAULT_MAX_BAG_BYTES, BagError, Change, fold_replies
+from ._change import DEFAULT_MAX_BAG_BYTES, BagError, Change, PendingChange, fold_replies
 from ._client import InlineStateClientMiddleware
 from ._clock import HybridClock
 from ._codec import join_bag
@@ -25,6 +25,7 @@ from ._message import (
     reply_messages,
     strip_bags,
 )
+from ._posted import posted_changes
 from ._turn import Turn, _current
 from .stores import ApplyResult, Store, StoreUnavailable, open_store
 
@@ -161,6 +162,21 @@ class InlineStateMiddleware:
         if self.clock is None:
             self.clock = HybridClock(await self.store.allocate_node_id())
         return self.clock
+
+    async def posted_changes(
+        self, msg: dict[str, Any], keys: TurnKeys, turn: Turn | None
+    ) -> list[Change]:
+        """The changes of a reply POSTed to the channel, with this middleware's store,
+        clock and options (see ``_posted.posted_changes``; raises BagError)."""
+        return await posted_changes(
+            msg,
+            keys,
+            turn,
+            store=self.store,
+            clock=await self.ensure_clock(),
+            whole_bag=self.whole_bag,
+            max_bag_bytes=self.max_bag_bytes,
+        )
 
     async def cleanup_ctx(self, app: web.Application) -> AsyncIterator[None]:
         """Open the store (if given as a URL) and the clock with the app; close after."""
@@ -334,7 +350,7 @@ class InlineStateMiddleware:
         return None
 
     async def _persist(
-        self, turn: Turn, pending: Mapping[Kind, Any], clock: HybridClock
+        self, turn: Turn, pending: Mapping[Kind, PendingChange], clock: HybridClock
     ) -> web.Response | None:
         if turn.deleted:
             logger.info("inline_state: bags of a reply to a user-data deletion are ignored")
@@ -355,26 +371,16 @@ class InlineStateMiddleware:
                     " API; the reply's bag replaces it",
                     kind,
                 )
-            changes.append(
-                Change(
-                    key,
-                    change.sets,
-                    frozenset(change.removes),
-                    change.replace,
-                    stamp,
-                    turn.base,
-                    self.max_bag_bytes,
-                )
-            )
+            changes.append(change.stamped(key, stamp, turn.base, self.max_bag_bytes))
         if not changes:
             return None
         try:
             results = await self.store.apply(changes)
         except StoreUnavailable as exc:
             return self._unavailable(exc)
-        for change, result in zip(changes, results, strict=True):
+        for applied, result in zip(changes, results, strict=True):
             if result is ApplyResult.TOO_LARGE:
-                field = FIELD_OF_KIND[change.key.kind]
+                field = FIELD_OF_KIND[applied.key.kind]
                 error = BagError(
                     field,
                     "tooLarge",
