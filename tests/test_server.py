@@ -707,3 +707,40 @@ async def test_reply_response_with_an_invalid_bag_fails_cleanly(client_for: Star
     status, body = await post(client, activity())
     assert status == 500
     assert body["error"]["reason"] == "notAnObject"
+
+
+async def test_a_merged_record_over_the_limit_fails_the_turn(client_for: StartFn) -> None:
+    # Each reply's bag is under the limit; merged with what an overlapping turn stored,
+    # the record would not be.
+    both_loaded = asyncio.Barrier(2)
+    first_done = asyncio.Event()
+
+    async def handler(request: web.Request) -> web.Response:
+        msg = await request.json()
+        await both_loaded.wait()
+        if msg["text"] == "second":
+            await first_done.wait()
+        big = {"a" if msg["text"] == "first" else "b": "x" * 40_000}
+        return web.json_response(reply_to(msg, botUserData=big))
+
+    app = web.Application()
+    inline_state.setup(app)
+    app.router.add_post("/api/messages", handler)
+    client = await client_for(app)
+
+    async def first() -> tuple[int, Any]:
+        result = await post(client, activity(text="first"))
+        first_done.set()
+        return result
+
+    (status1, _), (status2, body2) = await asyncio.gather(
+        first(), post(client, activity(text="second"))
+    )
+    assert status1 == 200
+    assert status2 == 500
+    assert body2["error"]["reason"] == "tooLarge"
+    assert "merged" in body2["error"]["message"]
+    [user] = await app[inline_state.STORE_KEY].load(
+        [RecordKey("user", "bot-1", "test", "", "user-1")]
+    )
+    assert set(user.props) == {"a"}, "the record stays as it was"
