@@ -10,7 +10,10 @@ first target as a markdown table, and writes all raw results as JSON.
 
 Targets: baseline (dict state, no middleware), memory, sqlite, redis (a redis-server
 this script starts, pinned with wrk to CPU 1; SQLite's writer thread runs in the server
-process on CPU 0). Needs wrk and taskset; redis-server for the redis target.
+process on CPU 0), agents (Microsoft 365 Agents SDK 1.9.0 with its own state) and
+botbuilder (botbuilder-python 4.17.1's UserState/ConversationState; -patched with the
+msrest hotspot fixed); the SDKs run from venvs this script creates under bench/.venvs.
+Needs wrk and taskset; redis-server for the redis target.
 
     python bench/run.py                       # the full run
     python bench/run.py --smoke               # one short round: baseline and memory
@@ -35,7 +38,16 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 LUA = HERE / "wrk" / "messages.lua"
-KNOWN = ("baseline", "memory", "sqlite", "redis")
+KNOWN = ("baseline", "memory", "sqlite", "redis", "agents", "botbuilder", "botbuilder-patched")
+# The SDKs get venvs of their own, created on first use: their pins must not mix with ours.
+SDK_VENVS = {
+    "agents": [
+        "microsoft-agents-hosting-aiohttp==1.9.0",
+        "microsoft-agents-hosting-core==1.9.0",
+        "microsoft-agents-authentication-msal==1.9.0",
+    ],
+    "botbuilder": ["botbuilder-core==4.17.1", "botbuilder-integration-aiohttp==4.17.1"],
+}
 
 
 def free_port() -> int:
@@ -95,9 +107,28 @@ class Redis:
         self.proc.wait(10)
 
 
+def sdk_python(sdk: str) -> str:
+    """The interpreter of an SDK's own venv under bench/.venvs, created on first use."""
+    venv = HERE / ".venvs" / sdk
+    python = venv / "bin" / "python"
+    marker = venv / ".installed"
+    if not marker.exists():
+        print(f"creating {venv} with {' '.join(SDK_VENVS[sdk])} (once)", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "--quiet", *SDK_VENVS[sdk]], check=True)
+        marker.touch()
+    return str(python)
+
+
 def command(name: str, a: argparse.Namespace, workdir: Path, redis: Redis | None) -> list[str]:
     py = sys.executable
-    inline = [py, str(HERE / "targets" / "inline.py"), "--bag-bytes", str(a.bag_bytes)]
+    if name == "agents":
+        return [sdk_python("agents"), str(HERE / "targets" / "agents_state.py")]
+    if name.startswith("botbuilder"):
+        patch = ["--patch-msrest"] if name == "botbuilder-patched" else []
+        return [sdk_python("botbuilder"), str(HERE / "targets" / "botbuilder_state.py"), *patch]
+    inline = [py, str(HERE / "targets" / "inline.py"), "--bag-bytes", str(a.bag_bytes),
+              "--seed-users", str(a.seed_users)]
     if name == "baseline":
         return [py, str(HERE / "targets" / "baseline.py")]
     if name == "memory":
@@ -124,7 +155,7 @@ class Server:
                             "deliveryMode": "expectReplies", "from": {"id": "probe"},
                             "recipient": {"id": "bot"}, "conversation": {"id": "probe"},
                             "text": "probe"}).encode()
-        deadline = time.time() + 30
+        deadline = time.time() + 600  # seeding a million users takes a while
         while True:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{cmd} exited; see {log}")
@@ -269,6 +300,8 @@ def main() -> None:
     parser.add_argument("--c1", type=float, default=3, help="seconds of 1-connection latency (0 = skip)")
     parser.add_argument("--rate", type=float, default=0, help="fixed request rate for p99 (0 = skip)")
     parser.add_argument("--bag-bytes", type=int, default=0, help="extra unchanged bytes in the user bag")
+    parser.add_argument("--seed-users", type=int, default=0,
+                        help="inline targets: records of N other users stored before the run")
     parser.add_argument("--mem-users", type=int, default=0, help="RSS growth after N users (0 = skip)")
     parser.add_argument("--server-cpu", default="0")
     parser.add_argument("--wrk-cpu", default="1")

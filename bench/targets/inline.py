@@ -1,4 +1,9 @@
-"""The same counter turn with inline state on any store URL (``--store``)."""
+"""The same counter turn with inline state on any store URL (``--store``).
+
+``--bag-bytes N`` adds an N-byte property to the user bag that no turn changes (how the
+cost follows the bag's size); ``--seed-users N`` stores records of N other users before
+the run (how the cost follows the number of stored users).
+"""
 
 from __future__ import annotations
 
@@ -10,8 +15,11 @@ from aiohttp import web
 
 import inline_state
 
+PADDING = web.AppKey("padding", int)
+SEED_BATCH = 1000
 
-async def messages(request: web.Request) -> web.Response:
+
+async def messages(request: web.Request) -> web.StreamResponse:
     act: Any = inline_state.get_message(request)
     n = inline_state.get_user_data(act, "turns", 0) + 1
     c = inline_state.get_conversation_data(act, "turns", 0) + 1
@@ -26,27 +34,44 @@ async def messages(request: web.Request) -> web.Response:
     }
     inline_state.set_user_data(reply, "turns", n)
     inline_state.set_conversation_data(reply, "turns", c)
-    if args_bag_bytes:
-        inline_state.set_user_data(reply, "padding", act.get("botUserData", {}).get("padding") or "x" * args_bag_bytes)
+    padding = request.app[PADDING]
+    if padding and inline_state.get_user_data(act, "padding") is None:
+        inline_state.set_user_data(reply, "padding", "x" * padding)
     # ReplyResponse keeps the objects: the middleware reads the bags without a re-parse.
     return inline_state.ReplyResponse({"activities": [reply]})
 
 
-args_bag_bytes = 0
+def seeder(count: int, middleware: inline_state.InlineStateMiddleware) -> Any:
+    async def seed(app: web.Application) -> None:
+        clock = await middleware.ensure_clock()
+        for start in range(0, count, SEED_BATCH):
+            stamp = clock.stamp()
+            changes = []
+            for i in range(start, min(start + SEED_BATCH, count)):
+                for key in (
+                    inline_state.RecordKey("user", "bot", "bench", "", f"seed{i}"),
+                    inline_state.RecordKey("conversation", "bot", "bench", f"seed{i}", ""),
+                ):
+                    changes.append(inline_state.Change(key, {"turns": b"1"}, stamp=stamp))
+            await middleware.store.apply(changes)
+
+    return seed
 
 
 def make_app(args: argparse.Namespace) -> web.Application:
-    global args_bag_bytes
-    args_bag_bytes = args.bag_bytes
     app = web.Application()
-    inline_state.setup(app, args.store)
+    middleware = inline_state.setup(app, args.store)
+    app[PADDING] = args.bag_bytes
+    if args.seed_users:
+        app.on_startup.append(seeder(args.seed_users, middleware))
     app.router.add_post("/api/messages", messages)
     return app
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store", default="memory://")
-    parser.add_argument("--bag-bytes", type=int, default=0, help="user bag padding (unchanged per turn)")
+    parser.add_argument("--bag-bytes", type=int, default=0)
+    parser.add_argument("--seed-users", type=int, default=0)
 
 
 if __name__ == "__main__":
