@@ -119,3 +119,27 @@ async def test_current_turn_is_visible_to_the_bot(client_for: StartFn) -> None:
     assert dict(turns[1].played_bag("user")) == {"a": b"1"}
     assert turns[1].bag("user") == {"a": 1}
     assert inline_state.current_turn() is None, "reset after the turn"
+
+
+async def test_values_changed_in_place_are_still_written(client_for: StartFn) -> None:
+    # Unchanged immutable values are recognised by identity and not re-encoded; a played
+    # list or dict changed in place must still count as changed.
+    def bot(msg: dict[str, Any]) -> Any:
+        reply = create_reply(msg, "x")
+        tags = get_user_data(msg, "tags")
+        if tags is None:
+            set_user_data(reply, "tags", ["a"])
+            set_user_data(reply, "big", "z" * 10_000)
+        else:
+            tags.append(str(len(tags)))  # mutate the played list in place
+            set_user_data(reply, "tags", tags)
+        return reply
+
+    app, _ = echo_app(bot)
+    client = await client_for(app)
+    for _ in range(3):
+        await post(client, activity())
+    store = app[inline_state.STORE_KEY]
+    [user] = await store.load([inline_state.RecordKey("user", "bot-1", "test", "", "user-1")])
+    assert user.props["tags"] == b'["a","1","2"]'
+    assert user.props["big"] == b'"' + b"z" * 10_000 + b'"'

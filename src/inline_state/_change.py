@@ -79,8 +79,24 @@ class PendingChange:
         return Change(key, self.sets, frozenset(self.removes), self.replace, stamp, base, max_bytes)
 
 
-def encode_bag(field_name: str, bag: Any, limit: int) -> dict[str, bytes] | None:
-    """Validate one reply bag and encode its properties; None when the field is null."""
+_IMMUTABLE = (str, int, float, bool, type(None))
+_ABSENT: Any = object()
+
+
+def encode_bag(
+    field_name: str,
+    bag: Any,
+    limit: int,
+    played: Mapping[str, bytes] | None = None,
+    played_values: Mapping[str, Any] | None = None,
+) -> dict[str, bytes] | None:
+    """Validate one reply bag and encode its properties; None when the field is null.
+
+    ``played_values`` are the decoded played-back values the bot was given: a reply
+    value that is the very same immutable object (a string, a number) is known to be
+    unchanged and reuses its played bytes instead of being encoded again, so an
+    untouched large value costs nothing.
+    """
     if bag is None:
         return None
     if not isinstance(bag, dict):
@@ -92,6 +108,14 @@ def encode_bag(field_name: str, bag: Any, limit: int) -> dict[str, bytes] | None
         )
     encoded: dict[str, bytes] = {}
     for name, value in bag.items():
+        if (
+            played_values is not None
+            and played is not None
+            and type(value) in _IMMUTABLE
+            and played_values.get(name, _ABSENT) is value
+        ):
+            encoded[name] = played[name]
+            continue
         try:
             encoded[name] = encode_value(value)
         except UnstorableValue as exc:
@@ -120,6 +144,7 @@ def fold_replies(
     whole_bag: frozenset[Kind],
     text_kinds: frozenset[Kind] = frozenset(),
     limit: int,
+    played_values: Mapping[Kind, Mapping[str, Any]] | None = None,
 ) -> dict[Kind, PendingChange]:
     """Validate every reply's bags, then fold them into one change per record kind.
 
@@ -145,7 +170,13 @@ def fold_replies(
                     limit=limit,
                 )
             seen[kind] = name
-            encoded = encode_bag(name, value, limit)
+            encoded = encode_bag(
+                name,
+                value,
+                limit,
+                played.get(kind),
+                played_values.get(kind) if played_values is not None else None,
+            )
             if encoded is not None:
                 bags.append((kind, encoded))
 

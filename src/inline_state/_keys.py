@@ -64,9 +64,10 @@ class RecordKey(NamedTuple):
         return _encode_key(self)
 
 
-@functools.lru_cache(maxsize=16384)
+@functools.lru_cache(maxsize=1024)
 def _encode_key(key: RecordKey) -> str:
-    # A turn's keys are encoded several times (load, apply, index): keep recent ones.
+    # A turn encodes its keys several times (load, apply, index) within microseconds:
+    # a small cache of recent ones is enough and costs no memory per stored user.
     prefix = _namespace(key.bot, key.channel)
     if key.kind == "user":
         return f"{prefix}/u/{escape_part(key.user)}"

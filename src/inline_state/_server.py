@@ -333,6 +333,7 @@ class InlineStateMiddleware:
                 whole_bag=self.whole_bag,
                 text_kinds=turn.text_kinds,
                 limit=self.max_bag_bytes,
+                played_values=turn.decoded,
             )
         except BagError as exc:
             logger.error("inline_state: invalid bag in the reply: %s", exc)

@@ -71,6 +71,11 @@ class Turn:
             decoded = self._decoded[kind] = json.loads(join_bag(props))
         return decoded
 
+    @property
+    def decoded(self) -> Mapping[Kind, Mapping[str, Any]]:
+        """The played-back bags decoded so far (the objects the bot's copies share)."""
+        return self._decoded
+
     def bag(self, kind: Kind) -> dict[str, Any]:
         """A decoded copy of the played-back bag of one kind (its top level is copied)."""
         decoded = self._decode(kind)
