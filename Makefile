@@ -27,9 +27,13 @@ lint: $(VENV)/.installed
 test: lint
 	$(VENV)/bin/pytest
 
-# Throughput/latency/memory against a plain aiohttp bot (needs wrk, taskset, redis-server).
+# Throughput/latency/memory against a plain aiohttp bot and the SDKs, then the growth
+# curves and their plot (needs wrk, taskset, redis-server; about 30 minutes).
 bench: $(VENV)/.installed
-	$(PY) bench/run.py --mem-users 20000
+	$(PY) -m pip install --quiet matplotlib
+	$(PY) bench/run.py --targets baseline,memory,sqlite,redis,agents,botbuilder,botbuilder-patched \
+		--rate 8000 --mem-users 20000
+	$(PY) bench/curves.py
 
 # One short round on baseline and memory: keeps the benchmark script working in CI.
 bench-smoke: $(VENV)/.installed

@@ -6,7 +6,8 @@
 - turn cost with user bags of 100 B, 4 KiB and 60 KiB where each turn changes one
   property (a counter) and leaves the rest as it was.
 Each point is the median of --rounds runs of bench/run.py's measurement, with the
-baseline measured in the same run. Writes bench/results/curves.json and curves.png.
+baseline measured in the same run. Writes bench/results/curves.json and the plot the
+README shows, bench/curves.png.
 
     python bench/curves.py [--rounds 3] [--duration 5]
 """
@@ -45,6 +46,7 @@ def main() -> None:
     parser.add_argument("--users", type=int, nargs=2, default=[10_000, 1_000_000])
     parser.add_argument("--bags", type=int, nargs="+", default=[100, 4096, 61440])
     parser.add_argument("--out", default=str(HERE / "results"))
+    parser.add_argument("--png", default=str(HERE / "curves.png"))
     a = parser.parse_args()
     base = argparse.Namespace(
         rounds=a.rounds, duration=a.duration, warmup=2, threads=2, connections=64, users=10_000,
@@ -72,8 +74,8 @@ def main() -> None:
     folder = Path(a.out)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "curves.json").write_text(json.dumps(out, indent=1))
-    plot(out, folder / "curves.png")
-    print(f"wrote {folder / 'curves.json'} and {folder / 'curves.png'}")
+    plot(out, Path(a.png))
+    print(f"wrote {folder / 'curves.json'} and {a.png}")
 
 
 def plot(out: dict[str, Any], path: Path) -> None:
