@@ -167,3 +167,26 @@ def test_urls_and_arguments() -> None:
         RedisStore("redis://x")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="redis"):
         open_store("redis+cluster://")
+
+
+async def test_setup_with_an_existing_client(
+    client_for: StartFn, redis_server: RedisServer
+) -> None:
+    redis_client = Redis(host="127.0.0.1", port=redis_server.port)
+    app = web.Application()
+    inline_state.setup(app, redis_client, prefix=f"t{uuid.uuid4().hex}")
+
+    async def handler(request: web.Request) -> web.Response:
+        msg = await request.json()
+        n = inline_state.get_user_data(msg, "n", 0) + 1
+        reply = inline_state.create_reply(msg, str(n))
+        inline_state.set_user_data(reply, "n", n)
+        return web.json_response(reply)
+
+    app.router.add_post("/api/messages", handler)
+    client = await client_for(app)
+    texts = [(await post(client, activity()))[1]["text"] for _ in range(3)]
+    assert texts == ["1", "2", "3"]
+    await client.close()
+    assert await redis_client.ping(), "the caller's client is still open"
+    await redis_client.aclose()

@@ -9,6 +9,8 @@ from typing import Any, Literal
 
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from ._change import DEFAULT_MAX_BAG_BYTES, BagError, Change, PendingChange, fold_replies
 from ._client import InlineStateClientMiddleware
@@ -27,7 +29,7 @@ from ._message import (
 )
 from ._posted import posted_changes
 from ._turn import Turn, _current
-from .stores import ApplyResult, Store, StoreUnavailable, open_store
+from .stores import ApplyResult, RedisStore, Store, StoreUnavailable, open_store
 
 __all__ = [
     "STORE_KEY",
@@ -115,8 +117,8 @@ class InlineStateMiddleware:
     clones requests, and behind the bot's channel authentication: it trusts the ids of
     the messages that reach it.
 
-    ``store`` is a URL (opened and closed with the app) or a Store instance (the caller
-    opens and closes it). ``merge="bag"`` replaces whole bags like v1 did instead of
+    ``store`` is a URL (opened and closed with the app), a ``redis.asyncio`` client (the
+    caller keeps owning it), or a Store instance (the caller opens and closes it). ``merge="bag"`` replaces whole bags like v1 did instead of
     merging per property. ``keep_fields`` leaves the bags on the wire.
     """
 
@@ -124,7 +126,7 @@ class InlineStateMiddleware:
 
     def __init__(
         self,
-        store: str | Store = "memory://",
+        store: str | Store | Redis | RedisCluster = "memory://",
         *,
         paths: Collection[str] = ("/api/messages",),
         clock: HybridClock | None = None,
@@ -137,11 +139,14 @@ class InlineStateMiddleware:
             raise ValueError(f"merge must be 'property' or 'bag', got {merge!r}")
         if max_bag_bytes <= 2:
             raise ValueError(f"max_bag_bytes must be above 2, got {max_bag_bytes}")
-        self._owns_store = isinstance(store, str)
+        self._owns_store = not isinstance(store, Store)
         if isinstance(store, str):
             self.store = open_store(store, clock=clock, **store_options)
+        elif isinstance(store, (Redis, RedisCluster)):
+            # The caller's client: the store is ours to open, the client stays theirs.
+            self.store = RedisStore(store, clock=clock, **store_options)
         elif store_options:
-            raise TypeError(f"store options {sorted(store_options)} need a store URL")
+            raise TypeError(f"store options {sorted(store_options)} need a store URL or client")
         else:
             self.store = store
         self.clock = clock
@@ -395,13 +400,16 @@ class InlineStateMiddleware:
 
 
 def setup(
-    app: web.Application, store: str | Store = "memory://", **options: Any
+    app: web.Application,
+    store: str | Store | Redis | RedisCluster = "memory://",
+    **options: Any,
 ) -> InlineStateMiddleware:
     """Add inline state to an app: the middleware, and the store's lifecycle.
 
-    ``store`` is a URL (``memory://``) or a Store instance; ``options`` are those of
-    InlineStateMiddleware (``paths``, ``clock``, ``merge``, ``keep_fields``,
-    ``max_bag_bytes``) and, with a URL, the store's (``ttl``, ``tombstone_ttl``).
+    ``store`` is a URL, an existing ``redis.asyncio`` client, or a Store instance;
+    ``options`` are those of InlineStateMiddleware (``paths``, ``clock``, ``merge``,
+    ``keep_fields``, ``max_bag_bytes``) and, with a URL or a client, the store's
+    (``ttl``, ``tombstone_ttl``, ``prefix``...).
     """
     middleware = InlineStateMiddleware(store, **options)
     app.middlewares.append(middleware)
