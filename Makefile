@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PORT ?= 3978
 
-.PHONY: run run-v1 test lint bench bench-smoke
+.PHONY: run run-v1 test test-oldest lint bench bench-smoke
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,18 @@ lint: $(VENV)/.installed
 
 test: lint
 	$(VENV)/bin/pytest
+
+# The aiohttp-facing tests on the oldest aiohttp we support (no RequestKey there).
+OLDEST_VENV ?= .venv-oldest
+$(OLDEST_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(OLDEST_VENV)
+	$(OLDEST_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(OLDEST_VENV)/bin/python -m pip install --quiet "aiohttp==3.12.15" -e '.[test]'
+	touch $@
+
+test-oldest: $(OLDEST_VENV)/.installed
+	$(OLDEST_VENV)/bin/pytest -p no:cacheprovider tests/test_server.py tests/test_client.py \
+		tests/test_helpers.py tests/test_aiohttp_compat.py tests/test_proxy.py tests/test_rest.py
 
 # Throughput/latency/memory against a plain aiohttp bot and the SDKs, then the growth
 # curves and their plot (needs wrk, taskset, redis-server; about 30 minutes).
