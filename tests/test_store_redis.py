@@ -160,7 +160,7 @@ def test_urls_and_arguments() -> None:
     assert (store.prefix, store.timeout) == ("bots", 0.5)
     kwargs = store.client.connection_pool.connection_kwargs  # type: ignore[union-attr]
     assert (kwargs["username"], kwargs["password"], kwargs["db"]) == ("user", "secret", 2)
-    assert kwargs["socket_timeout"] == 0.5
+    assert kwargs["socket_connect_timeout"] == 0.5
     with pytest.raises(ValueError, match="hash tags"):
         RedisStore(Redis(), prefix="a{b}")
     with pytest.raises(TypeError, match="Redis"):
@@ -190,3 +190,16 @@ async def test_setup_with_an_existing_client(
     await client.close()
     assert await redis_client.ping(), "the caller's client is still open"
     await redis_client.aclose()
+
+
+async def test_apply_survives_a_script_flush(redis_server: RedisServer) -> None:
+    async with open_store(url_of(redis_server, f"t{uuid.uuid4().hex}")) as store:
+        assert isinstance(store, RedisStore)
+        key = RecordKey("user", "b", "c", "", "u")
+        clock = inline_state.HybridClock(3)
+        await store.apply([inline_state.Change(key, {"a": b"1"}, stamp=clock.stamp())])
+        await store.client.script_flush()
+        results = await store.apply([inline_state.Change(key, {"a": b"2"}, stamp=clock.stamp())])
+        assert results == [inline_state.ApplyResult.APPLIED]
+        [record] = await store.load([key])
+        assert record.props == {"a": b"2"}

@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 from redis.maint_notifications import MaintNotificationsConfig
 
 from .._change import Change
@@ -107,7 +107,9 @@ class RedisStore(Store):
         rest = urlencode([(k, v) for k, v in query if k not in _OUR_QUERY])
         timeout = float(options.get("timeout", 1.0))
         common: dict[str, Any] = {
-            "socket_timeout": timeout,
+            # Every operation is bounded by ``timeout`` as a whole (see _guard); a socket
+            # timeout too would arm two more timers per command for nothing.
+            "socket_timeout": None,
             "socket_connect_timeout": timeout,
             "retry": Retry(NoBackoff(), 1),
         }
@@ -235,15 +237,33 @@ class RedisStore(Store):
             calls += [self.client.zadd(zkey, {member: 0}, nx=True) for zkey, member in indexed]
             replies = await self._guard(asyncio.gather(*calls))
         else:
+            replies = await self._guard(self._apply_pipelined(changes, indexed, now_ms))
+        return [_RESULTS[reply] for reply in replies[: len(changes)]]
+
+    async def _apply_pipelined(
+        self, changes: Sequence[Change], indexed: list[tuple[str, str]], now_ms: int
+    ) -> list[Any]:
+        # EVALSHA straight into the pipeline: a script registered on a pipeline makes
+        # redis-py send SCRIPT EXISTS first, an extra round trip on every turn. If Redis
+        # lost the script (a restart, SCRIPT FLUSH), load it and run the pipeline again:
+        # stamped writes are safe to repeat.
+        for attempt in (1, 2):
             pipe = self.client.pipeline(transaction=False)
             for c in changes:
-                keys, args = self._script_keys(c.key), self._apply_args(c, now_ms)
-                # With a pipeline the await only queues the EVALSHA.
-                await self._apply(keys=keys, args=args, client=pipe)  # type: ignore[arg-type]
+                script_keys = self._script_keys(c.key)
+                pipe.evalsha(
+                    self._apply.sha, len(script_keys), *script_keys, *self._apply_args(c, now_ms)
+                )
             for zkey, member in indexed:
                 pipe.zadd(zkey, {member: 0}, nx=True)
-            replies = await self._guard(pipe.execute())
-        return [_RESULTS[reply] for reply in replies[: len(changes)]]
+            try:
+                replies: list[Any] = await pipe.execute()
+                return replies
+            except NoScriptError:
+                if attempt == 2:
+                    raise
+                await self.client.script_load(_redis_lua.APPLY)
+        raise AssertionError("unreachable")
 
     async def compare_and_set(
         self,
