@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
@@ -19,7 +19,7 @@ from ._clock import HybridClock
 from ._keys import RecordKey, TurnKeys
 from ._message import KINDS, Kind, Shape, bag_fields, detect_shape
 from ._turn import Turn
-from .stores import ApplyResult, Store
+from .stores import Store
 
 _V3_REPLY = re.compile(
     r"/v3/conversations/(?P<conversation>[^/]+)/activities(?:/(?P<reply_to>[^/]+))?/?$"
@@ -99,12 +99,11 @@ class PendingWrite:
 
     changes: list[Change]
     done: bool = False
-    results: list[ApplyResult] = field(default_factory=list)
 
     async def apply(self, store: Store) -> None:
         """Apply once; later calls (retries, redirects) do nothing."""
         if not self.done and self.changes:
-            self.results = await store.apply(self.changes)
+            await store.apply(self.changes)
         self.done = True
 
 

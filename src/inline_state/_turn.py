@@ -81,11 +81,6 @@ class Turn:
         decoded = self._decode(kind)
         return dict(decoded) if decoded is not None else {}
 
-    def bag_json(self, kind: Kind) -> bytes | None:
-        """The played-back bag of one kind as JSON bytes, or None."""
-        props = self.played.get(kind)
-        return join_bag(props) if props else None
-
     @property
     def message(self) -> dict[str, Any]:
         """The incoming message as the bot sees it, bags included (parsed once)."""
