@@ -8,7 +8,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from .support import free_port
+from .support import free_port, stop_process
 
 
 def _binary(name: str) -> str:
@@ -79,13 +79,7 @@ class RedisServer:
         )
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        stop_process(self.process)
         self.process = None
 
 

@@ -95,19 +95,6 @@ class Record:
                 top = stamp
         return top
 
-    def view(self, deleted: int = 0) -> StoredRecord:
-        """The read-only form returned by loads."""
-        if not self.live:
-            return StoredRecord(observed=self.observed, deleted=deleted)
-        return StoredRecord(
-            props={name: value for name, (value, _) in self.props.items()},
-            text=self.text,
-            etag=self.etag,
-            observed=self.observed,
-            deleted=deleted,
-            modified_ms=stamp_ms(self.modified_stamp()),
-        )
-
     def size(self) -> int:
         """UTF-8 length of the record's data as JSON."""
         if self.text is not None:
@@ -183,7 +170,7 @@ class Record:
 
 
 def view_blob(blob: bytes, deleted: int = 0) -> StoredRecord:
-    """``Record.unpack(blob).view(deleted)`` without building the Record: the read path."""
+    """The read-only form a load returns, decoded straight from the packed record."""
     fields: list[Any] = msgpack.unpackb(blob)
     if fields[0] != FORMAT:
         raise FormatError(f"stored record has format {fields[0]}, expected {FORMAT}")

@@ -12,7 +12,7 @@ from .._keys import RecordKey, UserRef, decode_key, namespace_prefix
 from .._message import Kind
 from . import _blob
 from ._base import DEFAULT_TOMBSTONE_TTL, ApplyResult, ExportPage, Store, StoredRecord
-from ._record import Record
+from ._record import view_blob
 
 __all__ = ["MemoryStore"]
 
@@ -154,7 +154,7 @@ class MemoryStore(Store):
             key = decode_key(encoded)
             blob = table.get(key, encoded)
             if blob is not None:
-                view = Record.unpack(blob).view()
+                view = view_blob(blob)
                 if view.exists:
                     page.append((key, view))
         return ExportPage(page, chosen[-1] if more else None)

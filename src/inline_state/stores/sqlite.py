@@ -31,7 +31,7 @@ from ._base import (
     StoreError,
     StoreUnavailable,
 )
-from ._record import Record
+from ._record import view_blob
 
 __all__ = ["SqliteStore"]
 
@@ -247,20 +247,18 @@ class SqliteStore(Store):
     async def open(self) -> None:
         """Create the file and schema if needed and start the writer and reader threads."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._writer = _Worker(
-            "inline_state-sqlite-writer", lambda: self._connect(writer=True), group_commit=True
+        self._writer = await self._start("writer", writer=True)
+        self._reader = await self._start("reader", writer=False)
+
+    async def _start(self, role: str, *, writer: bool) -> _Worker:
+        worker = _Worker(
+            f"inline_state-sqlite-{role}", lambda: self._connect(writer=writer), group_commit=writer
         )
-        self._writer.start()
-        await asyncio.to_thread(self._writer.ready.wait)
-        if self._writer.startup_error is not None:
-            raise StoreUnavailable(f"cannot open {self.path}: {self._writer.startup_error}")
-        self._reader = _Worker(
-            "inline_state-sqlite-reader", lambda: self._connect(writer=False), group_commit=False
-        )
-        self._reader.start()
-        await asyncio.to_thread(self._reader.ready.wait)
-        if self._reader.startup_error is not None:
-            raise StoreUnavailable(f"cannot open {self.path}: {self._reader.startup_error}")
+        worker.start()
+        await asyncio.to_thread(worker.ready.wait)
+        if worker.startup_error is not None:
+            raise StoreUnavailable(f"cannot open {self.path}: {worker.startup_error}")
+        return worker
 
     async def close(self) -> None:
         """Finish queued writes, then stop the threads."""
@@ -387,7 +385,7 @@ class SqliteStore(Store):
             for encoded, blob, expires in rows:
                 if expires is not None and expires < now_ms:
                     continue
-                view = Record.unpack(blob).view()
+                view = view_blob(blob)
                 if view.exists:
                     out.append((decode_key(encoded), view))
             return ExportPage(out, rows[-1][0] if more else None)
