@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
-from pytest_aiohttp import AiohttpClient
+from pytest_aiohttp import AiohttpClient, AiohttpServer
 
 from inline_state import MemoryStore, SqliteStore, Store, open_store
 
 from .redis_servers import RedisCluster, RedisServer
-from .support import Client
+from .support import Channel, Client
 
 
 @pytest.fixture
@@ -63,3 +63,11 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
     return lambda **options: open_store(
         f"{scheme}://127.0.0.1:{port}?prefix=t{uuid.uuid4().hex}", **options
     )
+
+
+@pytest.fixture
+async def channel(aiohttp_server: AiohttpServer) -> tuple[Channel, str]:
+    """A recording channel on loopback, and its base URL (a serviceUrl)."""
+    fake = Channel()
+    server = await aiohttp_server(fake.app())
+    return fake, str(server.make_url("/"))

@@ -161,3 +161,24 @@ class RunningBot(RunningProcess):
 
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+class Channel:
+    """A channel on loopback that records every request it receives."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[str, str, dict[str, Any]]] = []
+        self.status = 200
+        self.redirect_once = False
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/{tail:.*}", self.handle)
+        return app
+
+    async def handle(self, request: web.Request) -> web.Response:
+        if self.redirect_once and not request.path.startswith("/moved"):
+            self.redirect_once = False
+            raise web.HTTPTemporaryRedirect("/moved" + request.path)
+        self.received.append((request.path, request.content_type, await request.json()))
+        return web.json_response({"id": "sent"}, status=self.status)

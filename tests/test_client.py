@@ -9,44 +9,15 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from pytest_aiohttp import AiohttpServer
 
 import inline_state
 from inline_state import BagError, MemoryStore, RecordKey
 
-from .support import Client, activity, post, v1_message
+from .support import Channel, Client, activity, post, v1_message
 
 StartFn = Callable[[web.Application], Awaitable[Client]]
 USER_KEY = RecordKey("user", "bot-1", "test", "", "user-1")
 CONV_KEY = RecordKey("conversation", "bot-1", "test", "conv-1", "")
-
-
-class Channel:
-    """A channel on loopback that records every request it receives."""
-
-    def __init__(self) -> None:
-        self.received: list[tuple[str, str, dict[str, Any]]] = []
-        self.status = 200
-        self.redirect_once = False
-
-    def app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_post("/{tail:.*}", self.handle)
-        return app
-
-    async def handle(self, request: web.Request) -> web.Response:
-        if self.redirect_once and not request.path.startswith("/moved"):
-            self.redirect_once = False
-            raise web.HTTPTemporaryRedirect("/moved" + request.path)
-        self.received.append((request.path, request.content_type, await request.json()))
-        return web.json_response({"id": "sent"}, status=self.status)
-
-
-@pytest.fixture
-async def channel(aiohttp_server: AiohttpServer) -> tuple[Channel, str]:
-    fake = Channel()
-    server = await aiohttp_server(fake.app())
-    return fake, str(server.make_url("/"))
 
 
 def posting_bot(

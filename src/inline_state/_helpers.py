@@ -3,6 +3,10 @@
 Bags are attached to replies copy-on-write: ``set_*``/``del_*`` on a reply without a bag
 start from the turn's played-back bag, so they never drop other properties, and a reply
 nobody touched carries no bag at all.
+
+A message is a ``dict`` or an SDK activity object whose bag fields were enabled
+(``inline_state.agents.enable()`` or ``inline_state.botbuilder.enable()``): there the
+bags are attributes under their wire names (``activity.botUserData``).
 """
 
 from __future__ import annotations
@@ -32,28 +36,57 @@ Message = dict[str, Any]
 _MISSING: Any = object()
 
 
-def _read_bag(msg: Message, kind: Kind) -> dict[str, Any] | None:
-    bag = msg.get(FIELD_OF_KIND[kind])
-    if bag is None:  # tolerate other spellings on messages built by hand
-        for name, value in msg.items():
-            if kind_of_field(name) == kind:
-                bag = value
-                break
+def _check_carries(msg: object, field: str) -> None:
+    """Refuse an SDK activity that would drop the field silently (switch not enabled)."""
+    cls = type(msg)
+    attribute_map = getattr(cls, "_attribute_map", None)  # msrest models (botbuilder)
+    if isinstance(attribute_map, dict) and field not in attribute_map:
+        raise TypeError(
+            f"{cls.__name__} does not carry {field}: call inline_state.botbuilder.enable() "
+            "once at start-up"
+        )
+    config = getattr(cls, "model_config", None)  # pydantic models (Agents SDK)
+    if isinstance(config, dict) and config.get("extra") != "allow":
+        raise TypeError(
+            f"{cls.__name__} does not carry {field}: call inline_state.agents.enable() "
+            "once at start-up"
+        )
+
+
+def _read_bag(msg: object, kind: Kind) -> dict[str, Any] | None:
+    field = FIELD_OF_KIND[kind]
+    if isinstance(msg, dict):
+        bag = msg.get(field)
+        if bag is None:  # tolerate other spellings on messages built by hand
+            for name, value in msg.items():
+                if kind_of_field(name) == kind:
+                    bag = value
+                    break
+    else:
+        _check_carries(msg, field)
+        bag = getattr(msg, field, None)
     return bag if isinstance(bag, dict) else None
 
 
-def _writable_bag(msg: Message, kind: Kind) -> dict[str, Any]:
+def _writable_bag(msg: object, kind: Kind) -> dict[str, Any]:
     field = FIELD_OF_KIND[kind]
-    bag = msg.get(field)
+    if isinstance(msg, dict):
+        bag = msg.get(field)
+    else:
+        _check_carries(msg, field)
+        bag = getattr(msg, field, None)
     if isinstance(bag, dict):
         return bag
     turn = current_turn()
     fresh = turn.bag(kind) if turn is not None else {}
-    msg[field] = fresh
+    if isinstance(msg, dict):
+        msg[field] = fresh
+    else:
+        setattr(msg, field, fresh)
     return fresh
 
 
-def _get(msg: Message, kind: Kind, name: str, default: Any, as_type: Any) -> Any:
+def _get(msg: object, kind: Kind, name: str, default: Any, as_type: Any) -> Any:
     bag = _read_bag(msg, kind)
     value = bag.get(name, _MISSING) if bag is not None else _MISSING
     if value is _MISSING:
@@ -71,75 +104,75 @@ def _to_json_value(value: Any) -> Any:
     return value
 
 
-def _set(msg: Message, kind: Kind, name: str, value: Any) -> None:
+def _set(msg: object, kind: Kind, name: str, value: Any) -> None:
     _writable_bag(msg, kind)[name] = _to_json_value(value)
 
 
-def _del(msg: Message, kind: Kind, name: str) -> None:
+def _del(msg: object, kind: Kind, name: str) -> None:
     _writable_bag(msg, kind).pop(name, None)
 
 
 @overload
-def get_user_data(msg: Message, name: str, default: Any = None) -> Any: ...
+def get_user_data(msg: object, name: str, default: Any = None) -> Any: ...
 @overload
 def get_user_data(
-    msg: Message, name: str, default: Any = None, *, type: Callable[[Any], T]
+    msg: object, name: str, default: Any = None, *, type: Callable[[Any], T]
 ) -> T: ...
-def get_user_data(msg: Message, name: str, default: Any = None, *, type: Any = None) -> Any:
+def get_user_data(msg: object, name: str, default: Any = None, *, type: Any = None) -> Any:
     """A property of ``botUserData``, or ``default``; ``type`` converts (a dataclass, say)."""
     return _get(msg, "user", name, default, type)
 
 
-def set_user_data(msg: Message, name: str, value: Any) -> None:
+def set_user_data(msg: object, name: str, value: Any) -> None:
     """Set a property of the reply's ``botUserData`` (a dataclass is stored as a dict)."""
     _set(msg, "user", name, value)
 
 
-def del_user_data(msg: Message, name: str) -> None:
+def del_user_data(msg: object, name: str) -> None:
     """Remove a property from the reply's ``botUserData``."""
     _del(msg, "user", name)
 
 
 @overload
-def get_conversation_data(msg: Message, name: str, default: Any = None) -> Any: ...
+def get_conversation_data(msg: object, name: str, default: Any = None) -> Any: ...
 @overload
 def get_conversation_data(
-    msg: Message, name: str, default: Any = None, *, type: Callable[[Any], T]
+    msg: object, name: str, default: Any = None, *, type: Callable[[Any], T]
 ) -> T: ...
-def get_conversation_data(msg: Message, name: str, default: Any = None, *, type: Any = None) -> Any:
+def get_conversation_data(msg: object, name: str, default: Any = None, *, type: Any = None) -> Any:
     """A property of ``botConversationData``, or ``default``; ``type`` converts."""
     return _get(msg, "conversation", name, default, type)
 
 
-def set_conversation_data(msg: Message, name: str, value: Any) -> None:
+def set_conversation_data(msg: object, name: str, value: Any) -> None:
     """Set a property of the reply's ``botConversationData``."""
     _set(msg, "conversation", name, value)
 
 
-def del_conversation_data(msg: Message, name: str) -> None:
+def del_conversation_data(msg: object, name: str) -> None:
     """Remove a property from the reply's ``botConversationData``."""
     _del(msg, "conversation", name)
 
 
 @overload
-def get_private_conversation_data(msg: Message, name: str, default: Any = None) -> Any: ...
+def get_private_conversation_data(msg: object, name: str, default: Any = None) -> Any: ...
 @overload
 def get_private_conversation_data(
-    msg: Message, name: str, default: Any = None, *, type: Callable[[Any], T]
+    msg: object, name: str, default: Any = None, *, type: Callable[[Any], T]
 ) -> T: ...
 def get_private_conversation_data(
-    msg: Message, name: str, default: Any = None, *, type: Any = None
+    msg: object, name: str, default: Any = None, *, type: Any = None
 ) -> Any:
     """A property of ``botPerUserInConversationData``, or ``default``; ``type`` converts."""
     return _get(msg, "private", name, default, type)
 
 
-def set_private_conversation_data(msg: Message, name: str, value: Any) -> None:
+def set_private_conversation_data(msg: object, name: str, value: Any) -> None:
     """Set a property of the reply's ``botPerUserInConversationData``."""
     _set(msg, "private", name, value)
 
 
-def del_private_conversation_data(msg: Message, name: str) -> None:
+def del_private_conversation_data(msg: object, name: str) -> None:
     """Remove a property from the reply's ``botPerUserInConversationData``."""
     _del(msg, "private", name)
 
