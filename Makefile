@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PORT ?= 3978
 
-.PHONY: run run-v1 test test-oldest lint bench bench-smoke
+.PHONY: run run-v1 run-agents run-botbuilder test test-oldest lint bench bench-smoke
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,14 @@ run: $(VENV)/.installed
 
 run-v1: $(VENV)/.installed
 	$(PY) samples/counter_v1/bot.py --port $(PORT)
+
+# Seed 004's bot on the Microsoft SDKs (anonymous: no app id, loopback only).
+run-agents: $(VENV)/.installed
+	CONNECTIONS__SERVICE_CONNECTION__SETTINGS__ANONYMOUS_ALLOWED=true \
+		$(PY) samples/agents_state_management/bot.py --port $(PORT) --store memory://
+
+run-botbuilder: $(VENV)/.installed
+	$(PY) samples/botbuilder_state_management/bot.py --port $(PORT) --store memory://
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check src tests samples

@@ -182,3 +182,10 @@ class Channel:
             raise web.HTTPTemporaryRedirect("/moved" + request.path)
         self.received.append((request.path, request.content_type, await request.json()))
         return web.json_response({"id": "sent"}, status=self.status)
+
+
+def carries_a_bag(raw: bytes | str | dict[str, Any]) -> bool:
+    """True when any spelling of a bag field appears in a body (the wire must not)."""
+    text = raw if isinstance(raw, str | bytes) else json.dumps(raw)
+    lowered = text.lower() if isinstance(text, str) else text.decode().lower()
+    return any(marker in lowered for marker in ("botuserdata", "botconversationdata", "botperuser"))

@@ -16,19 +16,13 @@ import inline_state
 import inline_state.agents
 from inline_state import MemoryStore, RecordKey
 
-from .support import Channel, Client, activity
+from .support import Channel, Client, activity, carries_a_bag
 
 ANONYMOUS = load_configuration_from_env(
     {"CONNECTIONS__SERVICE_CONNECTION__SETTINGS__ANONYMOUS_ALLOWED": "true"}
 )
 USER_KEY = RecordKey("user", "bot-1", "test", "", "user-1")
 CONV_KEY = RecordKey("conversation", "bot-1", "test", "conv-1", "")
-
-
-def carries_a_bag(raw: bytes | str | dict[str, Any]) -> bool:
-    text = raw if isinstance(raw, str | bytes) else json.dumps(raw)
-    lowered = text.lower() if isinstance(text, str) else text.decode().lower()
-    return any(marker in lowered for marker in ("botuserdata", "botconversationdata", "botperuser"))
 
 
 async def turn(client: Client, text: str, **extra: Any) -> list[str]:

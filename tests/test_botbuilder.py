@@ -16,8 +16,7 @@ import inline_state
 import inline_state.botbuilder
 from inline_state import MemoryStore, RecordKey
 
-from .support import Channel, Client, activity
-from .test_agents import carries_a_bag
+from .support import Channel, Client, activity, carries_a_bag
 
 USER_KEY = RecordKey("user", "bot-1", "test", "", "user-1")
 CONV_KEY = RecordKey("conversation", "bot-1", "test", "conv-1", "")

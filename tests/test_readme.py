@@ -2,20 +2,33 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import shutil
 import subprocess
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
+from botbuilder.core import ActivityHandler, MemoryStorage, TurnContext, UserState
+from botbuilder.core import MessageFactory as BotbuilderMessageFactory
+from botbuilder.core.integration import aiohttp_error_middleware
+from botbuilder.integration.aiohttp import ConfigurationBotFrameworkAuthentication
+from microsoft_agents.hosting.core import MessageFactory, TurnState
+from microsoft_agents.hosting.core import TurnContext as AgentsTurnContext
+from samples.agents_state_management.bot import sdk_app
+from samples.botbuilder_state_management.bot import Config
 
 import inline_state
+import inline_state.agents
+import inline_state.botbuilder
 
-from .support import REPO, Client, RunningBot, activity, post
+from .support import REPO, Client, RunningBot, activity, carries_a_bag, post
+from .test_agents import ANONYMOUS
 
 StartFn = Callable[[web.Application], Awaitable[Client]]
 README = (REPO / "README.md").read_text(encoding="utf-8")
@@ -26,7 +39,7 @@ def blocks(language: str) -> list[str]:
 
 
 async def test_quick_start_and_the_state_api_snippet(client_for: StartFn) -> None:
-    quick_start, _, state_api = blocks("python")
+    quick_start, _, state_api = blocks("python")[:3]
     namespace: dict[str, Any] = {"__name__": "readme"}
     exec(compile(quick_start, "README.md", "exec"), namespace)
     exec(compile(state_api, "README.md", "exec"), namespace)
@@ -42,7 +55,7 @@ async def test_quick_start_and_the_state_api_snippet(client_for: StartFn) -> Non
 
 
 async def test_client_middleware_snippet() -> None:
-    _, snippet, _ = blocks("python")
+    _, snippet, _ = blocks("python")[:3]
     namespace: dict[str, Any] = {"aiohttp": aiohttp, "inline_state": inline_state}
     namespace["app"] = web.Application()
     exec(compile(snippet, "README.md", "exec"), namespace)
@@ -87,3 +100,65 @@ def test_make_targets_named_in_the_readme_exist() -> None:
         assert re.search(rf"^{target}:", makefile, flags=re.MULTILINE), target
     assert "make run-v1" in README
     assert re.search(r"^run-v1:", makefile, flags=re.MULTILINE)
+
+
+async def three_counts(client: Client) -> list[str]:
+    texts: list[str] = []
+    for _ in range(3):
+        response = await client.post("/api/messages", json=activity())
+        raw = await response.read()
+        assert response.status == 200, raw
+        assert not carries_a_bag(raw), raw
+        texts.extend(reply["text"] for reply in json.loads(raw)["activities"])
+    return texts
+
+
+async def test_agents_sdk_before_and_after(
+    client_for: StartFn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    before, after = blocks("python")[3:5]
+    for snippet in (before, after):
+        app, agent_app, adapter = sdk_app(ANONYMOUS)
+        namespace: dict[str, Any] = {
+            "AGENT_APP": agent_app,
+            "APP": app,
+            "ADAPTER": adapter,
+            "MessageFactory": MessageFactory,
+            "TurnContext": AgentsTurnContext,
+            "TurnState": TurnState,
+            "inline_state": inline_state,
+        }
+        exec(compile(snippet, "README.md", "exec"), namespace)
+        assert await three_counts(await client_for(app)) == ["message 1", "message 2", "message 3"]
+    assert (tmp_path / "state.db").exists(), "the after snippet keeps its state in SQLite"
+
+
+async def test_botbuilder_before_and_after(
+    client_for: StartFn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    before, after = blocks("python")[5:7]
+    for snippet, bot_args in ((before, (UserState(MemoryStorage()),)), (after, ())):
+        app = web.Application(middlewares=[aiohttp_error_middleware])
+        adapter = inline_state.botbuilder.ExpectRepliesCloudAdapter(
+            ConfigurationBotFrameworkAuthentication(Config())
+        )
+        namespace: dict[str, Any] = {
+            "APP": app,
+            "ADAPTER": adapter,
+            "ActivityHandler": ActivityHandler,
+            "MessageFactory": BotbuilderMessageFactory,
+            "TurnContext": TurnContext,
+            "UserState": UserState,
+            "inline_state": inline_state,
+        }
+        exec(compile(snippet, "README.md", "exec"), namespace)
+        bot = namespace["CountingBot"](*bot_args)
+
+        async def messages(request: web.Request, bot: Any = bot, adapter: Any = adapter) -> Any:
+            return await adapter.process(request, bot)
+
+        app.router.add_post("/api/messages", messages)
+        assert await three_counts(await client_for(app)) == ["message 1", "message 2", "message 3"]
+    assert (tmp_path / "state.db").exists(), "the after snippet keeps its state in SQLite"

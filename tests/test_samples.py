@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,13 +13,38 @@ from samples.proactive.bot import create_app
 
 import inline_state
 
-from .support import REPO, RunningBot, activity, v1_message
+from .support import REPO, RunningBot, RunningProcess, activity, v1_message
+
+ANONYMOUS_AGENTS = "CONNECTIONS__SERVICE_CONNECTION__SETTINGS__ANONYMOUS_ALLOWED=true"
 
 
-@pytest.fixture
-def state_bot() -> Iterator[RunningBot]:
-    bot = RunningBot(REPO / "samples" / "state_management" / "bot.py", "--store", "memory://")
-    yield bot.start()
+def sample_bot(name: str, *env: str) -> RunningProcess:
+    """A state-management sample as its make target starts it."""
+    script = str(REPO / "samples" / name / "bot.py")
+    return RunningProcess(
+        lambda port: [
+            "env",
+            *env,
+            sys.executable,
+            script,
+            "--port",
+            str(port),
+            "--store",
+            "memory://",
+        ]
+    )
+
+
+@pytest.fixture(
+    params=[
+        pytest.param(("state_management",), id="plain-aiohttp"),
+        pytest.param(("agents_state_management", ANONYMOUS_AGENTS), id="agents-sdk"),
+        pytest.param(("botbuilder_state_management",), id="botbuilder"),
+    ]
+)
+def state_bot(request: pytest.FixtureRequest) -> Iterator[RunningProcess]:
+    bot = sample_bot(*request.param)
+    yield bot.start(timeout=60)
     bot.stop()
 
 
@@ -32,7 +58,7 @@ async def say(url: str, message: dict[str, Any]) -> list[str]:
     return [reply["text"] for reply in body["activities"]]
 
 
-async def test_seed_004_conversation(state_bot: RunningBot) -> None:
+async def test_seed_004_conversation(state_bot: RunningProcess) -> None:
     url = state_bot.url
     joined = activity(
         type="conversationUpdate",

@@ -98,11 +98,13 @@ async def on_members_added(context: TurnContext, _state: TurnState) -> None:
             )
 
 
-def create_app(
-    store: str | inline_state.Store = "memory://", config: dict[str, Any] | None = None
-) -> web.Application:
-    """The SDK app of the samples, wrapped by inline state. ``config`` defaults to the
-    SDK's environment variables."""
+def sdk_app(
+    config: dict[str, Any] | None = None,
+) -> tuple[web.Application, AgentApplication[TurnState], CloudAdapter]:
+    """The aiohttp app, agent application and adapter as the SDK's samples build them.
+
+    ``config`` defaults to the SDK's environment variables.
+    """
     config = config if config is not None else load_configuration_from_env(environ)
     # The SDK requires a storage for its own use (sign-in state, the TurnState it loads);
     # the bot's data never goes there.
@@ -111,8 +113,6 @@ def create_app(
     adapter = CloudAdapter(connection_manager=connection_manager)
     authorization = Authorization(storage, connection_manager, **config)
     agent_app = AgentApplication[TurnState](storage=storage, authorization=authorization, **config)
-    agent_app.activity("message")(on_message)
-    agent_app.conversation_update("membersAdded")(on_members_added)
 
     async def messages(request: web.Request) -> web.Response:
         response = await start_agent_process(request, agent_app, adapter)
@@ -123,6 +123,16 @@ def create_app(
     with warnings.catch_warnings():  # the SDK's middleware reads this string key
         warnings.simplefilter("ignore", web.NotAppKeyWarning)
         app["agent_configuration"] = connection_manager.get_default_connection_configuration()
+    return app, agent_app, adapter
+
+
+def create_app(
+    store: str | inline_state.Store = "memory://", config: dict[str, Any] | None = None
+) -> web.Application:
+    """The state-management bot, wrapped by inline state."""
+    app, agent_app, adapter = sdk_app(config)
+    agent_app.activity("message")(on_message)
+    agent_app.conversation_update("membersAdded")(on_members_added)
     inline_state.agents.setup(app, adapter, store)
     return app
 
