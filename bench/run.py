@@ -10,7 +10,8 @@ first target as a markdown table, and writes all raw results as JSON.
 
 Targets: baseline (dict state, no middleware), memory, sqlite, redis (a redis-server
 this script starts, pinned with wrk to CPU 1; SQLite's writer thread runs in the server
-process on CPU 0), agents (Microsoft 365 Agents SDK 1.9.0 with its own state) and
+process on CPU 0), agents (Microsoft 365 Agents SDK 1.9.0 with its own state;
+agents-inline: the same bot with its counters in inline state, memory://) and
 botbuilder (botbuilder-python 4.17.1's UserState/ConversationState; -patched with the
 msrest hotspot fixed); the SDKs run from venvs this script creates under bench/.venvs.
 Needs wrk and taskset; redis-server for the redis target.
@@ -38,13 +39,18 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 LUA = HERE / "wrk" / "messages.lua"
-KNOWN = ("baseline", "memory", "sqlite", "redis", "agents", "botbuilder", "botbuilder-patched")
+KNOWN = (
+    "baseline", "memory", "sqlite", "redis", "agents", "agents-inline", "botbuilder",
+    "botbuilder-patched",
+)
+REPO = HERE.parent
 # The SDKs get venvs of their own, created on first use: their pins must not mix with ours.
 SDK_VENVS = {
     "agents": [
         "microsoft-agents-hosting-aiohttp==1.9.0",
         "microsoft-agents-hosting-core==1.9.0",
         "microsoft-agents-authentication-msal==1.9.0",
+        "-e", str(REPO),  # inline_state itself, for the agents-inline target
     ],
     "botbuilder": ["botbuilder-core==4.17.1", "botbuilder-integration-aiohttp==4.17.1"],
 }
@@ -112,18 +118,21 @@ def sdk_python(sdk: str) -> str:
     venv = HERE / ".venvs" / sdk
     python = venv / "bin" / "python"
     marker = venv / ".installed"
-    if not marker.exists():
-        print(f"creating {venv} with {' '.join(SDK_VENVS[sdk])} (once)", flush=True)
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    wanted = " ".join(SDK_VENVS[sdk])
+    if not marker.exists() or marker.read_text() != wanted:
+        print(f"installing {wanted} into {venv} (once)", flush=True)
+        if not python.exists():
+            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
         subprocess.run([str(python), "-m", "pip", "install", "--quiet", *SDK_VENVS[sdk]], check=True)
-        marker.touch()
+        marker.write_text(wanted)
     return str(python)
 
 
 def command(name: str, a: argparse.Namespace, workdir: Path, redis: Redis | None) -> list[str]:
     py = sys.executable
-    if name == "agents":
-        return [sdk_python("agents"), str(HERE / "targets" / "agents_state.py")]
+    if name.startswith("agents"):
+        inline = ["--inline-state"] if name == "agents-inline" else []
+        return [sdk_python("agents"), str(HERE / "targets" / "agents_state.py"), *inline]
     if name.startswith("botbuilder"):
         patch = ["--patch-msrest"] if name == "botbuilder-patched" else []
         return [sdk_python("botbuilder"), str(HERE / "targets" / "botbuilder_state.py"), *patch]

@@ -74,11 +74,23 @@ from microsoft_agents.hosting.core import (
     AgentApplication,
     Authorization,
     MemoryStorage,
+    MessageFactory,
     TurnContext,
     TurnState,
 )
 
+import inline_state
+import inline_state.agents
+
 from _serve import serve
+
+__doc__ += """
+--inline-state (the `agents-inline` target): the same bot with its two counters in inline
+state (inline_state.agents.setup on the same app and adapter, memory://) instead of
+UserState/ConversationState. AgentApplication still loads its own (now empty) TurnState
+scopes from MemoryStorage every turn, as shipped; skipping that (turn_state_factory=
+TurnState) made no measurable difference.
+"""
 
 # Anonymous loopback benchmark: a service connection with no app id and anonymous allowed.
 environ.setdefault("CONNECTIONS__SERVICE_CONNECTION__SETTINGS__ANONYMOUS_ALLOWED", "true")
@@ -116,13 +128,21 @@ def make_app(args) -> Application:
         storage=STORAGE, adapter=ADAPTER, authorization=AUTHORIZATION, **agents_sdk_config
     )
 
-    @AGENT_APP.activity("message")
     async def on_message(context: TurnContext, state: TurnState):
         user_turns = state.user.get_value("turns", lambda: 0) + 1
         state.user.set_value("turns", user_turns)
         conversation_turns = state.conversation.get_value("turns", lambda: 0) + 1
         state.conversation.set_value("turns", conversation_turns)
         await context.send_activity(f"echo: {context.activity.text} (turn {user_turns})")
+
+    async def on_message_inline(context: TurnContext, state: TurnState):
+        activity = context.activity
+        user_turns = inline_state.get_user_data(activity, "turns", 0) + 1
+        conversation_turns = inline_state.get_conversation_data(activity, "turns", 0) + 1
+        reply = MessageFactory.text(f"echo: {activity.text} (turn {user_turns})")
+        inline_state.set_user_data(reply, "turns", user_turns)
+        inline_state.set_conversation_data(reply, "turns", conversation_turns)
+        await context.send_activity(reply)
 
     # start_server() from the samples, minus run_app (done by _serve).
     async def entry_point(req: Request) -> Response:
@@ -135,8 +155,17 @@ def make_app(args) -> Application:
     APP["agent_configuration"] = CONNECTION_MANAGER.get_default_connection_configuration()
     APP["agent_app"] = AGENT_APP
     APP["adapter"] = ADAPTER  # samples: agent_application.adapter (deprecated property in 1.9)
+    if args.inline_state:
+        AGENT_APP.activity("message")(on_message_inline)
+        inline_state.agents.setup(APP, ADAPTER, "memory://")
+    else:
+        AGENT_APP.activity("message")(on_message)
     return APP
 
 
+def add_args(parser):
+    parser.add_argument("--inline-state", action="store_true")
+
+
 if __name__ == "__main__":
-    serve(make_app)
+    serve(make_app, add_args)
