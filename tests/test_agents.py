@@ -3,14 +3,15 @@ inline and POSTed replies, and the switch's failure mode."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
 from typing import Any
 
 from microsoft_agents.activity import Activity, load_configuration_from_env
-from microsoft_agents.hosting.core import MessageFactory
-from samples.agents_state_management.bot import create_app
+from microsoft_agents.hosting.core import MessageFactory, TurnContext, TurnState
+from samples.agents_state_management.bot import create_app, sdk_app
 
 import inline_state
 import inline_state.agents
@@ -134,7 +135,7 @@ def test_the_check_fails_loudly_where_the_switch_does_not_hold() -> None:
     # installed version and what is dropped, and the helpers must refuse the activity.
     script = """
 import inline_state, inline_state.agents
-from microsoft_agents.hosting.core import MessageFactory
+from microsoft_agents.hosting.core import MessageFactory, TurnContext, TurnState
 try:
     inline_state.set_user_data(MessageFactory.text("x"), "n", 1)
 except TypeError as error:
@@ -152,3 +153,29 @@ inline_state.agents.verify()
         "SdkSwitchError: microsoft-agents-activity 1.9.0: Activity drops an incoming bag; "
         "inline_state is tested on microsoft-agents-activity 1.9.0"
     ) in result.stderr
+
+
+async def test_overlapping_turns_keep_each_others_changes(client_for: Any) -> None:
+    # The SDK's own MemoryStorage state hands both turns the same dict and the last save
+    # wins; on inline state each turn's changed property survives.
+    app, agent_app, adapter = sdk_app(ANONYMOUS)
+    both_loaded = asyncio.Barrier(2)
+
+    async def remember(context: TurnContext, _state: TurnState) -> None:
+        await both_loaded.wait()  # both turns have had their (empty) bags played back
+        reply = MessageFactory.text("noted")
+        inline_state.set_user_data(reply, context.activity.text or "", True)
+        await context.send_activity(reply)
+
+    agent_app.activity("message")(remember)
+    store = MemoryStore()
+    inline_state.agents.setup(app, adapter, store)
+    client = await client_for(app)
+
+    statuses = await asyncio.gather(
+        *(client.post("/api/messages", json=activity(text=name)) for name in ("first", "second"))
+    )
+
+    assert [response.status for response in statuses] == [200, 200]
+    [user] = await store.load([USER_KEY])
+    assert set(user.props) == {"first", "second"}
