@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 from collections.abc import Mapping, Sequence
@@ -17,6 +18,20 @@ from ._record import view_blob
 __all__ = ["MemoryStore"]
 
 
+@functools.lru_cache(maxsize=1024)
+def _split(encoded: str) -> tuple[str, bytes]:
+    """An encoded key as (namespace, the rest as bytes).
+
+    Records are kept per namespace (``v3/<bot>/<channel>``) under the rest of their key,
+    as bytes: a 1,000,000-user store then does not hold a million copies of the namespace,
+    and a short bytes key is 16-32 bytes smaller than the full str key.
+    """
+    cut = encoded.index("/", 3)  # the end of the bot id, after "v1/" or "v3/"
+    if encoded.startswith("v3/"):
+        cut = encoded.index("/", cut + 1)  # the end of the channel id
+    return encoded[:cut], encoded[cut + 1 :].encode("utf-8", "surrogatepass")
+
+
 class _DictTable(_blob.BlobTable):
     """The memory store's tables, seen at one instant ``now_ms``."""
 
@@ -26,7 +41,9 @@ class _DictTable(_blob.BlobTable):
 
     def get(self, key: RecordKey, encoded: str) -> bytes | None:
         store = self.store
-        blob = store._records.get(encoded)
+        namespace, local = _split(encoded)
+        records = store._records.get(namespace)
+        blob = records.get(local) if records is not None else None
         ttl = store.ttl_ms.get(key.kind)
         if blob is None or ttl is None:
             return blob
@@ -37,11 +54,17 @@ class _DictTable(_blob.BlobTable):
         return blob
 
     def get_raw(self, encoded: str) -> bytes | None:
-        return self.store._records.get(encoded)
+        namespace, local = _split(encoded)
+        records = self.store._records.get(namespace)
+        return records.get(local) if records is not None else None
 
     def put(self, key: RecordKey, encoded: str, blob: bytes) -> None:
         store = self.store
-        store._records[encoded] = blob
+        namespace, local = _split(encoded)
+        records = store._records.get(namespace)
+        if records is None:
+            records = store._records[namespace] = {}
+        records[local] = blob
         ttl = store.ttl_ms.get(key.kind)
         if ttl is not None:
             store._expires[encoded] = self.now_ms + ttl
@@ -50,7 +73,10 @@ class _DictTable(_blob.BlobTable):
             store._private_index.setdefault(owner, set()).add(encoded)
 
     def drop(self, encoded: str) -> None:
-        self.store._records.pop(encoded, None)
+        namespace, local = _split(encoded)
+        records = self.store._records.get(namespace)
+        if records is not None:
+            records.pop(local, None)
         self.store._expires.pop(encoded, None)
 
     def deletion_stamp(self, key: RecordKey) -> int:
@@ -81,7 +107,8 @@ class MemoryStore(Store):
         tombstone_ttl: float = DEFAULT_TOMBSTONE_TTL,
     ) -> None:
         super().__init__(clock=clock, ttl=ttl, tombstone_ttl=tombstone_ttl)
-        self._records: dict[str, bytes] = {}
+        # namespace -> {the rest of the encoded key: packed record} (see _split)
+        self._records: dict[str, dict[bytes, bytes]] = {}
         self._expires: dict[str, int] = {}
         # user -> encoded keys of their per-conversation records
         self._private_index: dict[str, set[str]] = {}
@@ -145,7 +172,13 @@ class MemoryStore(Store):
         table = self._table()
         prefix = namespace_prefix(bot, channel)
         after = cursor or ""
-        candidates = (k for k in self._records if k.startswith(prefix) and k > after)
+        candidates = (
+            full
+            for namespace, records in self._records.items()
+            if (namespace + "/").startswith(prefix)
+            for local in records
+            if (full := f"{namespace}/{local.decode('utf-8', 'surrogatepass')}") > after
+        )
         chosen = heapq.nsmallest(limit + 1, candidates)
         more = len(chosen) > limit
         chosen = chosen[:limit]
