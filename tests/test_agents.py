@@ -7,6 +7,7 @@ import asyncio
 import json
 import subprocess
 import sys
+from importlib.metadata import version
 from typing import Any
 
 from microsoft_agents.activity import Activity, load_configuration_from_env
@@ -149,8 +150,9 @@ inline_state.agents.verify()
     assert "helper: Activity does not carry botUserData: call inline_state.agents.enable()" in (
         result.stdout
     )
+    installed = version("microsoft-agents-activity")
     assert (
-        "SdkSwitchError: microsoft-agents-activity 1.9.0: Activity drops an incoming bag; "
+        f"SdkSwitchError: microsoft-agents-activity {installed}: Activity drops an incoming bag; "
         "inline_state is tested on microsoft-agents-activity 1.9.0"
     ) in result.stderr
 

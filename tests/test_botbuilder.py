@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from importlib.metadata import version
 from typing import Any
 
 from botbuilder.core import MessageFactory
@@ -142,7 +143,8 @@ inline_state.botbuilder.verify()
     assert "helper: Activity does not carry botUserData: call inline_state.botbuilder.enable()" in (
         result.stdout
     )
+    installed = version("botbuilder-schema")
     assert (
-        "SdkSwitchError: botbuilder-schema 4.17.1: Activity drops an incoming bag; "
+        f"SdkSwitchError: botbuilder-schema {installed}: Activity drops an incoming bag; "
         "inline_state is tested on botbuilder-schema 4.17.1"
     ) in result.stderr
