@@ -51,7 +51,7 @@ test-oldest: $(OLDEST_VENV)/.installed
 # curves and their plot (needs wrk, taskset, redis-server; about 30 minutes).
 bench: $(VENV)/.installed
 	$(PY) -m pip install --quiet matplotlib
-	$(PY) bench/run.py --targets baseline,memory,sqlite,redis,agents,botbuilder,botbuilder-patched \
+	$(PY) bench/run.py --targets baseline,memory,sqlite,redis,agents,agents-inline,botbuilder,botbuilder-patched \
 		--rate 8000 --mem-users 20000
 	$(PY) bench/curves.py
 
