@@ -174,6 +174,7 @@ class Channel:
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/{tail:.*}", self.handle)
+        app.router.add_put("/{tail:.*}", self.handle)
         return app
 
     async def handle(self, request: web.Request) -> web.Response:

@@ -10,7 +10,12 @@ import sys
 from importlib.metadata import version
 from typing import Any
 
-from microsoft_agents.activity import Activity, load_configuration_from_env
+import pytest
+from microsoft_agents.activity import (
+    Activity,
+    ConversationReference,
+    load_configuration_from_env,
+)
 from microsoft_agents.hosting.core import MessageFactory, TurnContext, TurnState
 from samples.agents_state_management.bot import create_app, sdk_app
 
@@ -181,3 +186,87 @@ async def test_overlapping_turns_keep_each_others_changes(client_for: Any) -> No
     assert [response.status for response in statuses] == [200, 200]
     [user] = await store.load([USER_KEY])
     assert set(user.props) == {"first", "second"}
+
+
+async def posting_turns(
+    client_for: Any, service_url: str, on_message: Any, *texts: str
+) -> MemoryStore:
+    """An SDK app whose message handler is ``on_message``; one POSTing turn per text."""
+    app, agent_app, adapter = sdk_app(ANONYMOUS)
+    agent_app.activity("message")(lambda context, state: on_message(adapter, context))
+    store = MemoryStore()
+    inline_state.agents.setup(app, adapter, store)
+    client = await client_for(app)
+    for text in texts:
+        response = await client.post(
+            "/api/messages", json=activity(text=text, serviceUrl=service_url, deliveryMode="normal")
+        )
+        assert response.status in (200, 202), await response.text()
+    return store
+
+
+async def test_a_proactive_message_to_another_user_starts_from_that_users_bag(
+    client_for: Any, channel: tuple[Channel, str]
+) -> None:
+    fake, service_url = channel
+
+    async def on_message(adapter: Any, context: TurnContext) -> None:
+        if context.activity.text == "remember":
+            reply = MessageFactory.text("ok")
+            inline_state.set_user_data(reply, "name", "Ada")
+            await context.send_activity(reply)
+            return
+        other = ConversationReference.model_validate(
+            {
+                "channelId": "test",
+                "serviceUrl": service_url,
+                "conversation": {"id": "conv-2"},
+                "user": {"id": "user-2"},
+                "agent": {"id": "bot-1"},
+            }
+        )
+
+        async def ping(proactive: TurnContext) -> None:
+            message = MessageFactory.text("ping")
+            inline_state.set_user_data(message, "pinged", True)
+            await proactive.send_activity(message)
+
+        await adapter.continue_conversation_with_claims(
+            context.identity, other.get_continuation_activity(), ping
+        )
+
+    store = await posting_turns(client_for, service_url, on_message, "remember", "ping user-2")
+
+    user_2 = RecordKey("user", "bot-1", "test", "", "user-2")
+    [record] = await store.load([user_2])
+    assert record.props == {"pinged": b"true"}, "user-1's name must not reach user-2"
+    assert not any(carries_a_bag(body) for _, _, body in fake.received)
+
+
+async def test_an_updated_reply_keeps_its_bags_off_the_wire(
+    client_for: Any, channel: tuple[Channel, str]
+) -> None:
+    fake, service_url = channel
+
+    async def on_message(_adapter: Any, context: TurnContext) -> None:
+        reply = MessageFactory.text("first")
+        inline_state.set_user_data(reply, "edits", 0)
+        sent = await context.send_activity(reply)
+        # The SDK sent a copy: the bot's own object still carries its bag.
+        reply.id, reply.text = sent.id, "edited"
+        inline_state.set_user_data(reply, "edits", 1)
+        await context.update_activity(reply)
+
+    store = await posting_turns(client_for, service_url, on_message, "hi")
+
+    assert [method_body["text"] for _, _, method_body in fake.received] == ["first", "edited"]
+    assert not any(carries_a_bag(body) for _, _, body in fake.received)
+    [user] = await store.load([USER_KEY])
+    assert user.props == {"edits": b"1"}
+
+
+async def test_an_adapter_serves_one_inline_state() -> None:
+    app, _, adapter = sdk_app(ANONYMOUS)
+    inline_state.agents.setup(app, adapter, MemoryStore())
+    with pytest.raises(ValueError, match="already sends through an inline state"):
+        inline_state.agents.setup(app, adapter, MemoryStore())

@@ -9,9 +9,16 @@ import sys
 from importlib.metadata import version
 from typing import Any
 
-from botbuilder.core import MessageFactory
-from botbuilder.schema import Activity
-from samples.botbuilder_state_management.bot import create_app
+from aiohttp import web
+from botbuilder.core import ActivityHandler, MessageFactory, TurnContext
+from botbuilder.integration.aiohttp import ConfigurationBotFrameworkAuthentication
+from botbuilder.schema import (
+    Activity,
+    ChannelAccount,
+    ConversationAccount,
+    ConversationReference,
+)
+from samples.botbuilder_state_management.bot import Config, create_app
 
 import inline_state
 import inline_state.botbuilder
@@ -148,3 +155,93 @@ inline_state.botbuilder.verify()
         f"SdkSwitchError: botbuilder-schema {installed}: Activity drops an incoming bag; "
         "inline_state is tested on botbuilder-schema 4.17.1"
     ) in result.stderr
+
+
+class ScriptedBot(ActivityHandler):  # type: ignore[misc]  # botbuilder is untyped
+    """A bot whose message handler is a function of (adapter, turn context)."""
+
+    def __init__(self, adapter: Any, on_message: Any) -> None:
+        self.adapter = adapter
+        self.on_message = on_message
+
+    async def on_message_activity(self, turn_context: TurnContext) -> None:
+        await self.on_message(self.adapter, turn_context)
+
+
+async def posting_turns(
+    client_for: Any, service_url: str, on_message: Any, *texts: str
+) -> MemoryStore:
+    adapter = inline_state.botbuilder.ExpectRepliesCloudAdapter(
+        ConfigurationBotFrameworkAuthentication(Config())
+    )
+    bot = ScriptedBot(adapter, on_message)
+
+    async def messages(request: web.Request) -> Any:
+        return await adapter.process(request, bot)
+
+    app = web.Application()
+    app.router.add_post("/api/messages", messages)
+    store = MemoryStore()
+    inline_state.botbuilder.setup(app, adapter, store)
+    client = await client_for(app)
+    for text in texts:
+        response = await client.post(
+            "/api/messages", json=activity(text=text, serviceUrl=service_url, deliveryMode="normal")
+        )
+        assert response.status in (200, 201, 202), await response.text()
+    return store
+
+
+async def test_a_proactive_message_to_another_user_starts_from_that_users_bag(
+    client_for: Any, channel: tuple[Channel, str]
+) -> None:
+    fake, service_url = channel
+
+    async def on_message(adapter: Any, context: TurnContext) -> None:
+        if context.activity.text == "remember":
+            reply = MessageFactory.text("ok")
+            inline_state.set_user_data(reply, "name", "Ada")
+            await context.send_activity(reply)
+            return
+        other = ConversationReference(
+            channel_id="test",
+            service_url=service_url,
+            conversation=ConversationAccount(id="conv-2"),
+            user=ChannelAccount(id="user-2"),
+            bot=ChannelAccount(id="bot-1"),
+        )
+
+        async def ping(proactive: TurnContext) -> None:
+            message = MessageFactory.text("ping")
+            inline_state.set_user_data(message, "pinged", True)
+            await proactive.send_activity(message)
+
+        await adapter.continue_conversation(other, ping, "")
+
+    store = await posting_turns(client_for, service_url, on_message, "remember", "ping user-2")
+
+    [record] = await store.load([RecordKey("user", "bot-1", "test", "", "user-2")])
+    assert record.props == {"pinged": b"true"}, "user-1's name must not reach user-2"
+    assert not any(carries_a_bag(body) for _, _, body in fake.received)
+
+
+async def test_an_updated_reply_keeps_its_bags_off_the_wire(
+    client_for: Any, channel: tuple[Channel, str]
+) -> None:
+    fake, service_url = channel
+
+    async def on_message(_adapter: Any, context: TurnContext) -> None:
+        reply = MessageFactory.text("first")
+        inline_state.set_user_data(reply, "edits", 0)
+        sent = await context.send_activity(reply)
+        # botbuilder sent a copy: the bot's own object still carries its bag.
+        reply.id, reply.text = sent.id, "edited"
+        inline_state.set_user_data(reply, "edits", 1)
+        await context.update_activity(reply)
+
+    store = await posting_turns(client_for, service_url, on_message, "hi")
+
+    assert [body["text"] for _, _, body in fake.received] == ["first", "edited"]
+    assert not any(carries_a_bag(body) for _, _, body in fake.received)
+    [user] = await store.load([USER_KEY])
+    assert user.props == {"edits": b"1"}

@@ -213,14 +213,51 @@ async def test_invalid_bag_raises_before_sending(channel: tuple[Channel, str]) -
     assert fake.received == []
 
 
-async def test_other_requests_pass_untouched(channel: tuple[Channel, str]) -> None:
+async def test_bags_never_leave_on_other_paths(
+    channel: tuple[Channel, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    # A Teams batch send, say: no one record to persist to, so the bags are only stripped.
     fake, base = channel
     app = web.Application()
-    middleware = inline_state.setup(app, MemoryStore())
-    body = {"botUserData": {"not": "a reply"}}
+    store = MemoryStore()
+    middleware = inline_state.setup(app, store)
+    body = {"text": "to many", "botUserData": {"not": "a reply"}}
     async with (
         aiohttp.ClientSession(middlewares=(middleware.client,)) as session,
-        session.post(f"{base}some/other/api", json=body) as r,
+        session.post(f"{base}v3/batch/conversation/users", json=body) as r,
+        session.put(f"{base}some/other/api", json={"plain": True}) as untouched,
+    ):
+        assert r.status == 200 and untouched.status == 200
+    assert fake.received[0][2] == {"text": "to many"}
+    assert fake.received[1][2] == {"plain": True}
+    assert "stripped and not persisted: not a reply path" in caplog.text
+    [user] = await store.load([USER_KEY])
+    assert not user.exists
+
+
+async def test_an_updated_activity_persists_and_strips_its_bags(
+    channel: tuple[Channel, str],
+) -> None:
+    # SDKs send a copy of each reply, so a bot may PUT the same object, bags included,
+    # as an update: like a POSTed reply, its bags are persisted and never sent.
+    fake, base = channel
+    app = web.Application()
+    store = MemoryStore()
+    middleware = inline_state.setup(app, store)
+    updated = {
+        "type": "message",
+        "channelId": "test",
+        "from": {"id": "bot-1"},
+        "recipient": {"id": "user-1"},
+        "conversation": {"id": "conv-1"},
+        "text": "edited",
+        "botUserData": {"edits": 1},
+    }
+    async with (
+        aiohttp.ClientSession(middlewares=(middleware.client,)) as session,
+        session.put(f"{base}v3/conversations/conv-1/activities/sent-1", json=updated) as r,
     ):
         assert r.status == 200
-    assert fake.received[0][2] == body
+    assert "botUserData" not in fake.received[0][2]
+    [user] = await store.load([USER_KEY])
+    assert user.props == {"edits": b"1"}

@@ -143,3 +143,30 @@ async def test_values_changed_in_place_are_still_written(client_for: StartFn) ->
     [user] = await store.load([inline_state.RecordKey("user", "bot-1", "test", "", "user-1")])
     assert user.props["tags"] == b'["a","1","2"]'
     assert user.props["big"] == b'"' + b"z" * 10_000 + b'"'
+
+
+async def test_a_message_to_another_user_does_not_start_from_this_users_bag(
+    client_for: StartFn,
+) -> None:
+    started: list[dict[str, Any]] = []
+
+    def bot(msg: dict[str, Any]) -> Any:
+        reply = create_reply(msg, "ok")
+        set_user_data(reply, "name", msg["text"])
+        set_conversation_data(reply, "topic", "weather")
+        # A message the bot builds for someone else during this turn.
+        other = {**create_reply(msg, "ping"), "recipient": {"id": "user-2"}}
+        set_user_data(other, "pinged", True)
+        same = create_reply(msg, "again")
+        set_conversation_data(same, "seen", True)
+        started.extend([other["botUserData"], same["botConversationData"]])
+        return reply
+
+    app, _ = echo_app(bot)
+    client = await client_for(app)
+    await post(client, activity(text="Ada"))
+    started.clear()
+    await post(client, activity(text="Ada"))
+
+    assert started[0] == {"pinged": True}, "user-2's bag must not start from user-1's"
+    assert started[1] == {"topic": "weather", "seen": True}, "the same record: copy-on-write"

@@ -1,19 +1,23 @@
 """The aiohttp client middleware: bags on replies a bot POSTs to the channel.
 
 v3 bots POST replies (and proactive messages) to
-``{serviceUrl}/v3/conversations/{conversationId}/activities[/{replyToId}]``; v1 bots
-POSTed later replies to ``/bot/v1.0/messages``. The middleware strips the bags before
-the request leaves and persists them only after the channel answered 2xx.
+``{serviceUrl}/v3/conversations/{conversationId}/activities[/{replyToId}]`` and PUT
+updated activities to ``.../activities/{activityId}``; v1 bots POSTed later replies to
+``/bot/v1.0/messages``. The middleware strips the bags before the request leaves and
+persists them only after the channel answered 2xx. Bags on a POST or PUT to any other
+path (a Teams batch send, say) belong to no one record: they are stripped, with a
+warning, and not persisted.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import ClientHandlerType, ClientRequest, ClientResponse, hdrs, payload
 
-from ._message import strip_bags
+from ._message import BAG_MARKERS, strip_bags
 from ._posted import PendingWrite, has_bags, posted_keys, posted_target
 from ._turn import current_turn
 
@@ -21,6 +25,9 @@ if TYPE_CHECKING:
     from ._server import InlineStateMiddleware
 
 __all__ = ["InlineStateClientMiddleware"]
+
+logger = logging.getLogger("inline_state")
+_SENDING = frozenset({hdrs.METH_POST, hdrs.METH_PUT})
 
 
 class _StrippedJson(payload.JsonPayload):
@@ -60,22 +67,32 @@ class InlineStateClientMiddleware:
         return response
 
     async def _strip(self, request: ClientRequest) -> PendingWrite | None:
-        if request.method != hdrs.METH_POST:
-            return None
-        target = posted_target(request.url.raw_path)
         body = request.body
-        if target is None or not isinstance(body, payload.BytesPayload):
+        if request.method not in _SENDING or not isinstance(body, payload.BytesPayload):
+            return None
+        raw = await body.as_bytes()
+        lowered = raw.lower()
+        if b"\\u" not in raw and not any(marker in lowered for marker in BAG_MARKERS):
             return None
         try:
-            msg = json.loads(await body.as_bytes())
+            msg = json.loads(raw)
         except ValueError:
             return None
         if not isinstance(msg, dict) or not has_bags(msg):
             return None
-        turn = current_turn()
-        keys = posted_keys(msg, target, turn)
         server = self.server
-        changes = await server.posted_changes(msg, keys, turn) if keys is not None else []
+        target = posted_target(request.url.raw_path)
+        if target is None:
+            logger.warning(
+                "inline_state: bags on %s %s are stripped and not persisted: not a reply path",
+                request.method,
+                request.url.path,
+            )
+            changes = []
+        else:
+            turn = current_turn()
+            keys = posted_keys(msg, target, turn)
+            changes = await server.posted_changes(msg, keys, turn) if keys is not None else []
         pending = PendingWrite(changes)
         if not server.keep_fields:
             strip_bags(msg)

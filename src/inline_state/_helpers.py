@@ -15,8 +15,8 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any, TypeVar, overload
 
-from ._message import FIELD_OF_KIND, Kind, Shape, detect_shape, kind_of_field
-from ._turn import current_turn
+from ._message import FIELD_OF_KIND, Kind, Shape, detect_shape, kind_of_field, reply_address
+from ._turn import Turn, current_turn
 
 __all__ = [
     "create_reply",
@@ -68,6 +68,26 @@ def _read_bag(msg: object, kind: Kind) -> dict[str, Any] | None:
     return bag if isinstance(bag, dict) else None
 
 
+def _id_of(value: object) -> str | None:
+    ident = getattr(value, "id", None)
+    return ident if isinstance(ident, str) and ident else None
+
+
+def _answered_turn(msg: object, kind: Kind) -> Turn | None:
+    """The current turn, if ``msg`` goes to that turn's record of ``kind``."""
+    turn = current_turn()
+    if turn is None:
+        return None
+    if isinstance(msg, dict):
+        channel, conversation, user = reply_address(msg)
+    else:  # an SDK activity: attributes, set once it is sent (or by the bot)
+        channel = getattr(msg, "channel_id", None)
+        conversation = _id_of(getattr(msg, "conversation", None))
+        user = _id_of(getattr(msg, "recipient", None))
+        channel = channel if isinstance(channel, str) and channel else None
+    return turn if turn.owns(kind, channel, conversation, user) else None
+
+
 def _writable_bag(msg: object, kind: Kind) -> dict[str, Any]:
     field = FIELD_OF_KIND[kind]
     if isinstance(msg, dict):
@@ -77,7 +97,9 @@ def _writable_bag(msg: object, kind: Kind) -> dict[str, Any]:
         bag = getattr(msg, field, None)
     if isinstance(bag, dict):
         return bag
-    turn = current_turn()
+    # Copy-on-write from the played-back bag, only for a reply to the same record: a
+    # message to another user must not inherit this user's data.
+    turn = _answered_turn(msg, kind)
     fresh = turn.bag(kind) if turn is not None else {}
     if isinstance(msg, dict):
         msg[field] = fresh

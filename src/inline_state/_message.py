@@ -126,6 +126,13 @@ def message_ids(
     return _account_id(msg, "to"), None, _text(msg, "conversationId"), _account_id(msg, "from")
 
 
+def reply_address(msg: dict[str, Any]) -> tuple[str | None, str | None, str | None]:
+    """(channel, conversation, user) a reply is addressed to; None where it does not say."""
+    if "conversationId" in msg or "to" in msg:
+        return None, _text(msg, "conversationId"), _account_id(msg, "to")
+    return _text(msg, "channelId"), _account_id(msg, "conversation"), _account_id(msg, "recipient")
+
+
 def reply_messages(body: Any) -> list[dict[str, Any]] | None:
     """The messages in a reply body: one message, a list, or ``{"activities": [...]}``.
 

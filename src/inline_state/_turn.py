@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from contextvars import ContextVar
 from types import MappingProxyType
 from typing import Any
@@ -58,6 +59,23 @@ class Turn:
         self._message = message
         self._decoded: dict[Kind, dict[str, Any]] = {}
 
+    def owns(
+        self, kind: Kind, channel: str | None, conversation: str | None, user: str | None
+    ) -> bool:
+        """Whether a message with these ids belongs to this turn's record of ``kind``.
+
+        Ids given as None are unknown and match; a reply built without addressing
+        (the usual case) belongs to the turn it answers.
+        """
+        key = self.keys.of(kind) if self.keys is not None else None
+        if key is None:
+            return False
+        if channel is not None and key.channel is not None and channel != key.channel:
+            return False
+        if kind != "conversation" and user is not None and user != key.user:
+            return False
+        return kind == "user" or conversation is None or conversation == key.conversation
+
     def played_bag(self, kind: Kind) -> Mapping[str, bytes]:
         """The played-back properties of one kind (empty when nothing was stored)."""
         return self.played.get(kind, _EMPTY)
@@ -98,3 +116,13 @@ _current: ContextVar[Turn | None] = ContextVar("inline_state_turn", default=None
 def current_turn() -> Turn | None:
     """The turn being handled in this task, or None outside a turn."""
     return _current.get()
+
+
+@contextmanager
+def outside_turn() -> Iterator[None]:
+    """Run a block as if outside any turn (an SDK's proactive turn inside a request)."""
+    token = _current.set(None)
+    try:
+        yield
+    finally:
+        _current.reset(token)

@@ -16,6 +16,7 @@ into every ``ConnectorClient`` the adapter creates.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import ClientSession, web
@@ -32,15 +33,17 @@ try:
         ConnectorClientBase,
         UserTokenClientBase,
     )
+    from microsoft_agents.hosting.core.connector.mcs import MCSConnectorClient
 except ImportError as error:  # pragma: no cover - depends on the environment
     raise ImportError(
         "inline_state.agents needs the Microsoft 365 Agents SDK: pip install 'inline_state[agents]'"
     ) from error
 
 from ._message import BAG_FIELDS
-from ._sdk import SdkSwitchError, switch_failed
+from ._sdk import SdkSwitchError, is_request_turn, switch_failed
 from ._server import InlineStateMiddleware
 from ._server import setup as setup_middleware
+from ._turn import outside_turn
 
 __all__ = ["SdkSwitchError", "enable", "setup", "verify"]
 
@@ -54,9 +57,12 @@ def enable() -> None:
     ``Activity`` is a pydantic model without an ``extra`` setting, so it drops unknown
     fields: an incoming ``botUserData`` never reaches the bot, and a reply cannot carry
     one. This sets ``extra="allow"`` on ``Activity`` and rebuilds it and
-    ``ExpectedReplies`` (which embeds its schema), so every activity in the process keeps
-    unknown fields in ``model_extra``. Idempotent. Raises SdkSwitchError when the
-    installed SDK still drops the fields afterwards.
+    ``ExpectedReplies`` (which embeds its schema), so activities keep unknown fields in
+    ``model_extra``: a mistyped attribute (``activity.txt = ...``) is now kept and sent
+    too. Other models that embed an Activity and were built before (the
+    ``ConversationParameters`` of ``create_conversation``, transcripts, the SDK's stored
+    sign-in state) still drop bags, which keeps them off those requests. Idempotent.
+    Raises SdkSwitchError when the installed SDK still drops the fields afterwards.
     """
     if Activity.model_config.get("extra") != "allow":
         Activity.model_config["extra"] = "allow"
@@ -112,17 +118,24 @@ class _ClientsThroughInlineState:
         client = await self.inner.create_connector_client(
             context, claims_identity, service_url, audience, scopes, use_anonymous
         )
-        if not isinstance(client, ConnectorClient):
-            return client  # Copilot Studio's MCSConnectorClient: not a Bot Connector API
         # The SDK builds the session itself; a session with the middleware replaces it,
         # keeping its headers (the Authorization token among them).
-        original = client.client
-        base_url = service_url if service_url.endswith("/") else service_url + "/"
-        session = ClientSession(
-            base_url=base_url, headers=original.headers, middlewares=(self.state.client,)
-        )
-        await original.close()
-        return type(client)(endpoint=base_url, token="", session=session)
+        if isinstance(client, ConnectorClient):
+            original = client.client
+            base_url = service_url if service_url.endswith("/") else service_url + "/"
+            session = ClientSession(
+                base_url=base_url, headers=original.headers, middlewares=(self.state.client,)
+            )
+            await original.close()
+            return type(client)(endpoint=base_url, token="", session=session)
+        if isinstance(client, MCSConnectorClient):
+            # Copilot Studio's connector POSTs to the bare serviceUrl, not a reply path:
+            # the client middleware strips bags there (with a warning), never sends them.
+            await client.close()  # type: ignore[no-untyped-call]  # untyped in the SDK
+            return MCSConnectorClient(
+                endpoint=service_url, client=ClientSession(middlewares=(self.state.client,))
+            )
+        return client
 
     async def create_user_token_client(
         self,
@@ -131,6 +144,22 @@ class _ClientsThroughInlineState:
         use_anonymous: bool = False,
     ) -> UserTokenClientBase:
         return await self.inner.create_user_token_client(context, claims_identity, use_anonymous)
+
+
+class _ProactiveTurns:
+    """Agents SDK middleware: an SDK turn for other records than the request's (a
+    proactive ``continue_conversation`` run while handling a request) runs outside the
+    request's turn, so its replies neither start from nor are diffed against this
+    user's bags."""
+
+    async def on_turn(
+        self, context: TurnContext, logic: Callable[[TurnContext], Awaitable[Any]]
+    ) -> None:
+        if is_request_turn(context.activity):
+            await logic(context)
+            return
+        with outside_turn():
+            await logic(context)
 
 
 def setup(
@@ -143,11 +172,11 @@ def setup(
 
     Calls :func:`enable`, then ``inline_state.setup(app, store, **options)`` (add it
     after the SDK's ``jwt_authorization_middleware`` so unauthenticated requests never
-    load state), and routes the adapter's ConnectorClients through the returned
-    middleware's client middleware. Returns that middleware.
+    load state), routes the adapter's ConnectorClients through the returned
+    middleware's client middleware, and adds an adapter middleware that runs proactive
+    turns for other users outside the request's turn. Returns the middleware. An adapter
+    serves one inline state: a second call with the same adapter raises ValueError.
     """
-    enable()
-    state = setup_middleware(app, store, **options)
     factory = getattr(adapter, "_channel_service_client_factory", None)
     if factory is None:
         raise switch_failed(
@@ -156,6 +185,10 @@ def setup(
             f"{type(adapter).__name__} has no _channel_service_client_factory to route "
             "POSTed replies through",
         )
-    if not isinstance(factory, _ClientsThroughInlineState):
-        adapter._channel_service_client_factory = _ClientsThroughInlineState(factory, state)
+    if isinstance(factory, _ClientsThroughInlineState):
+        raise ValueError("this adapter already sends through an inline state middleware")
+    enable()
+    state = setup_middleware(app, store, **options)
+    adapter._channel_service_client_factory = _ClientsThroughInlineState(factory, state)
+    adapter.use(_ProactiveTurns())
     return state

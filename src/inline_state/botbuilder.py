@@ -34,10 +34,10 @@ except ImportError as error:  # pragma: no cover - depends on the environment
 from ._change import Change
 from ._message import BAG_FIELDS, Shape
 from ._posted import PostedTarget, posted_keys
-from ._sdk import SdkSwitchError, switch_failed
+from ._sdk import SdkSwitchError, is_request_turn, switch_failed
 from ._server import InlineStateMiddleware
 from ._server import setup as setup_middleware
-from ._turn import current_turn
+from ._turn import current_turn, outside_turn
 
 __all__ = [
     "ExpectRepliesCloudAdapter",
@@ -99,13 +99,15 @@ def verify() -> None:
 class PostedReplies(Middleware):  # type: ignore[misc]  # botbuilder is untyped
     """botbuilder middleware for replies the adapter POSTs to the channel.
 
-    Each reply's bags are validated and stripped as it is sent (a bad bag raises
-    BagError before anything leaves); the changes are written when the turn (or a
-    proactive ``continue_conversation`` callback) ends without an exception. botbuilder
-    sends only after every send handler has returned, so a handler cannot wait for the
-    channel's answer: a bot that catches a failed send and carries on still has that
-    reply's bags written. ``expectReplies`` turns are left to the server middleware,
-    which sees the replies in the HTTP response.
+    Each reply's (or updated activity's) bags are validated and stripped as it is sent
+    (a bad bag raises BagError before anything leaves); the changes are written when the
+    turn (or a proactive ``continue_conversation`` callback) ends without an exception.
+    botbuilder sends only after every send handler has returned, so a handler cannot
+    wait for the channel's answer: a bot that catches a failed send and carries on still
+    has that reply's bags written. ``expectReplies`` turns are left to the server
+    middleware, which sees the replies in the HTTP response. A proactive turn for
+    another user or conversation, run while a request is handled, runs outside that
+    request's turn.
     """
 
     def __init__(self, state: InlineStateMiddleware) -> None:
@@ -115,15 +117,31 @@ class PostedReplies(Middleware):  # type: ignore[misc]  # botbuilder is untyped
         if context.activity.delivery_mode == DeliveryModes.expect_replies:
             await logic()
             return
+        if is_request_turn(context.activity):
+            await self._posting_turn(context, logic)
+            return
+        with outside_turn():
+            await self._posting_turn(context, logic)
+
+    async def _posting_turn(
+        self, context: TurnContext, logic: Callable[[], Awaitable[Any]]
+    ) -> None:
         pending: list[Change] = []
 
-        async def strip_bags(
+        async def strip_sent(
             _context: TurnContext, activities: list[Activity], send: Callable[[], Awaitable[Any]]
         ) -> Any:
             pending.extend(await self._changes_of(activities))
             return await send()
 
-        context.on_send_activities(strip_bags)
+        async def strip_updated(
+            _context: TurnContext, activity: Activity, send: Callable[[], Awaitable[Any]]
+        ) -> Any:
+            pending.extend(await self._changes_of([activity]))
+            return await send()
+
+        context.on_send_activities(strip_sent)
+        context.on_update_activity(strip_updated)
         await logic()
         if pending:
             await self.state.store.apply(pending)
