@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import ClientHandlerType, ClientRequest, ClientResponse, hdrs, payload
 
-from ._message import BAG_MARKERS, strip_bags
+from ._message import may_carry_bags, strip_bags
 from ._posted import PendingWrite, has_bags, posted_keys, posted_target
 from ._turn import current_turn
 
@@ -71,8 +71,7 @@ class InlineStateClientMiddleware:
         if request.method not in _SENDING or not isinstance(body, payload.BytesPayload):
             return None
         raw = await body.as_bytes()
-        lowered = raw.lower()
-        if b"\\u" not in raw and not any(marker in lowered for marker in BAG_MARKERS):
+        if not may_carry_bags(raw):
             return None
         try:
             msg = json.loads(raw)

@@ -15,7 +15,15 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any, TypeVar, overload
 
-from ._message import FIELD_OF_KIND, Kind, Shape, detect_shape, kind_of_field, reply_address
+from ._message import (
+    FIELD_OF_KIND,
+    Kind,
+    Shape,
+    activity_address,
+    detect_shape,
+    kind_of_field,
+    reply_address,
+)
 from ._turn import Turn, current_turn
 
 __all__ = [
@@ -68,11 +76,6 @@ def _read_bag(msg: object, kind: Kind) -> dict[str, Any] | None:
     return bag if isinstance(bag, dict) else None
 
 
-def _id_of(value: object) -> str | None:
-    ident = getattr(value, "id", None)
-    return ident if isinstance(ident, str) and ident else None
-
-
 def _answered_turn(msg: object, kind: Kind) -> Turn | None:
     """The current turn, if ``msg`` goes to that turn's record of ``kind``."""
     turn = current_turn()
@@ -81,10 +84,7 @@ def _answered_turn(msg: object, kind: Kind) -> Turn | None:
     if isinstance(msg, dict):
         channel, conversation, user = reply_address(msg)
     else:  # an SDK activity: attributes, set once it is sent (or by the bot)
-        channel = getattr(msg, "channel_id", None)
-        conversation = _id_of(getattr(msg, "conversation", None))
-        user = _id_of(getattr(msg, "recipient", None))
-        channel = channel if isinstance(channel, str) and channel else None
+        channel, conversation, user = activity_address(msg, "recipient")
     return turn if turn.owns(kind, channel, conversation, user) else None
 
 

@@ -98,13 +98,38 @@ def is_delete_user_data(msg: dict[str, Any], shape: Shape) -> bool:
     return kind == ("DeleteUserData" if shape is Shape.V1 else "deleteUserData")
 
 
-def _account_id(msg: dict[str, Any], field: str) -> str | None:
-    account = msg.get(field)
+def may_carry_bags(raw: bytes | bytearray) -> bool:
+    """False when a JSON body cannot hold any spelling of a bag field (skip parsing it)."""
+    lowered = raw.lower()
+    return b"\\u" in raw or any(marker in lowered for marker in BAG_MARKERS)
+
+
+def account_id(account: Any) -> str | None:
+    """The non-empty ``id`` of a channel account given as a JSON object, else None."""
     if isinstance(account, dict):
         ident = account.get("id")
         if isinstance(ident, str) and ident:
             return ident
     return None
+
+
+def _account_id(msg: dict[str, Any], field: str) -> str | None:
+    return account_id(msg.get(field))
+
+
+def activity_address(
+    activity: object, user_field: str
+) -> tuple[str | None, str | None, str | None]:
+    """(channel, conversation, user) of an SDK activity object; both SDKs name the
+    attributes alike (``channel_id``, ``conversation``, ``from_property``, ``recipient``).
+    ``user_field`` is ``from_property`` for an incoming activity, ``recipient`` for a reply.
+    """
+    channel = getattr(activity, "channel_id", None)
+    ids = [
+        getattr(getattr(activity, name, None), "id", None) for name in ("conversation", user_field)
+    ]
+    conversation, user = (ident if isinstance(ident, str) and ident else None for ident in ids)
+    return (channel if isinstance(channel, str) and channel else None), conversation, user
 
 
 def _text(msg: dict[str, Any], field: str) -> str | None:

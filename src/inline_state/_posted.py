@@ -17,7 +17,7 @@ from urllib.parse import unquote
 from ._change import Change, fold_replies
 from ._clock import HybridClock
 from ._keys import RecordKey, TurnKeys
-from ._message import KINDS, Kind, Shape, bag_fields, detect_shape
+from ._message import KINDS, Kind, Shape, account_id, bag_fields, detect_shape
 from ._turn import Turn
 from .stores import Store
 
@@ -53,22 +53,17 @@ def posted_target(raw_path: str) -> PostedTarget | None:
     return None
 
 
-def _id(value: Any) -> str | None:
-    ident = value.get("id") if isinstance(value, dict) else None
-    return ident if isinstance(ident, str) and ident else None
-
-
 def posted_keys(msg: dict[str, Any], target: PostedTarget, turn: Turn | None) -> TurnKeys | None:
     """The records a POSTed reply's bags belong to."""
     shape = detect_shape(msg) or target.shape
     # A reply is addressed the other way round: from = the bot, recipient/to = the user.
-    bot = _id(msg.get("from"))
+    bot = account_id(msg.get("from"))
     if shape is Shape.V3:
-        user = _id(msg.get("recipient"))
+        user = account_id(msg.get("recipient"))
         channel = msg.get("channelId") if isinstance(msg.get("channelId"), str) else None
-        conversation = target.conversation or _id(msg.get("conversation"))
+        conversation = target.conversation or account_id(msg.get("conversation"))
     else:
-        user = _id(msg.get("to"))
+        user = account_id(msg.get("to"))
         channel = None
         conversation = (
             msg.get("conversationId") if isinstance(msg.get("conversationId"), str) else None

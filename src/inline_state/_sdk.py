@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+from ._message import activity_address
 from ._turn import current_turn
 
 __all__ = ["SdkSwitchError", "is_request_turn", "switch_failed"]
@@ -30,26 +31,17 @@ def switch_failed(distribution: str, tested: str, problem: str) -> SdkSwitchErro
     )
 
 
-def _id(value: object) -> str | None:
-    ident = getattr(value, "id", None)
-    return ident if isinstance(ident, str) and ident else None
-
-
 def is_request_turn(activity: object) -> bool:
     """Whether an SDK turn for this incoming activity is the HTTP request's own turn.
 
     An SDK runs other turns inside a request too: a proactive ``continue_conversation``
     to another user or conversation. Those must run outside the request's turn, or the
-    helpers would start that user's bags from this user's data. Both SDKs name the
-    attributes alike (``channel_id``, ``conversation``, ``from_property``).
+    helpers would start that user's bags from this user's data.
     """
     turn = current_turn()
     if turn is None or turn.keys is None:
         return turn is None
-    channel = getattr(activity, "channel_id", None)
-    channel = channel if isinstance(channel, str) and channel else None
-    user = _id(getattr(activity, "from_property", None))
-    conversation = _id(getattr(activity, "conversation", None))
+    channel, conversation, user = activity_address(activity, "from_property")
     keys = turn.keys
     return (keys.user is None or turn.owns("user", channel, None, user)) and (
         keys.conversation is None or turn.owns("conversation", channel, conversation, None)

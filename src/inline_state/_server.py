@@ -18,12 +18,12 @@ from ._clock import HybridClock
 from ._codec import join_bag
 from ._keys import TurnKeys, turn_keys
 from ._message import (
-    BAG_MARKERS,
     FIELD_OF_KIND,
     KINDS,
     Kind,
     detect_shape,
     is_delete_user_data,
+    may_carry_bags,
     reply_messages,
     strip_bags,
 )
@@ -321,8 +321,7 @@ class InlineStateMiddleware:
                 or response.content_type != "application/json"
             ):
                 return None
-            lowered = body.lower()
-            if b"\\u" not in body and not any(marker in lowered for marker in BAG_MARKERS):
+            if not may_carry_bags(body):
                 return None
             try:
                 parsed = json.loads(body)
