@@ -15,7 +15,7 @@ import inline_state
 from inline_state import HybridClock, MemoryStore, RecordKey, StoreUnavailable
 from inline_state._clock import EPOCH_MS
 
-from .support import Client, activity, echo_app, post, v1_message
+from .support import Client, activity, carries_a_bag, echo_app, post, v1_message
 
 StartFn = Callable[[web.Application], Awaitable[Client]]
 BAGS = ("botUserData", "botConversationData", "botPerUserInConversationData")
@@ -345,12 +345,14 @@ async def test_max_bag_bytes_is_configurable(client_for: StartFn) -> None:
 @pytest.mark.parametrize(
     ("raw", "content_type"),
     [
-        (b'{"type": "message", "botUserData": ', "application/json"),
+        (b'{"type": "message", "text": ', "application/json"),
         (b"\xff\xfe not json", "application/json"),
         (b"[1, 2, 3]", "application/json"),
         (b'"just a string"', "application/json"),
-        (b'{"hello": "world", "botUserData": {"x": 1}}', "application/json"),
-        (b'{"type":"message","botUserData":{"x":1}}', "text/plain"),
+        (b'{"hello": "world"}', "application/json"),
+        (b'{"type": {}}', "application/json"),
+        (b'{"type": []}', "application/json"),
+        (b"plain words", "text/plain"),
     ],
 )
 async def test_bodies_it_cannot_interpret_reach_the_bot_untouched(
@@ -370,6 +372,70 @@ async def test_bodies_it_cannot_interpret_reach_the_bot_untouched(
     response = await client.post("/api/messages", data=raw, headers={"Content-Type": content_type})
     assert response.status == 200
     assert received == [raw]
+
+
+@pytest.mark.parametrize(
+    ("raw", "content_type"),
+    [
+        (b'{"hello": "world", "botUserData": {"x": 1}}', "application/json"),
+        (b'{"type": "", "botUserData": {"x": 1}}', "application/json"),
+        (b'{"type":"message","botUserData":{"x":1}}', "text/plain"),
+        (b'{"type":"message","BotUserData":{"x":1}}', ""),
+        (b'{"type":"message","botuserdata":{"x":1}}', "text/json"),
+        (b'{"type":"message","botUserData":{"x":1}}', "application/x-json"),
+        (b'{"type":"message","botUserData":{"x":1}}', "multipart/form-data; boundary=x"),
+        (b'[{"type":"message","botUserData":{"x":1}}, 2]', "application/json"),
+    ],
+)
+async def test_client_bags_are_stripped_whatever_the_content_type_or_shape(
+    client_for: StartFn, raw: bytes, content_type: str
+) -> None:
+    parsed: list[Any] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        parsed.append(await request.json())
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    inline_state.setup(app)
+    app.router.add_post("/api/messages", handler)
+    client = await client_for(app)
+    headers = {"Content-Type": content_type} if content_type else {}
+    if not content_type:
+        headers["Content-Type"] = ""  # aiohttp would add application/octet-stream
+    response = await client.post("/api/messages", data=raw, headers=headers)
+    assert response.status == 200
+    assert len(parsed) == 1 and not carries_a_bag(parsed[0])
+    assert json.dumps(parsed[0]) != raw.decode()  # something was taken out
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"type": "message", "botUserData": ',
+        b'{"type": "message", "botUserData": {"x": 1}, }',
+        '{"type":"message","botUserData":{"x":1}}'.encode("utf-16-le"),
+    ],
+)
+async def test_unreadable_bodies_naming_a_bag_are_refused(client_for: StartFn, raw: bytes) -> None:
+    called: list[bool] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        called.append(True)
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    inline_state.setup(app)
+    app.router.add_post("/api/messages", handler)
+    client = await client_for(app)
+    response = await client.post(
+        "/api/messages",
+        data=raw,
+        headers={"Content-Type": "application/json; charset=latin-1"},
+    )
+    assert response.status == 400
+    assert (await response.json())["error"]["code"] == "UnreadableBody"
+    assert not called
 
 
 async def test_content_length_is_right_after_stripping(client_for: StartFn) -> None:

@@ -97,9 +97,18 @@ async def test_a_closed_store_is_unavailable(tmp_path: Path) -> None:
         await store.load([RecordKey("user", "b", "c", "", "u")])
 
 
-async def test_node_ids_persist_across_restarts(tmp_path: Path) -> None:
-    async with SqliteStore(tmp_path / "state.db") as store:
-        first = await store.allocate_node_id()
-    async with SqliteStore(tmp_path / "state.db") as store:
-        second = await store.allocate_node_id()
-    assert second == first + 1
+async def test_node_ids_are_leased_per_file(tmp_path: Path) -> None:
+    async with (
+        SqliteStore(tmp_path / "state.db") as one,
+        SqliteStore(tmp_path / "state.db") as two,
+    ):
+        # Two live stores on one file (two processes, or the state API beside the bot)
+        # hold different node ids for their clocks, and allocate around them.
+        assert one.clock.node_id != two.clock.node_id
+        held = await one.allocate_node_id()
+        assert held not in (one.clock.node_id, two.clock.node_id)
+        released = two.clock.node_id
+    async with SqliteStore(tmp_path / "state.db") as three:
+        # Closing gave the clocks' ids back; the one allocated by hand is still leased.
+        assert three.clock.node_id in (released, one.clock.node_id)
+        assert await three.allocate_node_id() != held

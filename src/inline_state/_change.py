@@ -11,13 +11,15 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
-from ._codec import UnstorableValue, bag_size, encode_value
+from ._body import DEFAULT_MAX_DEPTH
+from ._codec import UnstorableValue, bag_size, encode_value, json_key
 from ._keys import RecordKey
 from ._message import Kind, kind_of_field
 
 __all__ = ["BagError", "Change"]
 
 DEFAULT_MAX_BAG_BYTES = 64 * 1024
+DEFAULT_MAX_PROPERTIES = 1000
 
 
 class BagError(Exception):
@@ -89,13 +91,17 @@ def encode_bag(
     limit: int,
     played: Mapping[str, bytes] | None = None,
     played_values: Mapping[str, Any] | None = None,
+    *,
+    max_properties: int = DEFAULT_MAX_PROPERTIES,
+    max_depth: int = DEFAULT_MAX_DEPTH,
 ) -> dict[str, bytes] | None:
     """Validate one reply bag and encode its properties; None when the field is null.
 
     ``played_values`` are the decoded played-back values the bot was given: a reply
     value that is the very same immutable object (a string, a number) is known to be
     unchanged and reuses its played bytes instead of being encoded again, so an
-    untouched large value costs nothing.
+    untouched large value costs nothing. Property names that are not strings are
+    written the way ``json.dumps`` writes them (``1`` as ``"1"``).
     """
     if bag is None:
         return None
@@ -106,8 +112,22 @@ def encode_bag(
             f"must be a JSON object or null, got {type(bag).__name__}",
             limit=limit,
         )
+    if len(bag) > max_properties:
+        raise BagError(
+            field_name,
+            "tooManyProperties",
+            f"has {len(bag)} properties, over the limit of {max_properties}",
+            limit=limit,
+        )
     encoded: dict[str, bytes] = {}
-    for name, value in bag.items():
+    for key, value in bag.items():
+        if type(key) is str:
+            name = key
+        else:
+            try:
+                name = json_key(key)
+            except UnstorableValue as exc:
+                raise BagError(field_name, "unstorableValue", str(exc), limit=limit) from None
         if (
             played_values is not None
             and played is not None
@@ -117,7 +137,7 @@ def encode_bag(
             encoded[name] = played[name]
             continue
         try:
-            encoded[name] = encode_value(value)
+            encoded[name] = encode_value(value, max_depth)
         except UnstorableValue as exc:
             raise BagError(
                 field_name, "unstorableValue", f"property {name!r}: {exc}", limit=limit
@@ -145,6 +165,8 @@ def fold_replies(
     text_kinds: frozenset[Kind] = frozenset(),
     limit: int,
     played_values: Mapping[Kind, Mapping[str, Any]] | None = None,
+    max_properties: int = DEFAULT_MAX_PROPERTIES,
+    max_depth: int = DEFAULT_MAX_DEPTH,
 ) -> dict[Kind, PendingChange]:
     """Validate every reply's bags, then fold them into one change per record kind.
 
@@ -157,7 +179,9 @@ def fold_replies(
     for reply in replies:
         seen: dict[Kind, str] = {}
         for name, value in reply.items():
-            if name[:1] not in "bB":  # every spelling of a bag field starts with b
+            # Every spelling of a bag field starts with b; a key that is not a string
+            # (a bot's dict before serialization) is never a bag field.
+            if not isinstance(name, str) or name[:1] not in "bB":
                 continue
             kind = kind_of_field(name)
             if kind is None:
@@ -176,6 +200,8 @@ def fold_replies(
                 limit,
                 played.get(kind),
                 played_values.get(kind) if played_values is not None else None,
+                max_properties=max_properties,
+                max_depth=max_depth,
             )
             if encoded is not None:
                 bags.append((kind, encoded))

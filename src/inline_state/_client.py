@@ -11,12 +11,14 @@ warning, and not persisted.
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import ClientHandlerType, ClientRequest, ClientResponse, hdrs, payload
 
+from . import _body
+from ._body import NOT_JSON, BodyError
+from ._change import BagError
 from ._message import may_carry_bags, strip_bags
 from ._posted import PendingWrite, has_bags, posted_keys, posted_target
 from ._turn import current_turn
@@ -73,13 +75,24 @@ class InlineStateClientMiddleware:
         raw = await body.as_bytes()
         if not may_carry_bags(raw):
             return None
+        server = self.server
         try:
-            msg = json.loads(raw)
-        except ValueError:
-            return None
+            msg = _body.parse(raw, None, server.max_depth)
+        except BodyError as exc:
+            msg, problem = NOT_JSON, str(exc)
+        else:
+            problem = "it is not valid JSON"
+        if msg is NOT_JSON:
+            # It may carry a bag we cannot strip: it must not leave.
+            raise BagError(
+                "body",
+                "unreadable",
+                f"the request to {request.url.path} was not sent: {problem}, and it names a"
+                " bag field",
+                limit=server.max_bag_bytes,
+            )
         if not isinstance(msg, dict) or not has_bags(msg):
             return None
-        server = self.server
         target = posted_target(request.url.raw_path)
         if target is None:
             logger.warning(

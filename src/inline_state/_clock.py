@@ -13,6 +13,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from ._errors import StoreUnavailable
+
 __all__ = ["HybridClock"]
 
 EPOCH_MS = 1_735_689_600_000  # 2025-01-01T00:00:00Z
@@ -32,20 +34,33 @@ def stamp_ms(stamp: int) -> int:
     return (stamp >> MS_SHIFT) + EPOCH_MS
 
 
+def stamp_above(floor: int, node_id: int) -> int:
+    """The smallest stamp of node ``node_id`` above ``floor``.
+
+    ``floor + 1`` would belong to another node, which may issue that very stamp.
+    """
+    stamp = (floor & ~(MAX_NODES - 1)) | node_id
+    return stamp if stamp > floor else stamp + MAX_NODES
+
+
 class HybridClock:
     """Issues strictly increasing stamps that never fall behind any stamp observed.
 
-    ``node_id`` tells processes sharing a store apart; stores allocate one when none
-    is configured. ``wall_ms`` returns Unix milliseconds and is injectable for tests.
+    ``node_id`` tells writers sharing a store apart: a store leases one for its own
+    clock when it opens (two live writers never hold the same one), and sets
+    ``lease_deadline`` (``time.monotonic()``) past which the clock refuses to stamp
+    until the lease is renewed. An injected clock's node id is the caller's to keep
+    unique. ``wall_ms`` returns Unix milliseconds and is injectable for tests.
     """
 
-    __slots__ = ("_last", "node_id", "wall_ms")
+    __slots__ = ("_last", "lease_deadline", "node_id", "wall_ms")
 
     def __init__(self, node_id: int = 0, *, wall_ms: Callable[[], int] = _wall_ms) -> None:
         if not 0 <= node_id < MAX_NODES:
             raise ValueError(f"node_id must be in 0..{MAX_NODES - 1}, got {node_id}")
         self.node_id = node_id
         self.wall_ms = wall_ms
+        self.lease_deadline: float | None = None
         self._last = 0
 
     def observe(self, stamp: int) -> None:
@@ -54,7 +69,14 @@ class HybridClock:
             self._last = stamp
 
     def stamp(self) -> int:
-        """A new stamp: max(now, last issued or observed + 1), on this node."""
+        """A new stamp: max(now, last issued or observed + 1), on this node.
+
+        Raises StoreUnavailable while the node id's lease has lapsed.
+        """
+        if self.lease_deadline is not None and time.monotonic() > self.lease_deadline:
+            raise StoreUnavailable(
+                f"the clock's lease on node id {self.node_id} lapsed; it is being renewed"
+            )
         now = ((self.wall_ms() - EPOCH_MS) << MS_SHIFT) | self.node_id
         following = (((self._last >> NODE_BITS) + 1) << NODE_BITS) | self.node_id
         stamp = now if now > following else following

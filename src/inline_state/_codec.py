@@ -11,6 +11,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from ._body import DEFAULT_MAX_DEPTH, depth
+
 __all__ = ["UnstorableValue"]
 
 _ENCODER = json.JSONEncoder(
@@ -28,11 +30,11 @@ class UnstorableValue(ValueError):
 _TRUE, _FALSE, _NULL = b"true", b"false", b"null"
 
 
-def encode_value(value: Any) -> bytes:
+def encode_value(value: Any, max_depth: int = DEFAULT_MAX_DEPTH) -> bytes:
     """The canonical compact JSON bytes of a value.
 
     Raises UnstorableValue for NaN/Infinity, lone surrogates, integers beyond 64 bits,
-    and values JSON cannot represent.
+    nesting deeper than ``max_depth``, and values JSON cannot represent.
     """
     kind = type(value)
     # Scalars are most of what bots store; skip the encoder machinery for them.
@@ -44,14 +46,22 @@ def encode_value(value: Any) -> bytes:
         return _NULL
     try:
         text = _ENCODER.encode(value)
+    except RecursionError:
+        raise UnstorableValue(f"it nests deeper than {max_depth} levels") from None
     except ValueError as exc:
-        raise UnstorableValue("NaN or Infinity is not JSON") from exc
+        reason = str(exc)
+        if "Out of range float" in reason:
+            reason = "NaN or Infinity is not JSON"
+        raise UnstorableValue(reason) from None
     except TypeError as exc:
-        raise UnstorableValue(str(exc)) from exc
+        raise UnstorableValue(str(exc)) from None
     try:
         data = text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise UnstorableValue("a string holds a lone surrogate") from exc
+    except UnicodeEncodeError:
+        raise UnstorableValue("a string holds a lone surrogate") from None
+    if data.count(b"[") + data.count(b"{") >= max_depth and depth(value) >= max_depth:
+        # The bag around the value is one level more.
+        raise UnstorableValue(f"it nests deeper than {max_depth} levels")
     # Nineteen digits in a row may be an integer beyond 64 bits; only then walk the value.
     if _LONG_NUMBER.search(data) is not None:
         _check_ints(value)
@@ -70,6 +80,30 @@ def _check_ints(value: Any) -> None:
     elif isinstance(value, (list, tuple)):
         for item in value:
             _check_ints(item)
+
+
+def json_key(key: object) -> str:
+    """A dict key as ``json.dumps`` (and so ``web.json_response``) writes it.
+
+    Strings stay; ``True``/``False``/``None`` become ``"true"``/``"false"``/``"null"``,
+    integers and floats their JSON text. Raises UnstorableValue for any other type and
+    for NaN or Infinity.
+    """
+    if isinstance(key, str):
+        return str(key)
+    if key is True:
+        return "true"
+    if key is False:
+        return "false"
+    if key is None:
+        return "null"
+    if isinstance(key, int):
+        return int.__repr__(key)
+    if isinstance(key, float):
+        if key != key or key in (float("inf"), float("-inf")):
+            raise UnstorableValue("a property name is NaN or Infinity, which JSON cannot write")
+        return float.__repr__(key)
+    raise UnstorableValue(f"a property name must be a string, got {type(key).__name__}")
 
 
 _NAMES: dict[str, bytes] = {}

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import functools
+import re
 from typing import Any, NamedTuple
-from urllib.parse import unquote
 
 from ._message import Kind, Shape, message_ids
 
@@ -13,15 +13,35 @@ __all__ = ["RecordKey", "UserRef"]
 _KIND_LETTER: dict[Kind, str] = {"user": "u", "conversation": "c", "private": "p"}
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_ESCAPE = re.compile(r"%(u[0-9A-Fa-f]{4}|[0-9A-Fa-f]{2})")
+
+
 def escape_part(part: str) -> str:
-    """Escape one id so that ``/`` separates parts and ``{``/``}`` stay ours (hash tags)."""
+    """Escape one id so that ``/`` separates parts and ``{``/``}`` stay ours (hash tags).
+
+    A lone surrogate (JSON can carry ``"\\ud800"``, UTF-8 cannot) becomes ``%uD800``,
+    so an encoded key is always valid UTF-8 for SQLite, Redis and the export cursor.
+    """
     if "%" in part:
         part = part.replace("%", "%25")
     if "/" in part:
         part = part.replace("/", "%2F")
     if "{" in part or "}" in part:
         part = part.replace("{", "%7B").replace("}", "%7D")
+    if not part.isascii() and _SURROGATE.search(part) is not None:
+        part = _SURROGATE.sub(lambda m: f"%u{ord(m.group()):04X}", part)
     return part
+
+
+def _unescape_match(match: re.Match[str]) -> str:
+    code = match.group(1)
+    return chr(int(code[1:] if code[0] in "uU" else code, 16))
+
+
+def unescape_part(part: str) -> str:
+    """The inverse of ``escape_part``."""
+    return _ESCAPE.sub(_unescape_match, part) if "%" in part else part
 
 
 class UserRef(NamedTuple):
@@ -120,7 +140,7 @@ _KIND_OF_LETTER: dict[str, Kind] = {"u": "user", "c": "conversation", "p": "priv
 
 def decode_key(encoded: str) -> RecordKey:
     """The inverse of ``RecordKey.encode``."""
-    parts = [unquote(p) for p in encoded.split("/")]
+    parts = [unescape_part(p) for p in encoded.split("/")]
     if parts[0] == "v1":
         bot, channel, rest = parts[1], None, parts[2:]
     elif parts[0] == "v3":

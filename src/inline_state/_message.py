@@ -60,16 +60,19 @@ class Shape(enum.Enum):
     V3 = "v3"
 
 
-def kind_of_field(name: str) -> Kind | None:
+def kind_of_field(name: object) -> Kind | None:
     """The record kind a field name (any spelling) stands for, or None."""
-    return _KIND_OF_LOWERED.get(name.lower())
+    return _KIND_OF_LOWERED.get(name.lower()) if isinstance(name, str) else None
 
 
 def detect_shape(msg: dict[str, Any]) -> Shape | None:
     """Tell a v3 Activity from a v1 Message; None for anything else."""
     if isinstance(msg.get("conversation"), dict) or "recipient" in msg or "channelId" in msg:
         return Shape.V3
-    if "conversationId" in msg or "to" in msg or msg.get("type") in _V1_TYPES:
+    if "conversationId" in msg or "to" in msg:
+        return Shape.V1
+    kind = msg.get("type")
+    if isinstance(kind, str) and kind in _V1_TYPES:
         return Shape.V1
     return None
 
@@ -78,7 +81,7 @@ def bag_fields(msg: dict[str, Any]) -> Iterator[tuple[str, Kind]]:
     """Yield (spelling, kind) for every bag field present in ``msg``."""
     for name in msg:
         # Every spelling starts with b/B; most fields can skip the lower() call.
-        if name[:1] in "bB":
+        if isinstance(name, str) and name[:1] in "bB":
             kind = _KIND_OF_LOWERED.get(name.lower())
             if kind is not None:
                 yield name, kind
@@ -86,7 +89,11 @@ def bag_fields(msg: dict[str, Any]) -> Iterator[tuple[str, Kind]]:
 
 def strip_bags(msg: dict[str, Any]) -> bool:
     """Remove every spelling of the three fields; True if anything was removed."""
-    found = [name for name in msg if name[:1] in "bB" and name.lower() in _KIND_OF_LOWERED]
+    found = [
+        name
+        for name in msg
+        if isinstance(name, str) and name[:1] in "bB" and name.lower() in _KIND_OF_LOWERED
+    ]
     for name in found:
         del msg[name]
     return bool(found)

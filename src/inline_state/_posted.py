@@ -111,6 +111,8 @@ async def posted_changes(
     clock: HybridClock,
     whole_bag: frozenset[Kind],
     max_bag_bytes: int,
+    max_properties: int,
+    max_depth: int,
 ) -> list[Change]:
     """Validate the reply's bags and build its changes (raises BagError).
 
@@ -146,6 +148,8 @@ async def posted_changes(
         whole_bag=whole_bag | frozenset(proactive),
         text_kinds=(turn.text_kinds & frozenset(diffed)) if turn is not None else frozenset(),
         limit=max_bag_bytes,
+        max_properties=max_properties,
+        max_depth=max_depth,
     )
     stamp = clock.stamp()
     changes: list[Change] = []

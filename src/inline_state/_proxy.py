@@ -10,7 +10,6 @@ or to a serviceUrl on the allow-list: never to a URL taken from a request body a
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
@@ -20,10 +19,12 @@ import aiohttp
 from aiohttp import hdrs, web
 from yarl import URL
 
+from . import _body
+from ._body import NOT_JSON, BodyError
 from ._change import BagError
 from ._message import Shape, strip_bags
 from ._posted import PendingWrite, PostedTarget, has_bags, posted_keys
-from ._server import InlineStateMiddleware, get_turn, setup
+from ._server import InlineStateMiddleware, get_turn, read_body, setup
 from ._turn import Turn
 from .stores import Store, StoreUnavailable
 
@@ -50,7 +51,7 @@ class _Allowed:
     def __contains__(self, candidate: str) -> bool:
         try:
             url = URL(candidate)
-        except ValueError:
+        except (ValueError, TypeError):
             return False
         if not url.is_absolute():
             return False
@@ -133,15 +134,17 @@ class _Proxy:
             self.remember(message.get("id"), turn)
             if self.public_url is not None and isinstance(message.get("serviceUrl"), str):
                 message["serviceUrl"] = self.public_url
-                body = json.dumps(message).encode()
+                body = _body.encode(message, request.charset)
         return await self._send(request, self.upstream, body, "bot")
 
     async def posted(self, request: web.Request) -> web.Response:
         """A reply the bot POSTed to the connector: persist, strip, forward to the channel."""
         try:
-            msg = await request.json()
-        except ValueError:
-            return _error(400, "BadSyntax", "the reply is not valid JSON")
+            msg = _body.parse(await read_body(request), request.charset, self.middleware.max_depth)
+        except BodyError as exc:
+            return _error(exc.status, exc.code, str(exc))
+        if msg is NOT_JSON:
+            return _error(400, "BadSyntax", "the reply is not valid JSON in its charset")
         if not isinstance(msg, dict):
             return _error(400, "BadArgument", "the reply must be a JSON object")
         info = request.match_info
@@ -172,7 +175,7 @@ class _Proxy:
                 except StoreUnavailable as exc:
                     return _error(503, "StoreUnavailable", f"the state store is unavailable: {exc}")
             strip_bags(msg)
-        answer = await self._send(request, destination, json.dumps(msg).encode(), "channel")
+        answer = await self._send(request, destination, _body.encode(msg, request.charset), "channel")
         if 200 <= answer.status < 300:
             try:
                 await pending.apply(self.middleware.store)
@@ -229,6 +232,8 @@ def proxy_app(
     app.cleanup_ctx.append(proxy.session_ctx)
     app.router.add_post("/api/messages", proxy.incoming)
     app.router.add_post("/bot/v1.0/messages", proxy.posted)
-    app.router.add_post("/v3/conversations/{conversationId}/activities", proxy.posted)
-    app.router.add_post("/v3/conversations/{conversationId}/activities/{activityId}", proxy.posted)
+    # Ids are any run of characters but "/" (aiohttp's default pattern also refuses {}).
+    conversation = "/v3/conversations/{conversationId:[^/]+}/activities"
+    app.router.add_post(conversation, proxy.posted)
+    app.router.add_post(conversation + "/{activityId:[^/]+}", proxy.posted)
     return app

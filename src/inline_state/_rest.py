@@ -7,22 +7,24 @@ with the eTag they read; a write that lost a race gets 412 and retries.
 from __future__ import annotations
 
 import base64
-import binascii
 import hmac
 import ipaddress
 import json
 import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import hdrs, web
 
-from ._change import DEFAULT_MAX_BAG_BYTES, BagError, encode_bag
+from . import _body
+from ._body import DEFAULT_MAX_DEPTH, NOT_JSON, BodyError
+from ._change import DEFAULT_MAX_BAG_BYTES, DEFAULT_MAX_PROPERTIES, BagError, encode_bag
 from ._codec import join_bag
 from ._keys import RecordKey, UserRef
 from ._message import Kind
-from ._server import STORE_KEY
+from ._server import DEFAULT_MAX_ID_LENGTH, STORE_KEY, id_too_long, read_body
 from .stores import (
     PreconditionFailed,
     RecordTooLarge,
@@ -87,6 +89,9 @@ class _StateApi:
         app_id: str | None,
         no_auth_bot_id: str | None,
         max_bytes: int,
+        max_properties: int,
+        max_depth: int,
+        max_id_length: int,
     ) -> None:
         self._store_arg = store
         self._store: Store | None = store if isinstance(store, Store) else None
@@ -94,6 +99,9 @@ class _StateApi:
         self.app_id = app_id
         self.no_auth_bot_id = no_auth_bot_id
         self.max_bytes = max_bytes
+        self.max_properties = max_properties
+        self.max_depth = max_depth
+        self.max_id_length = max_id_length
 
     async def cleanup_ctx(self, app: web.Application) -> AsyncIterator[None]:
         if isinstance(self._store_arg, str):
@@ -129,24 +137,32 @@ class _StateApi:
                 app_id, _, secret = (
                     base64.b64decode(value.strip(), validate=True).decode().partition(":")
                 )
-            except (binascii.Error, UnicodeDecodeError):
+            except ValueError:  # not base64 (or not ASCII), or not UTF-8 inside
                 secret = None
             else:
                 if self.app_id is not None and not hmac.compare_digest(
-                    app_id.encode(), self.app_id.encode()
+                    _header_bytes(app_id), _header_bytes(self.app_id)
                 ):
                     secret = None
         bot_id = None
         if secret:
+            sent = _header_bytes(secret)
             for known, bot in self.credentials.items():
                 # Compare against every credential so timing says nothing about which.
-                if hmac.compare_digest(secret.encode(), known.encode()):
+                if hmac.compare_digest(sent, _header_bytes(known)):
                     bot_id = bot
         if bot_id is None:
             raise ApiError(401, "Unauthorized", "missing or invalid credentials")
         return bot_id
 
     # -- helpers ------------------------------------------------------------------------
+
+    def writable(self, key: RecordKey) -> RecordKey:
+        """``key``, or ApiError 400 when one of its ids is too long to be written."""
+        too_long = id_too_long(key, self.max_id_length)
+        if too_long is not None:
+            raise ApiError(400, "BadArgument", f"the record cannot be written: {too_long}")
+        return key
 
     def key(self, request: web.Request, kind: Kind, bot: str) -> RecordKey:
         info = request.match_info
@@ -184,11 +200,13 @@ class _StateApi:
         return web.Response(body=self.body_of(record), content_type="application/json")
 
     async def post(self, request: web.Request, kind: Kind) -> web.Response:
-        key = self.key(request, kind, self.bot_for(request))
+        key = self.writable(self.key(request, kind, self.bot_for(request)))
         try:
-            body = await request.json()
-        except ValueError as exc:
-            raise ApiError(400, "BadSyntax", f"the body is not valid JSON: {exc}") from None
+            body = _body.parse(await read_body(request), request.charset, self.max_depth)
+        except BodyError as exc:
+            raise ApiError(exc.status, exc.code, str(exc)) from None
+        if body is NOT_JSON:
+            raise ApiError(400, "BadSyntax", "the body is not valid JSON in its charset")
         if not isinstance(body, dict):
             raise ApiError(400, "BadArgument", "the body must be a JSON object {data, eTag}")
         etag = body.get("eTag")
@@ -197,7 +215,15 @@ class _StateApi:
         data = body.get("data")
         stored: Mapping[str, bytes] | str | None
         if isinstance(data, str):
-            size = len(data.encode("utf-8", "surrogatepass")) + 2
+            try:
+                size = len(data.encode("utf-8")) + 2
+            except UnicodeEncodeError:
+                raise ApiError(
+                    400,
+                    "BadArgument",
+                    "data holds a lone surrogate (an escape such as \\ud800 with no pair),"
+                    " which cannot be stored",
+                ) from None
             if size > self.max_bytes:
                 raise ApiError(
                     400,
@@ -207,7 +233,13 @@ class _StateApi:
             stored = data
         elif data is None or isinstance(data, dict):
             try:
-                stored = encode_bag("data", data, self.max_bytes)
+                stored = encode_bag(
+                    "data",
+                    data,
+                    self.max_bytes,
+                    max_properties=self.max_properties,
+                    max_depth=self.max_depth,
+                )
             except BagError as exc:
                 code = "MessageSizeTooBig" if exc.reason == "tooLarge" else "BadArgument"
                 raise ApiError(400, code, str(exc)) from None
@@ -241,7 +273,7 @@ class _StateApi:
         if token:
             try:
                 cursor = base64.urlsafe_b64decode(token.encode()).decode()
-            except (binascii.Error, UnicodeDecodeError):
+            except ValueError:  # not base64, not ASCII, or not UTF-8 inside
                 raise ApiError(
                     400, "BadArgument", "continuationToken is not one this API issued"
                 ) from None
@@ -267,6 +299,11 @@ class _StateApi:
         return web.json_response({"botStateData": items, "continuationToken": next_token})
 
 
+def _header_bytes(text: str) -> bytes:
+    # aiohttp decodes header bytes that are not UTF-8 as surrogate escapes; keep them.
+    return text.encode("utf-8", "surrogateescape")
+
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -279,6 +316,14 @@ def _wrap(handler: Handler, v1: bool) -> Handler:
         except StoreUnavailable as exc:
             logger.error("state store unavailable: %s", exc)
             return _error(503, "ServiceUnavailable", f"the state store is unavailable: {exc}", v1)
+        except web.HTTPException:
+            raise
+        except Exception as exc:  # a fault of ours must not become a bare 500
+            logger.error(
+                "inline_state: internal error in the state API: %s: %s", type(exc).__name__, exc
+            )
+            logger.debug("inline_state: internal error in the state API", exc_info=exc)
+            return _error(500, "InternalError", f"{type(exc).__name__}: {exc}", v1)
 
     return respond
 
@@ -302,6 +347,9 @@ def add_state_api(
     store: str | Store | None = None,
     prefix: str = "",
     max_bytes: int = DEFAULT_MAX_BAG_BYTES,
+    max_properties: int = DEFAULT_MAX_PROPERTIES,
+    max_depth: int = DEFAULT_MAX_DEPTH,
+    max_id_length: int = DEFAULT_MAX_ID_LENGTH,
 ) -> None:
     """Serve the v1 and v3 Bot State REST API on ``app``, over the cookie path's records.
 
@@ -310,7 +358,8 @@ def add_state_api(
     bot id, the bot's channel account id (the ``recipient.id`` the cookie path keys
     by): ``secret`` + ``bot_id`` for one bot, or ``credentials={secret: bot_id}``.
     ``no_auth=True`` (with ``bot_id``) skips credentials but answers loopback clients
-    only. ``store`` defaults to the one ``setup()`` gave the app.
+    only. ``store`` defaults to the one ``setup()`` gave the app. The limits are the
+    middleware's (``max_bytes`` is its ``max_bag_bytes``).
     """
     table = dict(credentials or {})
     if secret is not None:
@@ -330,7 +379,16 @@ def add_state_api(
             "the state API is not mounted without a secret: pass secret= and bot_id=,"
             " credentials=, or no_auth=True for loopback-only use"
         )
-    api = _StateApi(store, table, app_id, bot_id if no_auth else None, max_bytes)
+    api = _StateApi(
+        store,
+        table,
+        app_id,
+        bot_id if no_auth else None,
+        max_bytes,
+        max_properties,
+        max_depth,
+        max_id_length,
+    )
     if isinstance(store, str):
         app.cleanup_ctx.append(api.cleanup_ctx)
     prefix = prefix.rstrip("/")
@@ -351,7 +409,9 @@ def add_state_api(
             kind = kinds[tail]
             verb = api.get if method == "GET" else api.post
             handler = _bind(verb, kind)
-        app.router.add_route(method, prefix + path, _wrap(handler, v1))
+        # An id is any run of characters but "/" (aiohttp's default also refuses {}).
+        pattern = re.sub(r"\{(\w+)\}", r"{\1:[^/]+}", prefix + path)
+        app.router.add_route(method, pattern, _wrap(handler, v1))
 
 
 def _bind(verb: Callable[[web.Request, Kind], Awaitable[web.Response]], kind: Kind) -> Handler:

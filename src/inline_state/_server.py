@@ -9,14 +9,24 @@ from typing import Any, Literal
 
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
+from aiohttp.web_protocol import RequestPayloadError
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
-from ._change import DEFAULT_MAX_BAG_BYTES, BagError, Change, PendingChange, fold_replies
+from . import _body
+from ._body import DEFAULT_MAX_DEPTH, NOT_JSON, BodyError
+from ._change import (
+    DEFAULT_MAX_BAG_BYTES,
+    DEFAULT_MAX_PROPERTIES,
+    BagError,
+    Change,
+    PendingChange,
+    fold_replies,
+)
 from ._client import InlineStateClientMiddleware
 from ._clock import HybridClock
 from ._codec import join_bag
-from ._keys import TurnKeys, turn_keys
+from ._keys import RecordKey, TurnKeys, turn_keys
 from ._message import (
     FIELD_OF_KIND,
     KINDS,
@@ -51,8 +61,7 @@ STORE_KEY: web.AppKey[Store] = web.AppKey("inline_state.store", Store)
 _TURN_KEY: Any = (
     web.RequestKey("inline_state.turn", Turn) if hasattr(web, "RequestKey") else "inline_state.turn"
 )
-_JSON_TYPES = ("application/json",)
-_UTF8 = (None, "utf-8", "utf8")
+DEFAULT_MAX_ID_LENGTH = 1024
 
 
 def get_turn(request: web.Request) -> Turn | None:
@@ -74,6 +83,45 @@ def _error(status: int, code: str, message: str, **extra: Any) -> web.Response:
     return web.json_response({"error": {"code": code, "message": message, **extra}}, status=status)
 
 
+async def read_body(request: web.BaseRequest) -> bytes:
+    """The request body, or BodyError: over ``client_max_size`` (413), or bytes that do
+    not match their Content-Encoding (400)."""
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise BodyError(
+            413,
+            "BodyTooLarge",
+            f"the body is larger than the server's limit of {request.client_max_size} bytes",
+        ) from None
+    except RequestPayloadError as exc:
+        # aiohttp would read the rest of the broken payload after the response and log
+        # the same error again with a traceback; close the connection instead.
+        protocol = request.protocol
+        if hasattr(protocol, "_force_close"):
+            protocol._force_close = True
+        encoding = request.headers.get(hdrs.CONTENT_ENCODING, "")
+        raise BodyError(
+            400,
+            "UndecodableBody",
+            f"the body cannot be read as sent (Content-Encoding {encoding!r}):"
+            f" {' '.join(str(exc).split())}",
+        ) from None
+
+
+def id_too_long(key: RecordKey, limit: int) -> str | None:
+    """Which id of a key is longer than ``limit`` characters, said in words; else None."""
+    for name, value in (
+        ("bot", key.bot),
+        ("channel", key.channel or ""),
+        ("conversation", key.conversation),
+        ("user", key.user),
+    ):
+        if len(value) > limit:
+            return f"the {name} id is {len(value)} characters, over the limit of {limit}"
+    return None
+
+
 class ReplyResponse(web.Response):
     """A JSON response that keeps the reply objects until it is sent.
 
@@ -91,10 +139,14 @@ class ReplyResponse(web.Response):
         self._encoded = False
 
     def encode(self) -> None:
-        """Serialize ``data`` into the body (once)."""
+        """Serialize ``data`` into the body (once); TypeError or ValueError as
+        ``json.dumps`` raises them for data JSON cannot write."""
         if not self._encoded:
             self._encoded = True
-            self.body = json.dumps(self.data).encode("utf-8")
+            try:
+                self.body = json.dumps(self.data).encode("utf-8")
+            except RecursionError:
+                raise ValueError("the reply nests too deeply to be written as JSON") from None
 
     async def prepare(self, request: web.BaseRequest) -> Any:
         """Serialize, then send like any response (also where no middleware ran)."""
@@ -118,8 +170,15 @@ class InlineStateMiddleware:
     the messages that reach it.
 
     ``store`` is a URL (opened and closed with the app), a ``redis.asyncio`` client (the
-    caller keeps owning it), or a Store instance (the caller opens and closes it). ``merge="bag"`` replaces whole bags like v1 did instead of
-    merging per property. ``keep_fields`` leaves the bags on the wire.
+    caller keeps owning it), or a Store instance (the caller opens and closes it).
+    ``merge="bag"`` replaces whole bags like v1 did instead of merging per property.
+    ``keep_fields`` leaves the bags on the wire.
+
+    Limits (each refused with a JSON error that names it): ``max_bag_bytes`` of JSON
+    per bag (after merging, too), ``max_properties`` per bag, ``max_depth`` levels of
+    JSON nesting in a body or a bag, and ``max_id_length`` characters per id of a
+    record that is written (reads of existing records never fail). The body size is
+    aiohttp's ``client_max_size`` (1 MiB by default): larger bodies get 413.
     """
 
     __middleware_version__ = 1
@@ -133,12 +192,22 @@ class InlineStateMiddleware:
         merge: Literal["property", "bag"] = "property",
         keep_fields: bool = False,
         max_bag_bytes: int = DEFAULT_MAX_BAG_BYTES,
+        max_properties: int = DEFAULT_MAX_PROPERTIES,
+        max_depth: int = DEFAULT_MAX_DEPTH,
+        max_id_length: int = DEFAULT_MAX_ID_LENGTH,
         **store_options: Any,
     ) -> None:
         if merge not in ("property", "bag"):
             raise ValueError(f"merge must be 'property' or 'bag', got {merge!r}")
         if max_bag_bytes <= 2:
             raise ValueError(f"max_bag_bytes must be above 2, got {max_bag_bytes}")
+        for name, value in (
+            ("max_properties", max_properties),
+            ("max_depth", max_depth),
+            ("max_id_length", max_id_length),
+        ):
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
         self._owns_store = not isinstance(store, Store)
         if isinstance(store, str):
             self.store = open_store(store, clock=clock, **store_options)
@@ -149,11 +218,16 @@ class InlineStateMiddleware:
             raise TypeError(f"store options {sorted(store_options)} need a store URL or client")
         else:
             self.store = store
-        self.clock = clock
+        # One clock per store: its node id is leased by the store when it opens, so two
+        # live writers never issue the same stamp. An injected clock is used as given.
+        self.clock: HybridClock = clock if clock is not None else self.store.clock
         self.paths = frozenset(paths)
         self.whole_bag: frozenset[Kind] = frozenset(KINDS) if merge == "bag" else frozenset()
         self.keep_fields = keep_fields
         self.max_bag_bytes = max_bag_bytes
+        self.max_properties = max_properties
+        self.max_depth = max_depth
+        self.max_id_length = max_id_length
         self._client = InlineStateClientMiddleware(self)
 
     @property
@@ -163,9 +237,7 @@ class InlineStateMiddleware:
         return self._client
 
     async def ensure_clock(self) -> HybridClock:
-        """The clock, with a node id allocated by the store on first use."""
-        if self.clock is None:
-            self.clock = HybridClock(await self.store.allocate_node_id())
+        """The clock (the store's own unless one was injected)."""
         return self.clock
 
     async def posted_changes(
@@ -178,9 +250,11 @@ class InlineStateMiddleware:
             keys,
             turn,
             store=self.store,
-            clock=await self.ensure_clock(),
+            clock=self.clock,
             whole_bag=self.whole_bag,
             max_bag_bytes=self.max_bag_bytes,
+            max_properties=self.max_properties,
+            max_depth=self.max_depth,
         )
 
     async def cleanup_ctx(self, app: web.Application) -> AsyncIterator[None]:
@@ -188,7 +262,6 @@ class InlineStateMiddleware:
         if self._owns_store:
             await self.store.open()
         try:
-            await self.ensure_clock()
             yield
         finally:
             if self._owns_store:
@@ -197,11 +270,16 @@ class InlineStateMiddleware:
     async def __call__(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.method != hdrs.METH_POST or request.path not in self.paths:
             return await handler(request)
-        clock = self.clock or await self.ensure_clock()  # without cleanup_ctx: on first use
         try:
+            clock = self.clock
             turn = await self._incoming(request, clock)
         except StoreUnavailable as exc:
             return self._unavailable(exc)
+        except BodyError as exc:
+            logger.warning("inline_state: refused a request to %s: %s", request.path, exc)
+            return web.json_response(exc.to_json(), status=exc.status)
+        except Exception as exc:  # a fault of ours must not become a bare 500
+            return _internal_error("the incoming message", exc)
         if turn is None:
             return await handler(request)
         request[_TURN_KEY] = turn
@@ -210,13 +288,21 @@ class InlineStateMiddleware:
             try:
                 response = await handler(request)
             except web.HTTPException as exc:
-                replacement = await self._outgoing(turn, exc, clock)
+                replacement = await self._outgoing_guarded(turn, exc, clock)
                 if replacement is not None:
                     return replacement
                 raise
-            return await self._outgoing(turn, response, clock) or response
+            return await self._outgoing_guarded(turn, response, clock) or response
         finally:
             _current.reset(token)
+
+    async def _outgoing_guarded(
+        self, turn: Turn, response: web.StreamResponse, clock: HybridClock
+    ) -> web.Response | None:
+        try:
+            return await self._outgoing(turn, response, clock)
+        except Exception as exc:  # a fault of ours must not become a bare 500
+            return _internal_error("the bot's reply", exc)
 
     @staticmethod
     def _unavailable(exc: StoreUnavailable) -> web.Response:
@@ -224,21 +310,35 @@ class InlineStateMiddleware:
         return _error(503, "StoreUnavailable", f"the state store is unavailable: {exc}")
 
     async def _incoming(self, request: web.Request, clock: HybridClock) -> Turn | None:
-        content_type = request.content_type
-        if content_type not in _JSON_TYPES and not content_type.endswith("+json"):
-            return None
-        raw = await request.read()
+        """Strip client-sent bags from any JSON body; open a turn for a message."""
+        raw = await read_body(request)
         charset = request.charset
-        try:
-            msg = json.loads(raw if charset in _UTF8 else raw.decode(charset or "utf-8"))
-        except (ValueError, LookupError):  # invalid JSON or text, unknown charset
+        parsed = _body.parse(raw, charset, self.max_depth)
+        if parsed is NOT_JSON:
+            if may_carry_bags(raw) or may_carry_bags(raw.replace(b"\0", b"")):
+                # Some reading of these bytes (another charset, a lenient parser) might
+                # find a bag in them; the bot must not get client-sent state.
+                raise BodyError(
+                    400,
+                    "UnreadableBody",
+                    "the body is not JSON in its declared charset, yet names a bag field"
+                    " (botUserData, ...); it is refused so that no client-sent state can"
+                    " reach the bot",
+                )
             return None
-        if not isinstance(msg, dict):
+        if isinstance(parsed, list):
+            if any([strip_bags(item) for item in parsed if isinstance(item, dict)]):
+                request._read_bytes = _body.encode(parsed, charset)
             return None
+        if not isinstance(parsed, dict):
+            return None
+        msg: dict[str, Any] = parsed
+        removed = strip_bags(msg)
         shape = detect_shape(msg)
         if shape is None:
+            if removed:
+                request._read_bytes = _body.encode(msg, charset)
             return None
-        removed = strip_bags(msg)
         keys = turn_keys(msg, shape)
         played: dict[Kind, Mapping[str, bytes]] = {}
         text_kinds: set[Kind] = set()
@@ -254,7 +354,7 @@ class InlineStateMiddleware:
             base, observed = await self._load(keys, played, text_kinds)
             clock.observe(observed)
         if removed or played:
-            self._rewrite_body(request, raw, msg, played, removed)
+            self._rewrite_body(request, raw, msg, played, removed, charset)
         return Turn(
             shape,
             keys,
@@ -289,18 +389,18 @@ class InlineStateMiddleware:
         msg: dict[str, Any],
         played: Mapping[Kind, Mapping[str, bytes]],
         removed: bool,
+        charset: str | None,
     ) -> None:
         fields = [(FIELD_OF_KIND[kind], join_bag(dict(props))) for kind, props in played.items()]
-        if request.charset not in _UTF8:
-            # Rebuild as ASCII-only JSON, which reads the same in any ASCII-based charset.
+        if removed or not _body.is_utf8(charset) or json.detect_encoding(raw) != "utf-8":
+            # Re-encode the whole message in its own charset.
             full = dict(msg)
             for name, bag in fields:
                 full[name] = json.loads(bag)
-            request._read_bytes = json.dumps(full).encode("ascii")
+            request._read_bytes = _body.encode(full, charset)
             return
-        if removed:
-            raw = json.dumps(msg, ensure_ascii=False).encode("utf-8")
-        request._read_bytes = _splice(raw, fields, not msg) if fields else raw
+        # The common case: UTF-8 bytes nobody sent a bag in; splice the bags in.
+        request._read_bytes = _splice(raw, fields, not msg)
 
     async def _outgoing(
         self, turn: Turn, response: web.StreamResponse, clock: HybridClock
@@ -312,21 +412,35 @@ class InlineStateMiddleware:
                 " bags in it are neither persisted nor stripped"
             )
             return None
+        charset: str | None = "utf-8"
         if isinstance(response, ReplyResponse) and not response._encoded:
             parsed = response.data  # the bot's own objects: nothing to parse
         else:
             body = response.body
-            if (
-                not isinstance(body, (bytes, bytearray))
-                or response.content_type != "application/json"
+            if not isinstance(body, (bytes, bytearray)) or not _body.is_json_type(
+                response.content_type
             ):
                 return None
-            if not may_carry_bags(body):
+            charset = response.charset
+            utf8 = _body.is_utf8(charset)
+            if utf8 and not may_carry_bags(body):
                 return None
             try:
-                parsed = json.loads(body)
-            except ValueError:
-                return None
+                parsed = _body.parse(bytes(body), charset, self.max_depth)
+            except BodyError as exc:
+                parsed, problem = NOT_JSON, str(exc)
+            else:
+                problem = "it is not JSON in its declared charset"
+            if parsed is NOT_JSON:
+                if utf8 and not may_carry_bags(body.replace(b"\0", b"")):
+                    return None
+                # Passing it on could hand a bag to the client; refuse it instead.
+                logger.error("inline_state: the bot's reply cannot be read: %s", problem)
+                return _error(
+                    500,
+                    "InvalidReply",
+                    f"the bot's reply was not sent: {problem}, and it may carry a bag",
+                )
         replies = reply_messages(parsed)
         if replies is None:
             return None
@@ -338,6 +452,8 @@ class InlineStateMiddleware:
                 text_kinds=turn.text_kinds,
                 limit=self.max_bag_bytes,
                 played_values=turn.decoded,
+                max_properties=self.max_properties,
+                max_depth=self.max_depth,
             )
         except BagError as exc:
             logger.error("inline_state: invalid bag in the reply: %s", exc)
@@ -348,10 +464,16 @@ class InlineStateMiddleware:
                 return failure
         stripped = not self.keep_fields and any([strip_bags(reply) for reply in replies])
         if isinstance(response, ReplyResponse) and not response._encoded:
-            response.encode()
+            try:
+                response.encode()
+            except (TypeError, ValueError) as exc:
+                logger.error("inline_state: the bot's reply cannot be written as JSON: %s", exc)
+                return _error(
+                    500, "InvalidReply", f"the bot's reply cannot be written as JSON: {exc}"
+                )
         elif stripped:
             response.headers.popall(hdrs.CONTENT_LENGTH, None)
-            response.body = json.dumps(parsed).encode("utf-8")
+            response.body = _body.encode(parsed, charset)
         return None
 
     async def _persist(
@@ -361,7 +483,10 @@ class InlineStateMiddleware:
             logger.info("inline_state: bags of a reply to a user-data deletion are ignored")
             return None
         changes: list[Change] = []
-        stamp = clock.stamp()
+        try:
+            stamp = clock.stamp()
+        except StoreUnavailable as exc:
+            return self._unavailable(exc)
         for kind, change in pending.items():
             key = turn.keys.of(kind) if turn.keys is not None else None
             if key is None:
@@ -370,6 +495,11 @@ class InlineStateMiddleware:
                     FIELD_OF_KIND[kind],
                 )
                 continue
+            too_long = id_too_long(key, self.max_id_length)
+            if too_long is not None:
+                message = f"{FIELD_OF_KIND[kind]} cannot be stored: {too_long}"
+                logger.warning("inline_state: %s", message)
+                return _error(400, "IdTooLong", message)
             if kind in turn.text_kinds:
                 logger.warning(
                     "inline_state: the %s record holds a string written through the REST"
@@ -398,6 +528,15 @@ class InlineStateMiddleware:
         return None
 
 
+def _internal_error(where: str, exc: Exception) -> web.Response:
+    # No traceback at error level: the message says what failed; debug logging keeps it.
+    logger.error("inline_state: internal error on %s: %s: %s", where, type(exc).__name__, exc)
+    logger.debug("inline_state: internal error on %s", where, exc_info=exc)
+    return _error(
+        500, "InternalError", f"inline_state failed on {where}: {type(exc).__name__}: {exc}"
+    )
+
+
 def setup(
     app: web.Application,
     store: str | Store | Redis | RedisCluster = "memory://",
@@ -407,7 +546,8 @@ def setup(
 
     ``store`` is a URL, an existing ``redis.asyncio`` client, or a Store instance;
     ``options`` are those of InlineStateMiddleware (``paths``, ``clock``, ``merge``,
-    ``keep_fields``, ``max_bag_bytes``) and, with a URL or a client, the store's
+    ``keep_fields``, ``max_bag_bytes``, ``max_properties``, ``max_depth``,
+    ``max_id_length``) and, with a URL or a client, the store's
     (``ttl``, ``tombstone_ttl``, ``prefix``...).
     """
     middleware = InlineStateMiddleware(store, **options)

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import abc
+import asyncio
+import contextlib
 import enum
+import logging
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType, TracebackType
@@ -11,6 +15,7 @@ from typing import NamedTuple, Self
 
 from .._change import Change
 from .._clock import HybridClock
+from .._errors import PreconditionFailed, RecordTooLarge, StoreError, StoreUnavailable
 from .._keys import RecordKey, UserRef
 from .._message import Kind
 
@@ -26,28 +31,10 @@ __all__ = [
 ]
 
 DEFAULT_TOMBSTONE_TTL = 600.0
+#: How long a clock node id stays held without renewal (renewed every third of it).
+NODE_LEASE_SECONDS = 30.0
 
-
-class StoreError(Exception):
-    """Base class of the errors a store raises."""
-
-
-class StoreUnavailable(StoreError):
-    """The backing store cannot be reached or did not answer in time (HTTP 503)."""
-
-
-class PreconditionFailed(StoreError):
-    """A compare-and-set found another eTag than the caller sent (HTTP 412)."""
-
-
-class RecordTooLarge(StoreError):
-    """A write would make a record larger than its limit."""
-
-    def __init__(self, key: RecordKey, size: int, limit: int) -> None:
-        self.key = key
-        self.size = size
-        self.limit = limit
-        super().__init__(f"the {key.kind} record would be {size} bytes, over the limit of {limit}")
+logger = logging.getLogger("inline_state")
 
 
 class ApplyResult(enum.Enum):
@@ -123,15 +110,70 @@ class Store(abc.ABC):
                 raise ValueError(f"ttl: unknown record kind {kind!r}")
             if seconds <= 0:
                 raise ValueError(f"ttl[{kind!r}] must be positive, got {seconds}")
+        self._owns_clock = clock is None
         self.clock = clock if clock is not None else HybridClock(0)
         self.ttl_ms: dict[Kind, int] = {k: int(s * 1000) for k, s in (ttl or {}).items()}
         self.tombstone_ttl_ms = int(tombstone_ttl * 1000)
+        self._lease_task: asyncio.Task[None] | None = None
 
     async def open(self) -> None:  # noqa: B027 - optional hook
         """Connect or start workers; called once before use. Default: nothing."""
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections and workers. Default: nothing."""
+
+    # -- the store's own clock: a node id leased from the store ---------------------------
+
+    async def _start_clock(self) -> None:
+        """Lease a node id for the store's own clock and keep it renewed (backends call
+        this at the end of ``open``). An injected clock is left alone."""
+        if not self._owns_clock or self._lease_task is not None:
+            return
+        started = time.monotonic()
+        self.clock.node_id = await self.allocate_node_id()
+        self.clock.lease_deadline = started + NODE_LEASE_SECONDS
+        self._lease_task = asyncio.create_task(self._keep_lease(), name="inline_state-node-lease")
+
+    async def _stop_clock(self) -> None:
+        """Stop renewing and give the node id back (backends call this first in ``close``)."""
+        task, self._lease_task = self._lease_task, None
+        if task is None:
+            return
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        try:
+            await self.release_node_id(self.clock.node_id)
+        except StoreError as exc:  # it lapses by itself
+            logger.warning("inline_state: could not release clock node id: %s", exc)
+
+    async def _keep_lease(self) -> None:
+        clock = self.clock
+        while True:
+            await asyncio.sleep(NODE_LEASE_SECONDS / 3)
+            started = time.monotonic()
+            try:
+                if not await self.renew_node_id(clock.node_id):
+                    old = clock.node_id
+                    clock.node_id = await self.allocate_node_id()
+                    logger.warning(
+                        "inline_state: clock node id %d was taken over after its lease"
+                        " lapsed; now %d",
+                        old,
+                        clock.node_id,
+                    )
+            except StoreError as exc:
+                logger.warning("inline_state: could not renew the clock's node id: %s", exc)
+                continue
+            clock.lease_deadline = started + NODE_LEASE_SECONDS
+
+    async def renew_node_id(self, node_id: int) -> bool:
+        """Extend this instance's lease on a node id; False if another writer holds it
+        now. Default (a store no other process shares): True."""
+        return True
+
+    async def release_node_id(self, node_id: int) -> None:  # noqa: B027 - optional hook
+        """Give a node id back. Default: nothing."""
 
     async def __aenter__(self) -> Self:
         await self.open()
@@ -147,7 +189,12 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def allocate_node_id(self) -> int:
-        """A clock node id no other user of this store holds (0..255)."""
+        """A clock node id (1..255) no other live writer of this store holds.
+
+        Shared backends lease it for ``NODE_LEASE_SECONDS``: ``renew_node_id`` extends
+        the lease, ``release_node_id`` ends it, and one that lapsed (its process was
+        killed) can be allocated again. Raises StoreUnavailable when all are held.
+        """
 
     @abc.abstractmethod
     async def load(self, keys: Sequence[RecordKey]) -> list[StoredRecord]:

@@ -10,7 +10,7 @@ import abc
 from collections.abc import Mapping, Sequence
 
 from .._change import Change
-from .._clock import HybridClock
+from .._clock import MAX_NODES, stamp_above
 from .._keys import RecordKey, UserRef
 from ._base import MISSING, ApplyResult, RecordTooLarge, StoredRecord
 from ._record import Record, check_etag, view_blob
@@ -96,26 +96,31 @@ def apply_changes(
 
 def compare_and_set(
     table: BlobTable,
-    clock: HybridClock,
+    stamp: int,
     key: RecordKey,
     data: Mapping[str, bytes] | str | None,
     etag: str | None,
     max_bytes: int,
     now_ms: int,
     tombstone_ttl_ms: int,
-) -> str:
-    """Replace a whole record if ``etag`` allows it; see ``Store.compare_and_set``."""
+) -> tuple[str, int]:
+    """Replace a whole record if ``etag`` allows it; see ``Store.compare_and_set``.
+
+    ``stamp`` is a fresh stamp of the caller's clock; the write is stamped above
+    everything stored on the same node. Returns the new eTag and the stamp used (for
+    the caller's clock to observe).
+    """
     encoded = key.encode()
     blob = table.get(key, encoded)
     rec = Record.unpack(blob) if blob is not None else Record()
     check_etag(rec.etag, etag)
-    stamp = max(clock.stamp(), rec.observed + 1, table.deletion_stamp(key) + 1)
-    clock.observe(stamp)
+    floor = max(rec.observed, table.deletion_stamp(key))
+    stamp = max(stamp, stamp_above(floor, stamp % MAX_NODES))
     rec.replace(data, stamp)
     if data is not None and rec.size() > max_bytes:
         raise RecordTooLarge(key, rec.size(), max_bytes)
     _save(table, key, encoded, rec, now_ms, tombstone_ttl_ms)
-    return rec.etag
+    return rec.etag, stamp
 
 
 def delete_user(table: BlobTable, user: UserRef, stamp: int) -> int:
@@ -126,6 +131,6 @@ def delete_user(table: BlobTable, user: UserRef, stamp: int) -> int:
         if blob is not None:
             highest = max(highest, Record.unpack(blob).observed)
         table.drop(encoded)
-    deleted = max(stamp, highest + 1)
+    deleted = max(stamp, stamp_above(highest, stamp % MAX_NODES))
     table.set_deletion_stamp(user, deleted)
     return deleted

@@ -20,6 +20,13 @@ local rk = KEYS[1]
 local function etag(created, writes) return string.format('%x.%x', created, writes) end
 -- Lua turns numbers into strings with 14 significant digits; stamps need all of theirs.
 local function S(x) return string.format('%.0f', x) end
+-- The smallest stamp on the node of `stamp` (its low 8 bits) above `floor`: floor + 1
+-- belongs to another node, which may issue that very stamp.
+local function above(floor, stamp)
+  local s = floor - floor % 256 + stamp % 256
+  if s <= floor then s = s + 256 end
+  return s
+end
 """
 
 # KEYS: record [, deletion stamp key, user index set]
@@ -176,8 +183,8 @@ if sent ~= '*' then
     return {'conflict', 'eTag names a record that does not exist'}
   end
 end
-if #KEYS > 1 then stamp = math.max(stamp, num(redis.call('GET', KEYS[2])) + 1) end
-stamp = math.max(stamp, observed + 1)
+if #KEYS > 1 then observed = math.max(observed, num(redis.call('GET', KEYS[2]))) end
+stamp = math.max(stamp, above(observed, stamp))
 local created, writes = num(f['created']), num(f['writes'])
 local hset = {'f', 1, 'clear', S(stamp), 't', 0}
 local n, sz, size = 0, 0, 2
@@ -238,7 +245,7 @@ for _, k in ipairs(keys) do
   end
   redis.call('DEL', k)
 end
-local deleted = math.max(tonumber(ARGV[1]), highest + 1)
+local deleted = math.max(tonumber(ARGV[1]), above(highest, tonumber(ARGV[1])))
 redis.call('SET', KEYS[2], S(deleted))
 redis.call('DEL', KEYS[3])
 return S(deleted)

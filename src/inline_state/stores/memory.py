@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import heapq
-import itertools
 from collections.abc import Mapping, Sequence
 
 from .._change import Change
@@ -12,7 +11,14 @@ from .._clock import MAX_NODES, HybridClock
 from .._keys import RecordKey, UserRef, decode_key, namespace_prefix
 from .._message import Kind
 from . import _blob
-from ._base import DEFAULT_TOMBSTONE_TTL, ApplyResult, ExportPage, Store, StoredRecord
+from ._base import (
+    DEFAULT_TOMBSTONE_TTL,
+    ApplyResult,
+    ExportPage,
+    Store,
+    StoredRecord,
+    StoreUnavailable,
+)
 from ._record import view_blob
 
 __all__ = ["MemoryStore"]
@@ -113,18 +119,24 @@ class MemoryStore(Store):
         # user -> encoded keys of their per-conversation records
         self._private_index: dict[str, set[str]] = {}
         self._deleted: dict[str, int] = {}
-        self._node_ids = itertools.count(1)
+        # Node ids for clocks other than the store's own (which holds 0).
+        self._free_nodes = list(range(MAX_NODES - 1, 0, -1))
         self._next_sweep_ms = 0
 
     def _table(self) -> _DictTable:
         return _DictTable(self, self.clock.wall_ms())
 
     async def allocate_node_id(self) -> int:
-        """The next unused node id; the store's own clock holds 0."""
-        node = next(self._node_ids)
-        if node >= MAX_NODES:
-            raise RuntimeError(f"more than {MAX_NODES - 1} clocks on one MemoryStore")
-        return node
+        """An unused node id (1..255; the store's own clock holds 0), held until
+        ``release_node_id``. Raises StoreUnavailable when all are held."""
+        if not self._free_nodes:
+            raise StoreUnavailable(f"all {MAX_NODES - 1} clock node ids are held")
+        return self._free_nodes.pop()
+
+    async def release_node_id(self, node_id: int) -> None:
+        """Give a node id back."""
+        if 0 < node_id < MAX_NODES and node_id not in self._free_nodes:
+            self._free_nodes.append(node_id)
 
     def _sweep(self, table: _DictTable) -> None:
         # Expired records nobody reads again would otherwise stay forever.
@@ -155,9 +167,18 @@ class MemoryStore(Store):
     ) -> str:
         """Replace a whole record if ``etag`` allows it; return the new eTag."""
         table = self._table()
-        return _blob.compare_and_set(
-            table, self.clock, key, data, etag, max_bytes, table.now_ms, self.tombstone_ttl_ms
+        etag, stamp = _blob.compare_and_set(
+            table,
+            self.clock.stamp(),
+            key,
+            data,
+            etag,
+            max_bytes,
+            table.now_ms,
+            self.tombstone_ttl_ms,
         )
+        self.clock.observe(stamp)
+        return etag
 
     async def delete_user(self, user: UserRef, stamp: int) -> int:
         """Delete a user's record and per-conversation records; return the deletion stamp."""

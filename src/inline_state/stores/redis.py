@@ -10,6 +10,7 @@ Loading a turn's records is one pipelined round trip (one per node on a cluster)
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -30,6 +31,7 @@ from . import _redis_lua
 from ._base import (
     DEFAULT_TOMBSTONE_TTL,
     MISSING,
+    NODE_LEASE_SECONDS,
     ApplyResult,
     ExportPage,
     PreconditionFailed,
@@ -89,6 +91,9 @@ class RedisStore(Store):
         self._apply = client.register_script(_redis_lua.APPLY)
         self._cas = client.register_script(_redis_lua.COMPARE_AND_SET)
         self._delete_user = client.register_script(_redis_lua.DELETE_USER)
+        self._renew_node = client.register_script(_RENEW_NODE)
+        self._release_node = client.register_script(_RELEASE_NODE)
+        self._holder = uuid.uuid4().hex  # whose node id leases these are
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisStore:
@@ -141,9 +146,11 @@ class RedisStore(Store):
         """
         if isinstance(self.client, RedisCluster):
             await self._guard(self.client.initialize())
+        await self._start_clock()
 
     async def close(self) -> None:
-        """Close the client if this store created it."""
+        """Give the clock's node id back; close the client if this store created it."""
+        await self._stop_clock()
         if self._owns_client:
             await self.client.aclose()
 
@@ -182,10 +189,35 @@ class RedisStore(Store):
 
     # -- operations -----------------------------------------------------------------------
 
+    def _node_key(self, node_id: int) -> str:
+        return f"{self.prefix}:node:{node_id}"
+
     async def allocate_node_id(self) -> int:
-        """A node id from a counter in Redis (1..255, then wrapping)."""
-        value = await self._guard(self.client.incr(f"{self.prefix}:nodes"))
-        return (int(value) - 1) % (MAX_NODES - 1) + 1
+        """A node id no live lease holds (``SET NX`` with an expiry), leased to this
+        instance; a counter spreads where processes start looking."""
+        start = int(await self._guard(self.client.incr(f"{self.prefix}:nodes")))
+        lease_ms = int(NODE_LEASE_SECONDS * 1000)
+        for i in range(MAX_NODES - 1):
+            node = (start + i) % (MAX_NODES - 1) + 1
+            taken = await self._guard(
+                self.client.set(self._node_key(node), self._holder, nx=True, px=lease_ms)
+            )
+            if taken:
+                return node
+        raise StoreUnavailable(f"all {MAX_NODES - 1} clock node ids under {self.prefix!r} are held")
+
+    async def renew_node_id(self, node_id: int) -> bool:
+        """Extend this instance's lease (or take the node id back if it lapsed unused);
+        False if another writer holds it."""
+        lease_ms = int(NODE_LEASE_SECONDS * 1000)
+        reply = await self._guard(
+            self._renew_node(keys=[self._node_key(node_id)], args=[self._holder, lease_ms])
+        )
+        return bool(reply)
+
+    async def release_node_id(self, node_id: int) -> None:
+        """End this instance's lease on a node id."""
+        await self._guard(self._release_node(keys=[self._node_key(node_id)], args=[self._holder]))
 
     async def load(self, keys: Sequence[RecordKey]) -> list[StoredRecord]:
         """Read records (and refresh TTLs) in one pipelined round trip per node."""
@@ -331,6 +363,18 @@ class RedisStore(Store):
         if gone:  # expired or deleted records leave the index lazily
             await self._guard(self.client.zrem(zkey, *gone))
         return ExportPage(page, members[-1].decode() if more else None)
+
+
+_RENEW_NODE = """
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+if not holder then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]); return 1 end
+return 0
+"""
+_RELEASE_NODE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
 
 
 def _view(fields: Mapping[bytes, bytes], deleted: int) -> StoredRecord:

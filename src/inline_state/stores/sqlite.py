@@ -13,6 +13,8 @@ import asyncio
 import queue
 import sqlite3
 import threading
+import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -24,6 +26,7 @@ from .._message import Kind
 from . import _blob
 from ._base import (
     DEFAULT_TOMBSTONE_TTL,
+    NODE_LEASE_SECONDS,
     ApplyResult,
     ExportPage,
     Store,
@@ -47,6 +50,9 @@ CREATE INDEX IF NOT EXISTS records_expires ON records(expires) WHERE expires IS 
 CREATE TABLE IF NOT EXISTS deletions (user TEXT PRIMARY KEY, stamp INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
 INSERT OR IGNORE INTO meta(name, value) VALUES ('schema', 1), ('node', 0);
+CREATE TABLE IF NOT EXISTS nodes (
+    node INTEGER PRIMARY KEY, holder TEXT NOT NULL, expires INTEGER NOT NULL
+);
 """
 _STOP = object()
 
@@ -231,6 +237,7 @@ class SqliteStore(Store):
         self._writer: _Worker | None = None
         self._reader: _Worker | None = None
         self._next_sweep_ms = 0
+        self._holder = uuid.uuid4().hex  # whose node id leases these are
 
     def _connect(self, *, writer: bool) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -249,6 +256,7 @@ class SqliteStore(Store):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._writer = await self._start("writer", writer=True)
         self._reader = await self._start("reader", writer=False)
+        await self._start_clock()
 
     async def _start(self, role: str, *, writer: bool) -> _Worker:
         worker = _Worker(
@@ -261,7 +269,9 @@ class SqliteStore(Store):
         return worker
 
     async def close(self) -> None:
-        """Finish queued writes, then stop the threads."""
+        """Finish queued writes, give the clock's node id back, then stop the threads."""
+        if self._writer is not None and self._writer.is_alive():
+            await self._stop_clock()
         for worker in (self._writer, self._reader):
             if worker is not None and worker.is_alive():
                 worker.stop()
@@ -282,16 +292,53 @@ class SqliteStore(Store):
         return _SqlTable(conn, self.ttl_ms, self.clock.wall_ms())
 
     async def allocate_node_id(self) -> int:
-        """A node id from a counter kept in the file (1..255, then wrapping)."""
+        """The lowest node id no live lease in the file holds, leased to this instance.
+
+        Leases live in the ``nodes`` table for ``NODE_LEASE_SECONDS`` (wall time, so
+        every process on the file agrees); one a killed process left lapses by itself.
+        """
+        holder = self._holder
 
         def allocate(conn: sqlite3.Connection) -> int:
-            row = conn.execute(
-                "UPDATE meta SET value = value % ? + 1 WHERE name = 'node' RETURNING value",
-                (MAX_NODES - 1,),
-            ).fetchone()
-            return int(row[0])
+            now_ms = int(time.time() * 1000)
+            held = {
+                row[0]
+                for row in conn.execute("SELECT node FROM nodes WHERE expires >= ?", (now_ms,))
+            }
+            free = next((n for n in range(1, MAX_NODES) if n not in held), None)
+            if free is None:
+                raise StoreUnavailable(f"all {MAX_NODES - 1} clock node ids of {self.path} are held")
+            conn.execute(
+                "INSERT OR REPLACE INTO nodes(node, holder, expires) VALUES (?, ?, ?)",
+                (free, holder, now_ms + int(NODE_LEASE_SECONDS * 1000)),
+            )
+            return free
 
         return await self._call(self._writer, allocate)
+
+    async def renew_node_id(self, node_id: int) -> bool:
+        """Extend this instance's lease; False if another writer took the node id."""
+        holder = self._holder
+
+        def renew(conn: sqlite3.Connection) -> bool:
+            expires = int(time.time() * 1000) + int(NODE_LEASE_SECONDS * 1000)
+            cursor = conn.execute(
+                "UPDATE nodes SET expires = ? WHERE node = ? AND holder = ?",
+                (expires, node_id, holder),
+            )
+            return cursor.rowcount == 1
+
+        return await self._call(self._writer, renew)
+
+    async def release_node_id(self, node_id: int) -> None:
+        """End this instance's lease on a node id."""
+        holder = self._holder
+        await self._call(
+            self._writer,
+            lambda conn: conn.execute(
+                "DELETE FROM nodes WHERE node = ? AND holder = ?", (node_id, holder)
+            ),
+        )
 
     async def load(self, keys: Sequence[RecordKey]) -> list[StoredRecord]:
         """Read several records on the reader connection.
@@ -348,13 +395,17 @@ class SqliteStore(Store):
     ) -> str:
         """Replace a whole record if ``etag`` allows it; return the new eTag."""
 
-        def cas(conn: sqlite3.Connection) -> str:
+        stamp = self.clock.stamp()  # on the loop: the clock is not shared with threads
+
+        def cas(conn: sqlite3.Connection) -> tuple[str, int]:
             table = self._table(conn)
             return _blob.compare_and_set(
-                table, self.clock, key, data, etag, max_bytes, table.now_ms, self.tombstone_ttl_ms
+                table, stamp, key, data, etag, max_bytes, table.now_ms, self.tombstone_ttl_ms
             )
 
-        return await self._call(self._writer, cas)
+        new_etag, used = await self._call(self._writer, cas)
+        self.clock.observe(used)
+        return new_etag
 
     async def delete_user(self, user: UserRef, stamp: int) -> int:
         """Delete a user's record and per-conversation records; return the deletion stamp."""

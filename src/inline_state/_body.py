@@ -1,0 +1,162 @@
+"""HTTP bodies as JSON: decoded in their declared charset, parsed, nesting bounded, and
+encoded back in the charset they came in.
+
+Every adapter reads bodies through here, so a body is interpreted one way everywhere:
+the way ``await request.json()`` would (the declared charset, UTF-8 when none), plus
+what ``json.loads`` on the raw bytes would find (UTF-16 and UTF-32 without a declared
+charset), so that no reading of a body a bot might use sees a bag we did not.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Final
+
+__all__ = ["DEFAULT_MAX_DEPTH", "BodyError"]
+
+#: JSON nesting allowed in a body or a bag: deep enough for any real activity (Adaptive
+#: Cards nest about 20 levels), shallow enough that nothing recurses into trouble.
+DEFAULT_MAX_DEPTH: Final = 256
+
+_UTF8: Final = frozenset({None, "utf-8", "utf8"})
+
+
+class BodyError(ValueError):
+    """A body that cannot be interpreted and must not reach the bot as it is.
+
+    ``status`` is the HTTP status to answer with (400 or 413), ``code`` a short
+    machine-readable name, the message says what was wrong and where.
+    """
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON error body."""
+        return {"error": {"code": self.code, "message": str(self)}}
+
+
+class _NotJson:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NOT_JSON"
+
+
+#: What ``parse`` returns for a body that is not JSON in its charset.
+NOT_JSON: Final = _NotJson()
+
+
+def is_utf8(charset: str | None) -> bool:
+    """True for the charsets whose JSON is parsed straight from the bytes."""
+    return charset in _UTF8 or charset.lower() in _UTF8  # type: ignore[union-attr]
+
+
+def is_json_type(content_type: str) -> bool:
+    """True for JSON media types: ``application/json``, ``text/json``, any ``+json``."""
+    return (
+        content_type in ("application/json", "text/json", "application/x-json")
+        or content_type.endswith("+json")
+    )
+
+
+def decode(raw: bytes, charset: str) -> str | None:
+    """The text of a body in a declared charset, None when the bytes do not decode.
+
+    Raises BodyError (400) for a charset Python does not know as a text encoding
+    (``bogus``, ``rot13``, ``zlib``).
+    """
+    try:
+        return raw.decode(charset)
+    except LookupError:
+        raise BodyError(
+            400,
+            "UnsupportedCharset",
+            f"the body's charset {charset!r} is not a text encoding this server knows",
+        ) from None
+    except UnicodeError:
+        return None
+
+
+def parse(raw: bytes, charset: str | None, max_depth: int = DEFAULT_MAX_DEPTH) -> Any:
+    """The JSON value of a body, or NOT_JSON.
+
+    Raises BodyError for an unknown charset and for nesting deeper than ``max_depth``.
+    """
+    source: bytes | str | None = raw if is_utf8(charset) else decode(raw, charset or "utf-8")
+    if source is None:
+        return NOT_JSON
+    try:
+        value = json.loads(source)
+    except RecursionError:
+        raise _too_deep("the body", max_depth) from None
+    except ValueError:
+        return NOT_JSON
+    check_depth(source, value, max_depth, "the body")
+    return value
+
+
+def _too_deep(what: str, max_depth: int) -> BodyError:
+    return BodyError(400, "TooDeep", f"{what} nests JSON deeper than {max_depth} levels")
+
+
+def depth(value: Any) -> int:
+    """How deeply a parsed JSON value nests (a scalar is 0, ``[]`` is 1); no recursion."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, (list, tuple)):
+            children = item
+        else:
+            continue
+        level += 1
+        if level > deepest:
+            deepest = level
+        stack.extend((child, level) for child in children)
+    return deepest
+
+
+def check_depth(source: bytes | str, value: Any, max_depth: int, what: str) -> None:
+    """Raise BodyError when ``value`` (parsed from ``source``) nests past ``max_depth``.
+
+    Counting brackets in the text is a bound on the depth that costs two C scans, so
+    the walk runs only for texts with many brackets.
+    """
+    if isinstance(source, bytes):
+        brackets = source.count(b"{") + source.count(b"[")
+    else:
+        brackets = source.count("{") + source.count("[")
+    if brackets > max_depth and depth(value) > max_depth:
+        raise _too_deep(what, max_depth)
+
+
+def dumps(value: Any) -> str:
+    """JSON text as ``web.json_response`` writes it (keys converted, ASCII escapes)."""
+    return json.dumps(value)
+
+
+def encode(value: Any, charset: str | None) -> bytes:
+    """A JSON value as a body in ``charset`` (UTF-8 when None), readable back as sent.
+
+    UTF-8 keeps non-ASCII text as is; a lone surrogate, which UTF-8 cannot carry, is
+    written as its escape, the way it came in. Other charsets get ASCII-only JSON, whose
+    characters every text encoding carries, encoded in that charset.
+    """
+    if is_utf8(charset):
+        try:
+            return json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            return json.dumps(value).encode("ascii")
+    try:
+        return json.dumps(value).encode(charset or "utf-8")
+    except UnicodeEncodeError:
+        raise BodyError(
+            400,
+            "UnsupportedCharset",
+            f"JSON cannot be written in the body's charset {charset!r}",
+        ) from None
