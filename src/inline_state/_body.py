@@ -25,13 +25,17 @@ class BodyError(ValueError):
     """A body that cannot be interpreted and must not reach the bot as it is.
 
     ``status`` is the HTTP status to answer with (400 or 413), ``code`` a short
-    machine-readable name, the message says what was wrong and where.
+    machine-readable name, the message says what was wrong and where;
+    ``close_connection`` asks to close the connection after the answer.
     """
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, *, close_connection: bool = False
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
+        self.close_connection = close_connection
 
     def to_json(self) -> dict[str, Any]:
         """The JSON error body."""
@@ -56,10 +60,11 @@ def is_utf8(charset: str | None) -> bool:
 
 def is_json_type(content_type: str) -> bool:
     """True for JSON media types: ``application/json``, ``text/json``, any ``+json``."""
-    return (
-        content_type in ("application/json", "text/json", "application/x-json")
-        or content_type.endswith("+json")
-    )
+    return content_type in (
+        "application/json",
+        "text/json",
+        "application/x-json",
+    ) or content_type.endswith("+json")
 
 
 def decode(raw: bytes, charset: str) -> str | None:

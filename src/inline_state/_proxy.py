@@ -24,7 +24,7 @@ from ._body import NOT_JSON, BodyError
 from ._change import BagError
 from ._message import Shape, strip_bags
 from ._posted import PendingWrite, PostedTarget, has_bags, posted_keys
-from ._server import InlineStateMiddleware, get_turn, read_body, setup
+from ._server import InlineStateMiddleware, body_error_response, get_turn, read_body, setup
 from ._turn import Turn
 from .stores import Store, StoreUnavailable
 
@@ -142,7 +142,7 @@ class _Proxy:
         try:
             msg = _body.parse(await read_body(request), request.charset, self.middleware.max_depth)
         except BodyError as exc:
-            return _error(exc.status, exc.code, str(exc))
+            return body_error_response(exc)
         if msg is NOT_JSON:
             return _error(400, "BadSyntax", "the reply is not valid JSON in its charset")
         if not isinstance(msg, dict):
@@ -175,7 +175,9 @@ class _Proxy:
                 except StoreUnavailable as exc:
                     return _error(503, "StoreUnavailable", f"the state store is unavailable: {exc}")
             strip_bags(msg)
-        answer = await self._send(request, destination, _body.encode(msg, request.charset), "channel")
+        answer = await self._send(
+            request, destination, _body.encode(msg, request.charset), "channel"
+        )
         if 200 <= answer.status < 300:
             try:
                 await pending.apply(self.middleware.store)

@@ -64,10 +64,13 @@ _LOOPBACK = ("127.0.0.1", "::1", "localhost")
 class ApiError(Exception):
     """An error answered as JSON in the shape of the path's API version."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, *, close_connection: bool = False
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
+        self.close_connection = close_connection
 
 
 def _is_loopback(host: str | None) -> bool:
@@ -204,7 +207,9 @@ class _StateApi:
         try:
             body = _body.parse(await read_body(request), request.charset, self.max_depth)
         except BodyError as exc:
-            raise ApiError(exc.status, exc.code, str(exc)) from None
+            raise ApiError(
+                exc.status, exc.code, str(exc), close_connection=exc.close_connection
+            ) from None
         if body is NOT_JSON:
             raise ApiError(400, "BadSyntax", "the body is not valid JSON in its charset")
         if not isinstance(body, dict):
@@ -312,7 +317,10 @@ def _wrap(handler: Handler, v1: bool) -> Handler:
         try:
             return await handler(request)
         except ApiError as exc:
-            return _error(exc.status, exc.code, str(exc), v1)
+            response = _error(exc.status, exc.code, str(exc), v1)
+            if exc.close_connection:
+                response.force_close()
+            return response
         except StoreUnavailable as exc:
             logger.error("state store unavailable: %s", exc)
             return _error(503, "ServiceUnavailable", f"the state store is unavailable: {exc}", v1)

@@ -95,18 +95,27 @@ async def read_body(request: web.BaseRequest) -> bytes:
             f"the body is larger than the server's limit of {request.client_max_size} bytes",
         ) from None
     except RequestPayloadError as exc:
-        # aiohttp would read the rest of the broken payload after the response and log
-        # the same error again with a traceback; close the connection instead.
-        protocol = request.protocol
-        if hasattr(protocol, "_force_close"):
-            protocol._force_close = True
+        # After the response aiohttp would read the rest of the broken payload and log
+        # the same error again with a traceback: end the payload here and close the
+        # connection (its parser is broken anyway) once the answer is sent.
+        request.content.feed_eof()
+        request.protocol.close()
         encoding = request.headers.get(hdrs.CONTENT_ENCODING, "")
         raise BodyError(
             400,
             "UndecodableBody",
             f"the body cannot be read as sent (Content-Encoding {encoding!r}):"
             f" {' '.join(str(exc).split())}",
+            close_connection=True,
         ) from None
+
+
+def body_error_response(exc: BodyError) -> web.Response:
+    """A refused body's JSON error response."""
+    response = web.json_response(exc.to_json(), status=exc.status)
+    if exc.close_connection:
+        response.force_close()
+    return response
 
 
 def id_too_long(key: RecordKey, limit: int) -> str | None:
@@ -277,7 +286,7 @@ class InlineStateMiddleware:
             return self._unavailable(exc)
         except BodyError as exc:
             logger.warning("inline_state: refused a request to %s: %s", request.path, exc)
-            return web.json_response(exc.to_json(), status=exc.status)
+            return body_error_response(exc)
         except Exception as exc:  # a fault of ours must not become a bare 500
             return _internal_error("the incoming message", exc)
         if turn is None:

@@ -307,7 +307,9 @@ class SqliteStore(Store):
             }
             free = next((n for n in range(1, MAX_NODES) if n not in held), None)
             if free is None:
-                raise StoreUnavailable(f"all {MAX_NODES - 1} clock node ids of {self.path} are held")
+                raise StoreUnavailable(
+                    f"all {MAX_NODES - 1} clock node ids of {self.path} are held"
+                )
             conn.execute(
                 "INSERT OR REPLACE INTO nodes(node, holder, expires) VALUES (?, ?, ?)",
                 (free, holder, now_ms + int(NODE_LEASE_SECONDS * 1000)),
