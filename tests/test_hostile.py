@@ -22,7 +22,7 @@ from inline_state import RecordKey, Store
 from inline_state._message import kind_of_field
 
 from .conftest import StoreFactory
-from .support import Client, activity, carries_a_bag, post
+from .support import Client, activity, carries_a_bag
 
 StartFn = Callable[[web.Application], Awaitable[Client]]
 SECRET = "s3cret-for-tests"
