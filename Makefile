@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PORT ?= 3978
 
-.PHONY: run run-v1 run-agents run-botbuilder test test-oldest lint bench bench-smoke
+.PHONY: run run-v1 run-agents run-botbuilder test test-oldest lint bench bench-smoke storm soak
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -58,3 +58,8 @@ bench: $(VENV)/.installed
 # One short round on baseline and memory: keeps the benchmark script working in CI.
 bench-smoke: $(VENV)/.installed
 	$(PY) bench/run.py --smoke --json bench/results/smoke.json
+
+# The hostile-input storm of the suite, longer (100,000 requests, a new seed each run;
+# SEED=n to replay one). Needs redis-server.
+storm: $(VENV)/.installed
+	$(PY) -m tests.storm --requests $${REQUESTS:-100000} $${SEED:+--seed $$SEED}

@@ -64,13 +64,10 @@ _LOOPBACK = ("127.0.0.1", "::1", "localhost")
 class ApiError(Exception):
     """An error answered as JSON in the shape of the path's API version."""
 
-    def __init__(
-        self, status: int, code: str, message: str, *, close_connection: bool = False
-    ) -> None:
+    def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
-        self.close_connection = close_connection
 
 
 def _is_loopback(host: str | None) -> bool:
@@ -207,9 +204,7 @@ class _StateApi:
         try:
             body = _body.parse(await read_body(request), request.charset, self.max_depth)
         except BodyError as exc:
-            raise ApiError(
-                exc.status, exc.code, str(exc), close_connection=exc.close_connection
-            ) from None
+            raise ApiError(exc.status, exc.code, str(exc)) from None
         if body is NOT_JSON:
             raise ApiError(400, "BadSyntax", "the body is not valid JSON in its charset")
         if not isinstance(body, dict):
@@ -312,28 +307,48 @@ def _header_bytes(text: str) -> bytes:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def _wrap(handler: Handler, v1: bool) -> Handler:
+def _wrap(api: _StateApi, handler: Handler, v1: bool) -> Handler:
     async def respond(request: web.Request) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except ApiError as exc:
-            response = _error(exc.status, exc.code, str(exc), v1)
-            if exc.close_connection:
-                response.force_close()
-            return response
-        except StoreUnavailable as exc:
-            logger.error("state store unavailable: %s", exc)
-            return _error(503, "ServiceUnavailable", f"the state store is unavailable: {exc}", v1)
-        except web.HTTPException:
-            raise
-        except Exception as exc:  # a fault of ours must not become a bare 500
-            logger.error(
-                "inline_state: internal error in the state API: %s: %s", type(exc).__name__, exc
-            )
-            logger.debug("inline_state: internal error in the state API", exc_info=exc)
-            return _error(500, "InternalError", f"{type(exc).__name__}: {exc}", v1)
+        unreadable: BodyError | None = None
+        if request.body_exists:
+            # Read (and so check) any body, even one a GET ignores: a body aiohttp finds
+            # broken after the handler would be logged with a traceback.
+            try:
+                await read_body(request)
+            except BodyError as exc:
+                unreadable = exc
+        response = await _answer(api, handler, request, unreadable, v1)
+        if unreadable is not None and unreadable.close_connection:
+            response.force_close()
+        return response
 
     return respond
+
+
+async def _answer(
+    api: _StateApi, handler: Handler, request: web.Request, unreadable: BodyError | None, v1: bool
+) -> web.StreamResponse:
+    try:
+        api.bot_for(request)  # credentials first: a stranger learns nothing more
+        if unreadable is not None:
+            raise ApiError(unreadable.status, unreadable.code, str(unreadable))
+        return await handler(request)
+    except ApiError as exc:
+        response = _error(exc.status, exc.code, str(exc), v1)
+        if exc.status == 405:
+            response.headers[hdrs.ALLOW] = str(exc).rpartition(": ")[2]
+        return response
+    except StoreUnavailable as exc:
+        logger.error("state store unavailable: %s", exc)
+        return _error(503, "ServiceUnavailable", f"the state store is unavailable: {exc}", v1)
+    except web.HTTPException:
+        raise
+    except Exception as exc:  # a fault of ours must not become a bare 500
+        logger.error(
+            "inline_state: internal error in the state API: %s: %s", type(exc).__name__, exc
+        )
+        logger.debug("inline_state: internal error in the state API", exc_info=exc)
+        return _error(500, "InternalError", f"{type(exc).__name__}: {exc}", v1)
 
 
 def _error(status: int, code: str, message: str, v1: bool) -> web.Response:
@@ -405,6 +420,7 @@ def add_state_api(
         "/conversations/{conversationId}": "conversation",
         "/conversations/{conversationId}/users/{userId}": "private",
     }
+    allowed: dict[str, list[str]] = {}
     for method, path in ROUTES:
         v1 = path.startswith(V1)
         tail = path.removeprefix(V1 if v1 else V3)
@@ -419,7 +435,22 @@ def add_state_api(
             handler = _bind(verb, kind)
         # An id is any run of characters but "/" (aiohttp's default also refuses {}).
         pattern = re.sub(r"\{(\w+)\}", r"{\1:[^/]+}", prefix + path)
-        app.router.add_route(method, pattern, _wrap(handler, v1))
+        app.router.add_route(method, pattern, _wrap(api, handler, v1))
+        allowed.setdefault(pattern, []).append(method)
+    for pattern, methods in allowed.items():
+        # Any other method: a JSON 405 (aiohttp's own is text, and skips reading the body).
+        app.router.add_route(
+            "*", pattern, _wrap(api, _not_allowed(methods), pattern.startswith(prefix + V1))
+        )
+
+
+def _not_allowed(methods: list[str]) -> Handler:
+    listed = ", ".join(sorted({*methods, *(["HEAD"] if "GET" in methods else [])}))
+
+    async def handler(request: web.Request) -> web.Response:
+        raise ApiError(405, "MethodNotAllowed", f"{request.method} is not allowed here: {listed}")
+
+    return handler
 
 
 def _bind(verb: Callable[[web.Request, Kind], Awaitable[web.Response]], kind: Kind) -> Handler:

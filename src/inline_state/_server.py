@@ -158,8 +158,19 @@ class ReplyResponse(web.Response):
                 raise ValueError("the reply nests too deeply to be written as JSON") from None
 
     async def prepare(self, request: web.BaseRequest) -> Any:
-        """Serialize, then send like any response (also where no middleware ran)."""
-        self.encode()
+        """Serialize, then send like any response (also where no middleware ran).
+
+        Data JSON cannot write is answered with a 500 JSON error saying why (there is
+        no handler left to raise into).
+        """
+        try:
+            self.encode()
+        except (TypeError, ValueError) as exc:
+            logger.error("inline_state: a ReplyResponse cannot be written as JSON: %s", exc)
+            self.set_status(500)
+            self.body = json.dumps(
+                {"error": {"code": "InvalidReply", "message": f"the reply is not JSON: {exc}"}}
+            ).encode()
         return await super().prepare(request)
 
 
