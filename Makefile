@@ -63,3 +63,8 @@ bench-smoke: $(VENV)/.installed
 # SEED=n to replay one). Needs redis-server.
 storm: $(VENV)/.installed
 	$(PY) -m tests.storm --requests $${REQUESTS:-100000} $${SEED:+--seed $$SEED}
+
+# Load under faults (Redis SIGKILL/SIGSTOP, SQLite disk full, bot SIGKILL), minutes; not
+# in CI. Needs redis-server. Prints the report the README's soak table comes from.
+soak: $(VENV)/.installed
+	$(PY) -m tests.soak --duration $${DURATION:-120} --json bench/results/soak.json

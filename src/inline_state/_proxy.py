@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import aiohttp
@@ -195,6 +195,22 @@ class _Proxy:
         return None
 
 
+def _guarded(
+    handler: Callable[[web.Request], Awaitable[web.Response]],
+) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def guarded(request: web.Request) -> web.Response:
+        try:
+            return await handler(request)
+        except web.HTTPException:
+            raise
+        except Exception as exc:  # a fault of ours must not become a bare 500
+            logger.error("inline_state proxy: internal error: %s: %s", type(exc).__name__, exc)
+            logger.debug("inline_state proxy: internal error", exc_info=exc)
+            return _error(500, "InternalError", f"{type(exc).__name__}: {exc}")
+
+    return guarded
+
+
 def proxy_app(
     *,
     upstream: str,
@@ -232,10 +248,10 @@ def proxy_app(
         remembered_turns,
     )
     app.cleanup_ctx.append(proxy.session_ctx)
-    app.router.add_post("/api/messages", proxy.incoming)
-    app.router.add_post("/bot/v1.0/messages", proxy.posted)
+    app.router.add_post("/api/messages", _guarded(proxy.incoming))
+    app.router.add_post("/bot/v1.0/messages", _guarded(proxy.posted))
     # Ids are any run of characters but "/" (aiohttp's default pattern also refuses {}).
     conversation = "/v3/conversations/{conversationId:[^/]+}/activities"
-    app.router.add_post(conversation, proxy.posted)
-    app.router.add_post(conversation + "/{activityId:[^/]+}", proxy.posted)
+    app.router.add_post(conversation, _guarded(proxy.posted))
+    app.router.add_post(conversation + "/{activityId:[^/]+}", _guarded(proxy.posted))
     return app
