@@ -45,7 +45,8 @@ $(OLDEST_VENV)/.installed: pyproject.toml
 
 test-oldest: $(OLDEST_VENV)/.installed
 	$(OLDEST_VENV)/bin/pytest -p no:cacheprovider tests/test_server.py tests/test_client.py \
-		tests/test_helpers.py tests/test_aiohttp_compat.py tests/test_proxy.py tests/test_rest.py
+		tests/test_helpers.py tests/test_aiohttp_compat.py tests/test_proxy.py tests/test_rest.py \
+		tests/test_hostile.py
 
 # Throughput/latency/memory against a plain aiohttp bot and the SDKs, then the growth
 # curves and their plot (needs wrk, taskset, redis-server; about 30 minutes).

@@ -5,8 +5,8 @@ from typing import Any
 import pytest
 
 from inline_state import BagError
-from inline_state._change import PendingChange, fold_replies
 from inline_state._codec import encode_value
+from inline_state._diff import PendingChange, fold_replies
 from inline_state._message import Kind
 
 LIMIT = 64 * 1024

@@ -16,9 +16,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from inline_state import Change, HybridClock, RecordKey, Store, UserRef
-from inline_state._change import fold_replies
 from inline_state._clock import EPOCH_MS, MS_SHIFT
 from inline_state._codec import encode_value, join_bag
+from inline_state._diff import fold_replies
 from inline_state._keys import decode_key
 from inline_state._message import FIELD_OF_KIND, KINDS, kind_of_field, strip_bags
 from inline_state.stores.sqlite import _private_range

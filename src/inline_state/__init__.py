@@ -5,9 +5,21 @@ on a reply; the middleware persists it, strips it from the wire, and plays it ba
 the next incoming message from the same user or conversation.
 """
 
-from ._change import BagError, Change
+import typing as _typing
+
+from ._change import Change
 from ._client import InlineStateClientMiddleware
 from ._clock import HybridClock
+from ._engine import Engine
+from ._errors import (
+    BagError,
+    IdTooLong,
+    PreconditionFailed,
+    RecordTooLarge,
+    StoreError,
+    StoreUnavailable,
+    TurnError,
+)
 from ._helpers import (
     create_reply,
     del_conversation_data,
@@ -20,44 +32,33 @@ from ._helpers import (
     set_private_conversation_data,
     set_user_data,
 )
+from ._http import ENGINE_KEY, STORE_KEY
 from ._keys import RecordKey, UserRef
 from ._proxy import proxy_app
 from ._rest import add_state_api
-from ._server import (
-    STORE_KEY,
-    InlineStateMiddleware,
-    ReplyResponse,
-    get_message,
-    get_turn,
-    setup,
-)
+from ._server import InlineStateMiddleware, ReplyResponse, get_message, get_turn
+from ._setup import setup
 from ._state_client import BotData, StateApiError, StateClient
 from ._turn import Turn, current_turn
-from .stores import (
-    ApplyResult,
-    ExportPage,
-    MemoryStore,
-    PreconditionFailed,
-    RecordTooLarge,
-    RedisStore,
-    SqliteStore,
-    Store,
-    StoredRecord,
-    StoreError,
-    StoreUnavailable,
-    open_store,
-)
+from .stores import ApplyResult, ExportPage, MemoryStore, Store, StoredRecord, open_store
+
+if _typing.TYPE_CHECKING:
+    from .stores.redis import RedisStore
+    from .stores.sqlite import SqliteStore
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ENGINE_KEY",
     "STORE_KEY",
     "ApplyResult",
     "BagError",
     "BotData",
     "Change",
+    "Engine",
     "ExportPage",
     "HybridClock",
+    "IdTooLong",
     "InlineStateClientMiddleware",
     "InlineStateMiddleware",
     "MemoryStore",
@@ -74,6 +75,7 @@ __all__ = [
     "StoreUnavailable",
     "StoredRecord",
     "Turn",
+    "TurnError",
     "UserRef",
     "add_state_api",
     "create_reply",
@@ -93,3 +95,29 @@ __all__ = [
     "set_user_data",
     "setup",
 ]
+
+
+def __getattr__(name: str) -> _typing.Any:
+    # Backends that pull in a library load on first use: ``import inline_state`` loads
+    # neither sqlite3 nor redis (which is the ``redis`` extra).
+    if name in ("RedisStore", "SqliteStore"):
+        from . import stores
+
+        backend = getattr(stores, name)
+        backend.__module__ = __name__
+        return backend
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _rewrite_modules() -> None:
+    # Public names show as inline_state.X (in reprs, docs and tracebacks), not as the
+    # private module that defines them.
+    for name in __all__:
+        value = globals().get(name)
+        if getattr(value, "__module__", "").startswith(__name__ + ".") and hasattr(
+            value, "__qualname__"
+        ):
+            value.__module__ = __name__
+
+
+_rewrite_modules()

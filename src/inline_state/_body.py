@@ -10,13 +10,11 @@ charset), so that no reading of a body a bot might use sees a bag we did not.
 from __future__ import annotations
 
 import json
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
-__all__ = ["DEFAULT_MAX_DEPTH", "BodyError"]
+from ._codec import DEFAULT_MAX_DEPTH, depth, dumps, loads
 
-#: JSON nesting allowed in a body or a bag: deep enough for any real activity (Adaptive
-#: Cards nest about 20 levels), shallow enough that nothing recurses into trouble.
-DEFAULT_MAX_DEPTH: Final = 256
+__all__: list[str] = []
 
 _UTF8: Final = frozenset({None, "utf-8", "utf8"})
 
@@ -53,6 +51,14 @@ class _NotJson:
 NOT_JSON: Final = _NotJson()
 
 
+class Parsed(NamedTuple):
+    """A parsed body: ``value``, and whether ``json`` had to read it (then ``encode``
+    writes it back with ``json`` too, keeping what orjson would change)."""
+
+    value: Any
+    exact: bool
+
+
 def is_utf8(charset: str | None) -> bool:
     """True for the charsets whose JSON is parsed straight from the bytes."""
     return charset in _UTF8 or charset.lower() in _UTF8  # type: ignore[union-attr]
@@ -85,45 +91,31 @@ def decode(raw: bytes, charset: str) -> str | None:
         return None
 
 
-def parse(raw: bytes, charset: str | None, max_depth: int = DEFAULT_MAX_DEPTH) -> Any:
-    """The JSON value of a body, or NOT_JSON.
+def parse_body(raw: bytes, charset: str | None, max_depth: int = DEFAULT_MAX_DEPTH) -> Parsed:
+    """A body's JSON; ``NOT_JSON`` as its value when it is none.
 
     Raises BodyError for an unknown charset and for nesting deeper than ``max_depth``.
     """
     source: bytes | str | None = raw if is_utf8(charset) else decode(raw, charset or "utf-8")
     if source is None:
-        return NOT_JSON
+        return Parsed(NOT_JSON, False)
     try:
-        value = json.loads(source)
+        value, fast = loads(source)
     except RecursionError:
         raise _too_deep("the body", max_depth) from None
     except ValueError:
-        return NOT_JSON
+        return Parsed(NOT_JSON, False)
     check_depth(source, value, max_depth, "the body")
-    return value
+    return Parsed(value, not fast)
+
+
+def parse(raw: bytes, charset: str | None, max_depth: int = DEFAULT_MAX_DEPTH) -> Any:
+    """The JSON value of a body, or NOT_JSON (see ``parse_body``)."""
+    return parse_body(raw, charset, max_depth).value
 
 
 def _too_deep(what: str, max_depth: int) -> BodyError:
     return BodyError(400, "TooDeep", f"{what} nests JSON deeper than {max_depth} levels")
-
-
-def depth(value: Any) -> int:
-    """How deeply a parsed JSON value nests (a scalar is 0, ``[]`` is 1); no recursion."""
-    deepest = 0
-    stack: list[tuple[Any, int]] = [(value, 0)]
-    while stack:
-        item, level = stack.pop()
-        if isinstance(item, dict):
-            children: Any = item.values()
-        elif isinstance(item, (list, tuple)):
-            children = item
-        else:
-            continue
-        level += 1
-        if level > deepest:
-            deepest = level
-        stack.extend((child, level) for child in children)
-    return deepest
 
 
 def check_depth(source: bytes | str, value: Any, max_depth: int, what: str) -> None:
@@ -140,19 +132,17 @@ def check_depth(source: bytes | str, value: Any, max_depth: int, what: str) -> N
         raise _too_deep(what, max_depth)
 
 
-def dumps(value: Any) -> str:
-    """JSON text as ``web.json_response`` writes it (keys converted, ASCII escapes)."""
-    return json.dumps(value)
-
-
-def encode(value: Any, charset: str | None) -> bytes:
+def encode(value: Any, charset: str | None, *, exact: bool = False) -> bytes:
     """A JSON value as a body in ``charset`` (UTF-8 when None), readable back as sent.
 
     UTF-8 keeps non-ASCII text as is; a lone surrogate, which UTF-8 cannot carry, is
     written as its escape, the way it came in. Other charsets get ASCII-only JSON, whose
-    characters every text encoding carries, encoded in that charset.
+    characters every text encoding carries, encoded in that charset. ``exact`` (a body
+    ``json`` parsed) writes with ``json``, so ``NaN`` stays ``NaN``.
     """
     if is_utf8(charset):
+        if not exact:
+            return dumps(value)
         try:
             return json.dumps(value, ensure_ascii=False).encode("utf-8")
         except UnicodeEncodeError:

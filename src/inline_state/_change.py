@@ -1,51 +1,17 @@
-"""The change replies make to the played-back bags: validate, diff, fold.
-
-Diffing is per top-level property, on canonical JSON bytes: a property whose bytes
-differ from the played ones is set, a played property absent from the bag is removed,
-and an absent or null field changes nothing. All replies of a response fold into one
-net change per record, where for each property the last reply that differs wins.
-"""
+"""``Change``: one net change to one record, the unit a store applies. A leaf: stores
+import it, and know nothing of how replies are diffed."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Mapping
+from typing import NamedTuple
 
-from ._body import DEFAULT_MAX_DEPTH
-from ._codec import UnstorableValue, bag_size, encode_value, json_key
 from ._keys import RecordKey
-from ._message import Kind, kind_of_field
 
-__all__ = ["BagError", "Change"]
+__all__ = ["Change"]
 
 DEFAULT_MAX_BAG_BYTES = 64 * 1024
 DEFAULT_MAX_PROPERTIES = 1000
-
-
-class BagError(Exception):
-    """A reply carried a bag that cannot be stored; the turn fails with HTTP 500."""
-
-    def __init__(
-        self, field: str, reason: str, detail: str, *, size: int | None = None, limit: int
-    ) -> None:
-        self.field = field
-        self.reason = reason
-        self.size = size
-        self.limit = limit
-        super().__init__(f"{field}: {detail}")
-
-    def to_json(self) -> dict[str, Any]:
-        """The JSON error body sent instead of the bot's reply."""
-        return {
-            "error": {
-                "code": "InvalidBotData",
-                "message": str(self),
-                "field": self.field,
-                "reason": self.reason,
-                "size": self.size,
-                "limit": self.limit,
-            }
-        }
 
 
 class Change(NamedTuple):
@@ -53,8 +19,9 @@ class Change(NamedTuple):
 
     ``sets`` maps property names to canonical JSON bytes; ``removes`` names properties
     to tombstone. ``replace`` first clears the record at ``stamp`` (whole-bag writes).
-    ``base`` is the highest stamp the turn observed on the owner's records; a store
-    drops changes to a user's records whose base is below the user's deletion stamp.
+    ``base`` is the highest stamp the turn observed on the owner's records (and the
+    owner's deletion stamp); a store drops changes to a user's records whose base is
+    below the user's deletion stamp.
     """
 
     key: RecordKey
@@ -64,168 +31,3 @@ class Change(NamedTuple):
     stamp: int = 0
     base: int = 0
     max_bytes: int = DEFAULT_MAX_BAG_BYTES
-
-
-class PendingChange:
-    """The net change of one record kind while replies are folded."""
-
-    __slots__ = ("removes", "replace", "sets")
-
-    def __init__(self, sets: dict[str, bytes] | None = None, replace: bool = False) -> None:
-        self.sets: dict[str, bytes] = sets if sets is not None else {}
-        self.removes: set[str] = set()
-        self.replace = replace
-
-    def stamped(self, key: RecordKey, stamp: int, base: int, max_bytes: int) -> Change:
-        """The Change a store applies for this record."""
-        return Change(key, self.sets, frozenset(self.removes), self.replace, stamp, base, max_bytes)
-
-
-_IMMUTABLE = (str, int, float, bool, type(None))
-_ABSENT: Any = object()
-
-
-def encode_bag(
-    field_name: str,
-    bag: Any,
-    limit: int,
-    played: Mapping[str, bytes] | None = None,
-    played_values: Mapping[str, Any] | None = None,
-    *,
-    max_properties: int = DEFAULT_MAX_PROPERTIES,
-    max_depth: int = DEFAULT_MAX_DEPTH,
-) -> dict[str, bytes] | None:
-    """Validate one reply bag and encode its properties; None when the field is null.
-
-    ``played_values`` are the decoded played-back values the bot was given: a reply
-    value that is the very same immutable object (a string, a number) is known to be
-    unchanged and reuses its played bytes instead of being encoded again, so an
-    untouched large value costs nothing. Property names that are not strings are
-    written the way ``json.dumps`` writes them (``1`` as ``"1"``).
-    """
-    if bag is None:
-        return None
-    if not isinstance(bag, dict):
-        raise BagError(
-            field_name,
-            "notAnObject",
-            f"must be a JSON object or null, got {type(bag).__name__}",
-            limit=limit,
-        )
-    if len(bag) > max_properties:
-        raise BagError(
-            field_name,
-            "tooManyProperties",
-            f"has {len(bag)} properties, over the limit of {max_properties}",
-            limit=limit,
-        )
-    encoded: dict[str, bytes] = {}
-    for key, value in bag.items():
-        if type(key) is str:
-            name = key
-        else:
-            try:
-                name = json_key(key)
-            except UnstorableValue as exc:
-                raise BagError(field_name, "unstorableValue", str(exc), limit=limit) from None
-        if (
-            played_values is not None
-            and played is not None
-            and type(value) in _IMMUTABLE
-            and played_values.get(name, _ABSENT) is value
-        ):
-            encoded[name] = played[name]
-            continue
-        try:
-            encoded[name] = encode_value(value, max_depth)
-        except UnstorableValue as exc:
-            raise BagError(
-                field_name, "unstorableValue", f"property {name!r}: {exc}", limit=limit
-            ) from None
-    try:
-        size = bag_size(encoded)
-    except UnstorableValue as exc:
-        raise BagError(field_name, "unstorableValue", str(exc), limit=limit) from None
-    if size > limit:
-        raise BagError(
-            field_name,
-            "tooLarge",
-            f"is {size} bytes of JSON, over the limit of {limit}",
-            size=size,
-            limit=limit,
-        )
-    return encoded
-
-
-def fold_replies(
-    replies: Sequence[dict[str, Any]],
-    played: Mapping[Kind, Mapping[str, bytes]],
-    *,
-    whole_bag: frozenset[Kind],
-    text_kinds: frozenset[Kind] = frozenset(),
-    limit: int,
-    played_values: Mapping[Kind, Mapping[str, Any]] | None = None,
-    max_properties: int = DEFAULT_MAX_PROPERTIES,
-    max_depth: int = DEFAULT_MAX_DEPTH,
-) -> dict[Kind, PendingChange]:
-    """Validate every reply's bags, then fold them into one change per record kind.
-
-    Kinds in ``whole_bag`` (``merge="bag"``) replace the record wholesale with the last
-    bag that differs from the played one; kinds in ``text_kinds`` (records stored as a
-    string, never played back) are replaced by any bag.
-    Raises BagError before anything could be written.
-    """
-    bags: list[tuple[Kind, dict[str, bytes]]] = []
-    for reply in replies:
-        seen: dict[Kind, str] = {}
-        for name, value in reply.items():
-            # Every spelling of a bag field starts with b; a key that is not a string
-            # (a bot's dict before serialization) is never a bag field.
-            if not isinstance(name, str) or name[:1] not in "bB":
-                continue
-            kind = kind_of_field(name)
-            if kind is None:
-                continue
-            if kind in seen:
-                raise BagError(
-                    name,
-                    "duplicateField",
-                    f"one reply carries both {seen[kind]!r} and {name!r}",
-                    limit=limit,
-                )
-            seen[kind] = name
-            encoded = encode_bag(
-                name,
-                value,
-                limit,
-                played.get(kind),
-                played_values.get(kind) if played_values is not None else None,
-                max_properties=max_properties,
-                max_depth=max_depth,
-            )
-            if encoded is not None:
-                bags.append((kind, encoded))
-
-    pending: dict[Kind, PendingChange] = {}
-    for kind, encoded in bags:
-        base = played.get(kind, {})
-        if kind in whole_bag or kind in text_kinds:
-            if encoded != base or kind in text_kinds:
-                pending[kind] = PendingChange(sets=encoded, replace=True)
-            continue
-        change = pending.get(kind)
-        if change is None:
-            change = pending[kind] = PendingChange()
-        for name, value in encoded.items():
-            if base.get(name) != value:
-                change.sets[name] = value
-                change.removes.discard(name)
-        for name in base:
-            if name not in encoded:
-                change.removes.add(name)
-                change.sets.pop(name, None)
-    return {
-        kind: change
-        for kind, change in pending.items()
-        if change.sets or change.removes or change.replace
-    }

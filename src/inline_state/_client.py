@@ -12,19 +12,17 @@ warning, and not persisted.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import ClientHandlerType, ClientRequest, ClientResponse, hdrs, payload
 
 from . import _body
 from ._body import NOT_JSON, BodyError
-from ._change import BagError
+from ._engine import Engine
+from ._errors import BagError
 from ._message import may_carry_bags, strip_bags
-from ._posted import PendingWrite, has_bags, posted_keys, posted_target
+from ._posted import PendingWrite, has_bags, posted_target
 from ._turn import current_turn
-
-if TYPE_CHECKING:
-    from ._server import InlineStateMiddleware
 
 __all__ = ["InlineStateClientMiddleware"]
 
@@ -47,15 +45,19 @@ class _StrippedJson(payload.JsonPayload):
 class InlineStateClientMiddleware:
     """Persists the bags of replies POSTed through a ``ClientSession``, then strips them.
 
-    Get it from the server middleware (``setup(app).client``), so both share the store,
-    the clock and the options: ``ClientSession(middlewares=(mw.client,))``. A reply sent
+    Get it from the server middleware (``setup(app).client``), or build it on the same
+    engine (``InlineStateClientMiddleware(mw.engine)``), so both share the store, the
+    clock and the options: ``ClientSession(middlewares=(mw.client,))``. A reply sent
     during a turn is diffed against that turn's played-back bags, exactly like an inline
     reply; a proactive message, outside any turn, replaces whole bags. Invalid bags
-    raise BagError before anything is sent.
+    raise BagError before anything is sent. When the channel accepted a reply but its
+    bag, merged with the stored record, turns out over the size limit, the reply has
+    gone: the response is returned as usual, the record is left as it was, and the
+    error is logged (a raise would make the bot send the message again).
     """
 
-    def __init__(self, server: InlineStateMiddleware) -> None:
-        self.server = server
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
 
     async def __call__(self, request: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
         body = request.body
@@ -65,7 +67,12 @@ class InlineStateClientMiddleware:
             pending = await self._strip(request)
         response = await handler(request)
         if pending is not None and 200 <= response.status < 300:
-            await pending.apply(self.server.store)
+            try:
+                await pending.apply(self.engine.commit)
+            except BagError as exc:
+                logger.error(
+                    "inline_state: the reply was delivered, its bag was not stored: %s", exc
+                )
         return response
 
     async def _strip(self, request: ClientRequest) -> PendingWrite | None:
@@ -75,9 +82,9 @@ class InlineStateClientMiddleware:
         raw = await body.as_bytes()
         if not may_carry_bags(raw):
             return None
-        server = self.server
+        engine = self.engine
         try:
-            msg = _body.parse(raw, None, server.max_depth)
+            msg = _body.parse(raw, None, engine.max_depth)
         except BodyError as exc:
             msg, problem = NOT_JSON, str(exc)
         else:
@@ -89,7 +96,7 @@ class InlineStateClientMiddleware:
                 "unreadable",
                 f"the request to {request.url.path} was not sent: {problem}, and it names a"
                 " bag field",
-                limit=server.max_bag_bytes,
+                limit=engine.max_bag_bytes,
             )
         if not isinstance(msg, dict) or not has_bags(msg):
             return None
@@ -102,11 +109,9 @@ class InlineStateClientMiddleware:
             )
             changes = []
         else:
-            turn = current_turn()
-            keys = posted_keys(msg, target, turn)
-            changes = await server.posted_changes(msg, keys, turn) if keys is not None else []
+            changes = await engine.posted_changes(msg, target, current_turn())
         pending = PendingWrite(changes)
-        if not server.keep_fields:
+        if not engine.keep_fields:
             strip_bags(msg)
         await request.update_body(_StrippedJson(msg, pending))
         return pending

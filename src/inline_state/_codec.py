@@ -1,33 +1,114 @@
-"""Encodings: canonical JSON bytes for property values, msgpack for stored records.
+"""JSON for the turn: orjson where it gives the same answer as ``json``, ``json`` where
+it would not.
 
-A property value is kept as its compact JSON bytes, so playing a bag back is a byte
-join and comparing a reply's value with the played one is a bytes comparison.
+A property value is kept as canonical JSON bytes (orjson's compact form), so playing a
+bag back is a byte join and comparing a reply's value with the played one is a bytes
+comparison: ``1``, ``1.0`` and ``true`` differ at every depth. Where orjson and ``json``
+differ, the behaviour stays ``json``'s:
+
+- parsing: orjson reads integers beyond 64 bits as floats and refuses lone surrogates,
+  ``NaN``, a BOM and nesting past 1024; such a text is parsed by ``json``;
+- encoding a bag value: orjson writes NaN as ``null`` and serializes datetimes,
+  dataclasses and subclasses; those go to ``json``, which refuses what it always
+  refused, and accepts (then canonicalized) what it always accepted.
 """
 
 from __future__ import annotations
 
 import json
-import re
+import math
 from collections.abc import Mapping
 from typing import Any
 
-from ._body import DEFAULT_MAX_DEPTH, depth
+import orjson
 
-__all__ = ["UnstorableValue"]
+__all__: list[str] = []
 
+#: JSON nesting allowed in a body or a bag: deep enough for any real activity (Adaptive
+#: Cards nest about 20 levels), shallow enough that nothing recurses into trouble.
+DEFAULT_MAX_DEPTH = 256
+
+_STRICT = (
+    orjson.OPT_PASSTHROUGH_DATETIME
+    | orjson.OPT_PASSTHROUGH_DATACLASS
+    | orjson.OPT_PASSTHROUGH_SUBCLASS
+)
 _ENCODER = json.JSONEncoder(
     ensure_ascii=False, separators=(",", ":"), allow_nan=False, check_circular=True
 )
-_LONG_NUMBER = re.compile(rb"\d{19}")
 _INT64_MIN = -(2**63)
 _UINT64_MAX = 2**64 - 1
+# Digits to "0": nineteen zeros in a row then mark a number that may not fit 64 bits.
+_DIGITS_TO_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_LONG_RUN = b"0" * 19
+_TRUE, _FALSE, _NULL = b"true", b"false", b"null"
 
 
 class UnstorableValue(ValueError):
     """A value that JSON or msgpack cannot carry faithfully."""
 
 
-_TRUE, _FALSE, _NULL = b"true", b"false", b"null"
+# -- parsing ------------------------------------------------------------------------------
+
+
+def depth(value: Any) -> int:
+    """How deeply a parsed JSON value nests (a scalar is 0, ``[]`` is 1); no recursion."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, (list, tuple)):
+            children = item
+        else:
+            continue
+        level += 1
+        if level > deepest:
+            deepest = level
+        stack.extend((child, level) for child in children)
+    return deepest
+
+
+def may_hold_big_int(data: bytes) -> bool:
+    """True when a JSON text has a run of 19 digits (an integer orjson would turn into a
+    float); two C scans."""
+    return _LONG_RUN in data.translate(_DIGITS_TO_ZERO)
+
+
+def loads(data: bytes | str) -> tuple[Any, bool]:
+    """Parse JSON as ``json.loads`` would; returns the value and whether orjson read it
+    (False: ``json`` did, so write it back with ``json`` too, which keeps ``NaN``).
+
+    Raises ValueError (invalid JSON) or RecursionError (nesting ``json`` cannot follow).
+    """
+    raw = data if isinstance(data, bytes) else data.encode("utf-8", "surrogatepass")
+    if not may_hold_big_int(raw):
+        try:
+            return orjson.loads(data), True
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(data), False
+
+
+def dumps(value: Any) -> bytes:
+    """JSON bytes (UTF-8) the way ``web.json_response`` would write them, with orjson
+    where it agrees (non-string keys, subclasses and lone surrogates go to ``json``;
+    NaN and Infinity are written as ``null``, which is JSON). Raises TypeError or
+    ValueError for what ``json.dumps`` refuses."""
+    try:
+        return orjson.dumps(value, option=_STRICT)
+    except TypeError:
+        pass
+    try:
+        return json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(value).encode("ascii")
+    except RecursionError:
+        raise ValueError("the value nests too deeply to be written as JSON") from None
+
+
+# -- stored values ------------------------------------------------------------------------
 
 
 def encode_value(value: Any, max_depth: int = DEFAULT_MAX_DEPTH) -> bytes:
@@ -37,13 +118,40 @@ def encode_value(value: Any, max_depth: int = DEFAULT_MAX_DEPTH) -> bytes:
     nesting deeper than ``max_depth``, and values JSON cannot represent.
     """
     kind = type(value)
-    # Scalars are most of what bots store; skip the encoder machinery for them.
-    if kind is int and _INT64_MIN <= value <= _UINT64_MAX:
-        return str(value).encode()
+    # Scalars are most of what bots store; skip the machinery for them.
+    if kind is str:
+        try:
+            return orjson.dumps(value)
+        except TypeError:
+            raise UnstorableValue("a string holds a lone surrogate") from None
+    if kind is int:
+        if _INT64_MIN <= value <= _UINT64_MAX:
+            return str(value).encode()
+        raise UnstorableValue("an integer does not fit in 64 bits")
     if kind is bool:
         return _TRUE if value else _FALSE
     if value is None:
         return _NULL
+    if kind is float:
+        if not math.isfinite(value):
+            raise UnstorableValue("NaN or Infinity is not JSON")
+        return orjson.dumps(value)
+    try:
+        data = orjson.dumps(value, option=_STRICT)
+    except TypeError:
+        data = _encode_as_json(value, max_depth)
+    else:
+        if _NULL in data and _has_non_finite(value):
+            raise UnstorableValue("NaN or Infinity is not JSON")
+    if data.count(b"[") + data.count(b"{") >= max_depth and depth(value) >= max_depth:
+        # The bag around the value is one level more.
+        raise UnstorableValue(f"it nests deeper than {max_depth} levels")
+    return data
+
+
+def _encode_as_json(value: Any, max_depth: int) -> bytes:
+    """What orjson refused (non-string keys, subclasses, big integers, deep nesting,
+    surrogates, types JSON lacks), as ``json`` sees it; canonical when it is JSON."""
     try:
         text = _ENCODER.encode(value)
     except RecursionError:
@@ -59,27 +167,56 @@ def encode_value(value: Any, max_depth: int = DEFAULT_MAX_DEPTH) -> bytes:
         data = text.encode("utf-8")
     except UnicodeEncodeError:
         raise UnstorableValue("a string holds a lone surrogate") from None
-    if data.count(b"[") + data.count(b"{") >= max_depth and depth(value) >= max_depth:
-        # The bag around the value is one level more.
-        raise UnstorableValue(f"it nests deeper than {max_depth} levels")
-    # Nineteen digits in a row may be an integer beyond 64 bits; only then walk the value.
-    if _LONG_NUMBER.search(data) is not None:
+    if may_hold_big_int(data):
         _check_ints(value)
-    return data
+    try:
+        return orjson.dumps(orjson.loads(data))
+    except (orjson.JSONDecodeError, TypeError):  # deeper than orjson goes: json's form
+        return data
+
+
+def _has_non_finite(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return False
 
 
 def _check_ints(value: Any) -> None:
-    if isinstance(value, bool):
-        return
-    if isinstance(value, int):
-        if not _INT64_MIN <= value <= _UINT64_MAX:
-            raise UnstorableValue("an integer does not fit in 64 bits")
-    elif isinstance(value, dict):
-        for item in value.values():
-            _check_ints(item)
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            _check_ints(item)
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, bool):
+            continue
+        if isinstance(item, int):
+            if not _INT64_MIN <= item <= _UINT64_MAX:
+                raise UnstorableValue("an integer does not fit in 64 bits")
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+
+
+def canonical(data: bytes) -> bytes:
+    """Stored value bytes in today's canonical form.
+
+    Values written before orjson encoded them hold floats as ``json`` writes them;
+    the two differ only for negative exponents (``1e-05`` against ``0.00001``), so only
+    those are rewritten, and an unchanged value still compares equal.
+    """
+    if b"e-" not in data:
+        return data
+    try:
+        return orjson.dumps(orjson.loads(data))
+    except orjson.JSONDecodeError:
+        return data
 
 
 def json_key(key: object) -> str:
@@ -100,7 +237,7 @@ def json_key(key: object) -> str:
     if isinstance(key, int):
         return int.__repr__(key)
     if isinstance(key, float):
-        if key != key or key in (float("inf"), float("-inf")):
+        if not math.isfinite(key):
             raise UnstorableValue("a property name is NaN or Infinity, which JSON cannot write")
         return float.__repr__(key)
     raise UnstorableValue(f"a property name must be a string, got {type(key).__name__}")
@@ -114,13 +251,10 @@ def encode_name(name: str) -> bytes:
     encoded = _NAMES.get(name)
     if encoded is not None:
         return encoded
-    if name.isascii() and name.isprintable() and '"' not in name and "\\" not in name:
-        encoded = b'"' + name.encode() + b'"'
-    else:
-        try:
-            encoded = _ENCODER.encode(name).encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise UnstorableValue("a property name holds a lone surrogate") from exc
+    try:
+        encoded = orjson.dumps(name)
+    except TypeError:
+        raise UnstorableValue("a property name holds a lone surrogate") from None
     if len(_NAMES) < 4096:
         _NAMES[name] = encoded
     return encoded
@@ -131,8 +265,13 @@ def join_bag(props: Mapping[str, bytes]) -> bytes:
     return b"{" + b",".join([encode_name(k) + b":" + v for k, v in props.items()]) + b"}"
 
 
+def member_size(name: str, value: bytes) -> int:
+    """The UTF-8 length of ``"name":value`` in a bag's JSON."""
+    return len(encode_name(name)) + 1 + len(value)
+
+
 def bag_size(props: Mapping[str, bytes]) -> int:
     """UTF-8 length of ``join_bag(props)`` without building it."""
     if not props:
         return 2
-    return 1 + sum(len(encode_name(k)) + 1 + len(v) + 1 for k, v in props.items())
+    return 1 + sum(len(encode_name(k)) + 2 + len(v) for k, v in props.items())

@@ -9,12 +9,7 @@ import enum
 from collections.abc import Iterator
 from typing import Any, Literal
 
-__all__ = [
-    "BAG_FIELDS",
-    "FIELD_OF_KIND",
-    "Kind",
-    "Shape",
-]
+__all__: list[str] = []
 
 Kind = Literal["user", "conversation", "private"]
 KINDS: tuple[Kind, ...] = ("user", "conversation", "private")

@@ -1,7 +1,8 @@
-"""Replies POSTed to the channel (not returned inline): their keys and their change.
+"""Replies POSTed to the channel (not returned inline): where they go and whose records
+their bags belong to.
 
-Used by the client middleware (replies a Python bot POSTs itself) and by the proxy
-(replies a bot in any language POSTs to it). Keys follow DESIGN section 3: the bot is
+Used by the engine for the client middleware (replies a Python bot POSTs itself) and
+the proxy (replies a bot in any language POSTs to it). Keys follow DESIGN section 3: the bot is
 the reply's ``from.id``, the user its ``recipient.id``/``to.id``, the conversation the
 one in the URL path when there is one, else the body's.
 """
@@ -9,22 +10,22 @@ one in the URL path when there is one, else the body's.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
-from ._change import Change, fold_replies
-from ._clock import HybridClock
+from ._change import Change
 from ._keys import RecordKey, TurnKeys
-from ._message import KINDS, Kind, Shape, account_id, bag_fields, detect_shape
+from ._message import Shape, account_id, bag_fields, detect_shape
 from ._turn import Turn
-from .stores import Store
 
 _V3_REPLY = re.compile(
     r"/v3/conversations/(?P<conversation>[^/]+)/activities(?:/(?P<reply_to>[^/]+))?/?$"
 )
 _V1_REPLY = re.compile(r"/bot/v1\.0/messages/?$")
+
+__all__: list[str] = []
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,70 +96,11 @@ class PendingWrite:
     changes: list[Change]
     done: bool = False
 
-    async def apply(self, store: Store) -> None:
-        """Apply once; later calls (retries, redirects) do nothing."""
+    async def apply(self, commit: Callable[[list[Change]], Awaitable[None]]) -> None:
+        """Commit once (``Engine.commit``); later calls (retries, redirects) do nothing."""
         if not self.done and self.changes:
-            await store.apply(self.changes)
+            await commit(self.changes)
         self.done = True
-
-
-async def posted_changes(
-    msg: dict[str, Any],
-    keys: TurnKeys,
-    turn: Turn | None,
-    *,
-    store: Store,
-    clock: HybridClock,
-    whole_bag: frozenset[Kind],
-    max_bag_bytes: int,
-    max_properties: int,
-    max_depth: int,
-) -> list[Change]:
-    """Validate the reply's bags and build its changes (raises BagError).
-
-    A kind whose record is the one the current turn played back is diffed against the
-    played bag, exactly like an inline reply; anything else (a proactive message, a
-    reply to another user) replaces the bag wholesale, after a load that observes the
-    records' stamps and the owner's deletion stamp.
-    """
-    present: set[Kind] = {kind for _, kind in bag_fields(msg)}
-    played: dict[Kind, Mapping[str, bytes]] = {}
-    diffed: set[Kind] = set()
-    for kind in present:
-        key = keys.of(kind)
-        if (
-            turn is not None
-            and turn.keys is not None
-            and key is not None
-            and key == turn.keys.of(kind)
-        ):
-            diffed.add(kind)
-            if kind in turn.played:
-                played[kind] = turn.played[kind]
-    proactive = [k for k in KINDS if k in present and k not in diffed and keys.of(k) is not None]
-    base = turn.base if turn is not None else 0
-    if proactive:
-        loaded = await store.load([k for kind in proactive if (k := keys.of(kind)) is not None])
-        for record in loaded:
-            clock.observe(max(record.observed, record.deleted))
-            base = max(base, record.observed, record.deleted)
-    pending = fold_replies(
-        [msg],
-        played,
-        whole_bag=whole_bag | frozenset(proactive),
-        text_kinds=(turn.text_kinds & frozenset(diffed)) if turn is not None else frozenset(),
-        limit=max_bag_bytes,
-        max_properties=max_properties,
-        max_depth=max_depth,
-    )
-    stamp = clock.stamp()
-    changes: list[Change] = []
-    for kind, change in pending.items():
-        key = keys.of(kind)
-        if key is None or (turn is not None and turn.deleted and kind in diffed):
-            continue
-        changes.append(change.stamped(key, stamp, base, max_bag_bytes))
-    return changes
 
 
 def has_bags(msg: dict[str, Any]) -> bool:

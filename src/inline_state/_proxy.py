@@ -21,12 +21,14 @@ from yarl import URL
 
 from . import _body
 from ._body import NOT_JSON, BodyError
-from ._change import BagError
+from ._engine import Engine
+from ._errors import BagError, StoreUnavailable, TurnError
+from ._http import ENGINE_KEY, STORE_KEY, body_error_response, read_body, turn_error_response
 from ._message import Shape, strip_bags
-from ._posted import PendingWrite, PostedTarget, has_bags, posted_keys
-from ._server import InlineStateMiddleware, body_error_response, get_turn, read_body, setup
+from ._posted import PendingWrite, PostedTarget, has_bags
+from ._server import InlineStateMiddleware, get_turn
 from ._turn import Turn
-from .stores import Store, StoreUnavailable
+from .stores import Store
 
 __all__ = ["proxy_app"]
 
@@ -70,7 +72,7 @@ class _Allowed:
 class _Proxy:
     def __init__(
         self,
-        middleware: InlineStateMiddleware,
+        engine: Engine,
         upstream: str,
         channel: str | None,
         allowed: _Allowed,
@@ -78,7 +80,7 @@ class _Proxy:
         timeout: float,
         remembered_turns: int,
     ) -> None:
-        self.middleware = middleware
+        self.engine = engine
         self.upstream = upstream
         self.channel = channel.rstrip("/") if channel else None
         self.allowed = allowed
@@ -140,7 +142,7 @@ class _Proxy:
     async def posted(self, request: web.Request) -> web.Response:
         """A reply the bot POSTed to the connector: persist, strip, forward to the channel."""
         try:
-            msg = _body.parse(await read_body(request), request.charset, self.middleware.max_depth)
+            msg = _body.parse(await read_body(request), request.charset, self.engine.max_depth)
         except BodyError as exc:
             return body_error_response(exc)
         if msg is NOT_JSON:
@@ -166,23 +168,28 @@ class _Proxy:
         pending = PendingWrite([])
         if has_bags(msg):
             turn = self.turns.get(reply_to) if isinstance(reply_to, str) else None
-            keys = posted_keys(msg, target, turn)
-            if keys is not None:
-                try:
-                    pending.changes = await self.middleware.posted_changes(msg, keys, turn)
-                except BagError as exc:
-                    return web.json_response(exc.to_json(), status=500)
-                except StoreUnavailable as exc:
-                    return _error(503, "StoreUnavailable", f"the state store is unavailable: {exc}")
-            strip_bags(msg)
+            try:
+                pending.changes = await self.engine.posted_changes(msg, target, turn)
+            except TurnError as exc:
+                return turn_error_response(exc)
+            except StoreUnavailable as exc:
+                return _error(503, "StoreUnavailable", f"the state store is unavailable: {exc}")
+            if not self.engine.keep_fields:
+                strip_bags(msg)
         answer = await self._send(
             request, destination, _body.encode(msg, request.charset), "channel"
         )
         if 200 <= answer.status < 300:
             try:
-                await pending.apply(self.middleware.store)
+                await pending.apply(self.engine.commit)
             except StoreUnavailable as exc:
                 return _error(503, "StoreUnavailable", f"the state store is unavailable: {exc}")
+            except BagError as exc:
+                # The channel has the reply: answer as it did, keep the record as it was.
+                logger.error(
+                    "inline_state proxy: the reply was delivered, its bag was not stored: %s",
+                    exc,
+                )
         return answer
 
     def destination(self, msg: dict[str, Any], request: web.Request) -> str | None:
@@ -220,9 +227,9 @@ def proxy_app(
     rewrite_service_url: str | None = None,
     timeout: float = 10.0,
     remembered_turns: int = 10_000,
-    **options: Any,
+    engine: Engine | None = None,
 ) -> web.Application:
-    """The proxy's aiohttp app. ``options`` are those of ``setup()``.
+    """The proxy's aiohttp app, on ``engine`` (by default ``Engine.create(store)``).
 
     ``upstream`` is the bot's messaging endpoint. POSTed replies go to ``channel`` (a
     base URL) when set, else to their serviceUrl if it is on ``allow_service_urls``.
@@ -237,9 +244,15 @@ def proxy_app(
             rewrite_service_url,
         )
     app = web.Application()
-    middleware = setup(app, store, **options)
+    engine = engine if engine is not None else Engine.create(store)
+    # Incoming messages: the server middleware on the same engine, mounted here.
+    middleware = InlineStateMiddleware(engine)
+    app.middlewares.append(middleware)
+    app.cleanup_ctx.append(middleware.cleanup_ctx)
+    app[ENGINE_KEY] = engine
+    app[STORE_KEY] = engine.store
     proxy = _Proxy(
-        middleware,
+        engine,
         upstream,
         channel,
         _Allowed(allow_service_urls),

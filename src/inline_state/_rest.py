@@ -19,12 +19,15 @@ from typing import Any
 from aiohttp import hdrs, web
 
 from . import _body
-from ._body import DEFAULT_MAX_DEPTH, NOT_JSON, BodyError
-from ._change import DEFAULT_MAX_BAG_BYTES, DEFAULT_MAX_PROPERTIES, BagError, encode_bag
-from ._codec import join_bag
+from ._body import NOT_JSON, BodyError
+from ._change import DEFAULT_MAX_BAG_BYTES, DEFAULT_MAX_PROPERTIES
+from ._codec import DEFAULT_MAX_DEPTH, join_bag
+from ._diff import encode_bag
+from ._engine import DEFAULT_MAX_ID_LENGTH, id_too_long
+from ._errors import BagError
+from ._http import STORE_KEY, read_body
 from ._keys import RecordKey, UserRef
 from ._message import Kind
-from ._server import DEFAULT_MAX_ID_LENGTH, STORE_KEY, id_too_long, read_body
 from .stores import (
     PreconditionFailed,
     RecordTooLarge,

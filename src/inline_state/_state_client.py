@@ -10,7 +10,7 @@ from urllib.parse import quote
 
 import aiohttp
 
-from .stores import PreconditionFailed
+from ._errors import PreconditionFailed
 
 __all__ = ["BotData", "StateApiError", "StateClient"]
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from types import MappingProxyType
 from typing import Any
+
+import orjson
 
 from ._codec import join_bag
 from ._keys import TurnKeys
@@ -86,7 +87,7 @@ class Turn:
             props = self.played.get(kind)
             if not props:
                 return None
-            decoded = self._decoded[kind] = json.loads(join_bag(props))
+            decoded = self._decoded[kind] = orjson.loads(join_bag(props))
         return decoded
 
     @property

@@ -39,10 +39,12 @@ except ImportError as error:  # pragma: no cover - depends on the environment
         "inline_state.agents needs the Microsoft 365 Agents SDK: pip install 'inline_state[agents]'"
     ) from error
 
+from ._client import InlineStateClientMiddleware
+from ._engine import Engine
 from ._message import BAG_FIELDS
 from ._sdk import SdkSwitchError, is_request_turn, switch_failed
 from ._server import InlineStateMiddleware
-from ._server import setup as setup_middleware
+from ._setup import setup as setup_middleware
 from ._turn import outside_turn
 
 __all__ = ["SdkSwitchError", "enable", "setup", "verify"]
@@ -102,9 +104,9 @@ class _ClientsThroughInlineState:
     """The adapter's client factory, with inline state's client middleware on every
     ConnectorClient it makes, so replies POSTed to ``serviceUrl`` persist their bags."""
 
-    def __init__(self, inner: ChannelServiceClientFactoryBase, state: InlineStateMiddleware):
+    def __init__(self, inner: ChannelServiceClientFactoryBase, engine: Engine):
         self.inner = inner
-        self.state = state
+        self.client_middleware = InlineStateClientMiddleware(engine)
 
     async def create_connector_client(
         self,
@@ -124,7 +126,7 @@ class _ClientsThroughInlineState:
             original = client.client
             base_url = service_url if service_url.endswith("/") else service_url + "/"
             session = ClientSession(
-                base_url=base_url, headers=original.headers, middlewares=(self.state.client,)
+                base_url=base_url, headers=original.headers, middlewares=(self.client_middleware,)
             )
             await original.close()
             return type(client)(endpoint=base_url, token="", session=session)
@@ -133,7 +135,7 @@ class _ClientsThroughInlineState:
             # the client middleware strips bags there (with a warning), never sends them.
             await client.close()  # type: ignore[no-untyped-call]  # untyped in the SDK
             return MCSConnectorClient(
-                endpoint=service_url, client=ClientSession(middlewares=(self.state.client,))
+                endpoint=service_url, client=ClientSession(middlewares=(self.client_middleware,))
             )
         return client
 
@@ -189,6 +191,6 @@ def setup(
         raise ValueError("this adapter already sends through an inline state middleware")
     enable()
     state = setup_middleware(app, store, **options)
-    adapter._channel_service_client_factory = _ClientsThroughInlineState(factory, state)
+    adapter._channel_service_client_factory = _ClientsThroughInlineState(factory, state.engine)
     adapter.use(_ProactiveTurns())
     return state

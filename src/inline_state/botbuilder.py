@@ -32,11 +32,12 @@ except ImportError as error:  # pragma: no cover - depends on the environment
     ) from error
 
 from ._change import Change
+from ._engine import Engine
 from ._message import BAG_FIELDS, Shape
-from ._posted import PostedTarget, posted_keys
+from ._posted import PostedTarget
 from ._sdk import SdkSwitchError, is_request_turn, switch_failed
 from ._server import InlineStateMiddleware
-from ._server import setup as setup_middleware
+from ._setup import setup as setup_middleware
 from ._turn import current_turn, outside_turn
 
 __all__ = [
@@ -110,8 +111,8 @@ class PostedReplies(Middleware):  # type: ignore[misc]  # botbuilder is untyped
     request's turn.
     """
 
-    def __init__(self, state: InlineStateMiddleware) -> None:
-        self.state = state
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
 
     async def on_turn(self, context: TurnContext, logic: Callable[[], Awaitable[Any]]) -> None:
         if context.activity.delivery_mode == DeliveryModes.expect_replies:
@@ -143,11 +144,10 @@ class PostedReplies(Middleware):  # type: ignore[misc]  # botbuilder is untyped
         context.on_send_activities(strip_sent)
         context.on_update_activity(strip_updated)
         await logic()
-        if pending:
-            await self.state.store.apply(pending)
+        await self.engine.commit(pending)
 
     async def _changes_of(self, activities: list[Activity]) -> list[Change]:
-        state = self.state
+        engine = self.engine
         turn = current_turn()
         changes: list[Change] = []
         for activity in activities:
@@ -156,10 +156,8 @@ class PostedReplies(Middleware):  # type: ignore[misc]  # botbuilder is untyped
             msg = activity.serialize()
             conversation = activity.conversation.id if activity.conversation else None
             target = PostedTarget(Shape.V3, conversation, activity.reply_to_id)
-            keys = posted_keys(msg, target, turn)
-            if keys is not None:
-                changes.extend(await state.posted_changes(msg, keys, turn))
-            if not state.keep_fields:
+            changes.extend(await engine.posted_changes(msg, target, turn))
+            if not engine.keep_fields:
                 for field in BAG_FIELDS:
                     setattr(activity, field, None)
         return changes
@@ -194,5 +192,5 @@ def setup(
     """
     enable()
     state = setup_middleware(app, store, **options)
-    adapter.use(PostedReplies(state))
+    adapter.use(PostedReplies(state.engine))
     return state

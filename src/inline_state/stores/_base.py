@@ -15,20 +15,11 @@ from typing import NamedTuple, Self
 
 from .._change import Change
 from .._clock import HybridClock
-from .._errors import PreconditionFailed, RecordTooLarge, StoreError, StoreUnavailable
+from .._errors import StoreError
 from .._keys import RecordKey, UserRef
 from .._message import Kind
 
-__all__ = [
-    "ApplyResult",
-    "ExportPage",
-    "PreconditionFailed",
-    "RecordTooLarge",
-    "Store",
-    "StoreError",
-    "StoreUnavailable",
-    "StoredRecord",
-]
+__all__ = ["ApplyResult", "ExportPage", "Store", "StoredRecord"]
 
 DEFAULT_TOMBSTONE_TTL = 600.0
 #: How long a clock node id stays held without renewal (renewed every third of it).

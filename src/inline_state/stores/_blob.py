@@ -11,9 +11,12 @@ from collections.abc import Mapping, Sequence
 
 from .._change import Change
 from .._clock import MAX_NODES, stamp_above
+from .._errors import RecordTooLarge
 from .._keys import RecordKey, UserRef
-from ._base import MISSING, ApplyResult, RecordTooLarge, StoredRecord
+from ._base import MISSING, ApplyResult, StoredRecord
 from ._record import Record, check_etag, view_blob
+
+__all__: list[str] = []
 
 
 class BlobTable(abc.ABC):

@@ -22,9 +22,12 @@ import msgpack
 from .._change import Change
 from .._clock import stamp_ms
 from .._codec import bag_size
-from ._base import PreconditionFailed, StoredRecord
+from .._errors import PreconditionFailed
+from ._base import StoredRecord
 
 FORMAT = 2
+
+__all__: list[str] = []
 
 
 class FormatError(ValueError):

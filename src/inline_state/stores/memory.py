@@ -8,17 +8,11 @@ from collections.abc import Mapping, Sequence
 
 from .._change import Change
 from .._clock import MAX_NODES, HybridClock
+from .._errors import StoreUnavailable
 from .._keys import RecordKey, UserRef, decode_key, namespace_prefix
 from .._message import Kind
 from . import _blob
-from ._base import (
-    DEFAULT_TOMBSTONE_TTL,
-    ApplyResult,
-    ExportPage,
-    Store,
-    StoredRecord,
-    StoreUnavailable,
-)
+from ._base import DEFAULT_TOMBSTONE_TTL, ApplyResult, ExportPage, Store, StoredRecord
 from ._record import view_blob
 
 __all__ = ["MemoryStore"]

@@ -25,6 +25,7 @@ from redis.maint_notifications import MaintNotificationsConfig
 from .._change import Change
 from .._clock import MAX_NODES, HybridClock, stamp_ms
 from .._codec import encode_name
+from .._errors import PreconditionFailed, RecordTooLarge, StoreUnavailable
 from .._keys import RecordKey, UserRef, decode_key, escape_part, namespace_prefix
 from .._message import Kind
 from . import _redis_lua
@@ -34,11 +35,8 @@ from ._base import (
     NODE_LEASE_SECONDS,
     ApplyResult,
     ExportPage,
-    PreconditionFailed,
-    RecordTooLarge,
     Store,
     StoredRecord,
-    StoreUnavailable,
 )
 
 __all__ = ["RedisStore"]

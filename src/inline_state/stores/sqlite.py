@@ -21,6 +21,7 @@ from typing import Any, Literal, TypeVar
 
 from .._change import Change
 from .._clock import MAX_NODES, HybridClock
+from .._errors import StoreError, StoreUnavailable
 from .._keys import RecordKey, UserRef, decode_key, namespace_prefix
 from .._message import Kind
 from . import _blob
@@ -31,8 +32,6 @@ from ._base import (
     ExportPage,
     Store,
     StoredRecord,
-    StoreError,
-    StoreUnavailable,
 )
 from ._record import view_blob
 

@@ -1,0 +1,316 @@
+"""The engine: one per app, holding the store, the clock and the rules.
+
+Every adapter (the server middleware, the client middleware, the proxy, the REST API,
+the SDK integrations) holds an engine and asks it the same three things: open a turn
+from an incoming message, compute the changes of a response's replies or of a POSTed
+reply, and commit changes. Stamping and the base rule live here, once.
+
+The base rule: a change's base is the highest stamp its turn observed on the user's own
+record and their per-user-in-conversation records, and the user's deletion stamp.
+Conversation records never count: one written by a host with a fast clock must not let
+a reply loaded before a deletion bring the user's data back.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+from ._change import DEFAULT_MAX_BAG_BYTES, DEFAULT_MAX_PROPERTIES, Change
+from ._clock import HybridClock
+from ._codec import DEFAULT_MAX_DEPTH
+from ._diff import PendingChange, fold_replies
+from ._errors import BagError, IdTooLong
+from ._keys import RecordKey, TurnKeys, turn_keys
+from ._message import FIELD_OF_KIND, KINDS, Kind, Shape, bag_fields, is_delete_user_data
+from ._posted import PostedTarget, posted_keys
+from ._turn import Turn
+from .stores import DEFAULT_TOMBSTONE_TTL, ApplyResult, Store, StoredRecord, resolve_store
+
+__all__ = ["Engine"]
+
+logger = logging.getLogger("inline_state")
+
+DEFAULT_MAX_ID_LENGTH = 1024
+
+
+def id_too_long(key: RecordKey, limit: int) -> str | None:
+    """Which id of a key is longer than ``limit`` characters, said in words; else None."""
+    for name, value in (
+        ("bot", key.bot),
+        ("channel", key.channel or ""),
+        ("conversation", key.conversation),
+        ("user", key.user),
+    ):
+        if len(value) > limit:
+            return f"the {name} id is {len(value)} characters, over the limit of {limit}"
+    return None
+
+
+class Engine:
+    """The store, the clock and the rules of inline state.
+
+    ``store`` is a ready Store instance; ``owns_store`` makes ``start()``/``stop()``
+    open and close it. ``clock`` defaults to the store's own (whose node id the store
+    leases when it opens). ``merge="bag"`` replaces whole bags like v1 did;
+    ``keep_fields`` leaves the bags on the wire. The limits: ``max_bag_bytes`` of JSON
+    per bag (checked again on the merged record), ``max_properties`` per bag,
+    ``max_depth`` levels of nesting in a body or a bag, ``max_id_length`` characters per
+    id of a record that is written.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        owns_store: bool = False,
+        clock: HybridClock | None = None,
+        merge: Literal["property", "bag"] = "property",
+        keep_fields: bool = False,
+        max_bag_bytes: int = DEFAULT_MAX_BAG_BYTES,
+        max_properties: int = DEFAULT_MAX_PROPERTIES,
+        max_depth: int = DEFAULT_MAX_DEPTH,
+        max_id_length: int = DEFAULT_MAX_ID_LENGTH,
+    ) -> None:
+        if merge not in ("property", "bag"):
+            raise ValueError(f"merge must be 'property' or 'bag', got {merge!r}")
+        if max_bag_bytes <= 2:
+            raise ValueError(f"max_bag_bytes must be above 2, got {max_bag_bytes}")
+        for name, value in (
+            ("max_properties", max_properties),
+            ("max_depth", max_depth),
+            ("max_id_length", max_id_length),
+        ):
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+        self.store = store
+        self.owns_store = owns_store
+        self.clock: HybridClock = clock if clock is not None else store.clock
+        self.merge = merge
+        self.whole_bag: frozenset[Kind] = frozenset(KINDS) if merge == "bag" else frozenset()
+        self.keep_fields = keep_fields
+        self.max_bag_bytes = max_bag_bytes
+        self.max_properties = max_properties
+        self.max_depth = max_depth
+        self.max_id_length = max_id_length
+
+    @classmethod
+    def create(
+        cls,
+        store: str | Store | Any = "memory://",
+        *,
+        clock: HybridClock | None = None,
+        merge: Literal["property", "bag"] = "property",
+        keep_fields: bool = False,
+        max_bag_bytes: int = DEFAULT_MAX_BAG_BYTES,
+        max_properties: int = DEFAULT_MAX_PROPERTIES,
+        max_depth: int = DEFAULT_MAX_DEPTH,
+        max_id_length: int = DEFAULT_MAX_ID_LENGTH,
+        ttl: Mapping[Kind, float] | None = None,
+        tombstone_ttl: float = DEFAULT_TOMBSTONE_TTL,
+        prefix: str | None = None,
+        timeout: float | None = None,
+    ) -> Engine:
+        """An engine over a store given as a URL (the engine opens and closes it), an
+        existing ``redis.asyncio`` client (the caller keeps owning the client), or a Store
+        instance (the caller opens and closes it). ``ttl``, ``tombstone_ttl``, ``prefix``
+        (Redis) and ``timeout`` configure a store made from a URL or a client."""
+        resolved, owned = resolve_store(
+            store, clock=clock, ttl=ttl, tombstone_ttl=tombstone_ttl, prefix=prefix, timeout=timeout
+        )
+        return cls(
+            resolved,
+            owns_store=owned,
+            clock=clock,
+            merge=merge,
+            keep_fields=keep_fields,
+            max_bag_bytes=max_bag_bytes,
+            max_properties=max_properties,
+            max_depth=max_depth,
+            max_id_length=max_id_length,
+        )
+
+    async def start(self) -> None:
+        """Open the store, if the engine owns it."""
+        if self.owns_store:
+            await self.store.open()
+
+    async def stop(self) -> None:
+        """Close the store, if the engine owns it."""
+        if self.owns_store:
+            await self.store.close()
+
+    # -- incoming -------------------------------------------------------------------------
+
+    async def open_turn(self, msg: dict[str, Any], shape: Shape) -> Turn:
+        """Load the records of an incoming message (bags already stripped from it), or
+        delete its user's data for a deletion request; the turn the replies diff against.
+
+        Raises StoreUnavailable.
+        """
+        keys = turn_keys(msg, shape)
+        if keys is None:
+            return Turn(shape, None, {}, message=msg)
+        clock = self.clock
+        if is_delete_user_data(msg, shape):
+            if keys.user is not None and (owner := keys.user.owner) is not None:
+                clock.observe(await self.store.delete_user(owner, clock.stamp()))
+            return Turn(shape, keys, {}, message=msg, deleted=True)
+        present = [(kind, key) for kind in KINDS if (key := keys.of(kind)) is not None]
+        records = await self.store.load([key for _, key in present])
+        played: dict[Kind, Mapping[str, bytes]] = {}
+        text_kinds: set[Kind] = set()
+        for (kind, _), record in zip(present, records, strict=True):
+            if record.props:
+                played[kind] = record.props
+            elif record.text is not None:
+                text_kinds.add(kind)
+        clock.observe(_observed(records))
+        return Turn(
+            shape,
+            keys,
+            played,
+            message=msg,
+            text_kinds=frozenset(text_kinds),
+            base=_base(present, records),
+        )
+
+    # -- outgoing -------------------------------------------------------------------------
+
+    def reply_changes(self, turn: Turn, replies: Sequence[dict[str, Any]]) -> list[Change]:
+        """The stamped changes of a response's replies, diffed against the turn.
+
+        Raises BagError (a bag that cannot be stored) or IdTooLong before anything is
+        written; StoreUnavailable when the clock's lease lapsed.
+        """
+        pending = fold_replies(
+            replies,
+            turn.played,
+            whole_bag=self.whole_bag,
+            text_kinds=turn.text_kinds,
+            limit=self.max_bag_bytes,
+            played_values=turn.decoded,
+            max_properties=self.max_properties,
+            max_depth=self.max_depth,
+        )
+        if not pending:
+            return []
+        if turn.deleted:
+            logger.info("inline_state: bags of a reply to a user-data deletion are ignored")
+            return []
+        keys = turn.keys
+        return self._stamp(pending, keys, turn.base, turn.text_kinds)
+
+    async def posted_changes(
+        self, msg: dict[str, Any], target: PostedTarget, turn: Turn | None
+    ) -> list[Change]:
+        """The stamped changes of a reply POSTed to the channel (raises BagError).
+
+        A kind whose record is the one the current turn played back is diffed against
+        the played bag, exactly like an inline reply; anything else (a proactive
+        message, a reply to another user) replaces the bag wholesale, after a load that
+        observes the records' stamps and the owner's deletion stamp.
+        """
+        keys = posted_keys(msg, target, turn)
+        if keys is None:
+            return []
+        present: set[Kind] = {kind for _, kind in bag_fields(msg)}
+        played: dict[Kind, Mapping[str, bytes]] = {}
+        diffed: set[Kind] = set()
+        own = turn.keys if turn is not None else None
+        for kind in present:
+            key = keys.of(kind)
+            if own is not None and key is not None and key == own.of(kind):
+                diffed.add(kind)
+                if turn is not None and kind in turn.played:
+                    played[kind] = turn.played[kind]
+        proactive = [
+            (k, key) for k in KINDS if k in present and k not in diffed and (key := keys.of(k))
+        ]
+        base = turn.base if turn is not None else 0
+        if proactive:
+            records = await self.store.load([key for _, key in proactive])
+            self.clock.observe(_observed(records))
+            base = max(base, _base(proactive, records))
+        text_kinds = (turn.text_kinds & frozenset(diffed)) if turn is not None else frozenset()
+        pending = fold_replies(
+            [msg],
+            played,
+            whole_bag=self.whole_bag | frozenset(kind for kind, _ in proactive),
+            text_kinds=text_kinds,
+            limit=self.max_bag_bytes,
+            max_properties=self.max_properties,
+            max_depth=self.max_depth,
+        )
+        if turn is not None and turn.deleted:
+            pending = {kind: change for kind, change in pending.items() if kind not in diffed}
+        return self._stamp(pending, keys, base, text_kinds) if pending else []
+
+    def _stamp(
+        self,
+        pending: Mapping[Kind, PendingChange],
+        keys: TurnKeys | None,
+        base: int,
+        text_kinds: frozenset[Kind],
+    ) -> list[Change]:
+        """One stamp for all of a response's changes (the only place stamps are taken
+        for bags)."""
+        ready: list[tuple[RecordKey, PendingChange]] = []
+        for kind, change in pending.items():
+            key = keys.of(kind) if keys is not None else None
+            if key is None:
+                logger.warning(
+                    "inline_state: cannot persist %s: the message lacks its ids",
+                    FIELD_OF_KIND[kind],
+                )
+                continue
+            too_long = id_too_long(key, self.max_id_length)
+            if too_long is not None:
+                raise IdTooLong(f"{FIELD_OF_KIND[kind]} cannot be stored: {too_long}")
+            if kind in text_kinds:
+                logger.warning(
+                    "inline_state: the %s record holds a string written through the REST"
+                    " API; the reply's bag replaces it",
+                    kind,
+                )
+            ready.append((key, change))
+        if not ready:
+            return []
+        stamp = self.clock.stamp()
+        return [change.stamped(key, stamp, base, self.max_bag_bytes) for key, change in ready]
+
+    async def commit(self, changes: Sequence[Change]) -> None:
+        """Apply changes, each atomically to its record.
+
+        Raises StoreUnavailable, or BagError when a merged record would exceed the limit
+        (that record is left as it was; the others of the same call are applied).
+        """
+        if not changes:
+            return
+        results = await self.store.apply(changes)
+        for change, result in zip(changes, results, strict=True):
+            if result is ApplyResult.TOO_LARGE:
+                raise BagError(
+                    FIELD_OF_KIND[change.key.kind],
+                    "tooLarge",
+                    f"merged with the stored record it would exceed the limit of"
+                    f" {change.max_bytes} bytes",
+                    limit=change.max_bytes,
+                )
+
+
+def _observed(records: Sequence[StoredRecord]) -> int:
+    top = 0
+    for record in records:
+        top = max(top, record.observed, record.deleted)
+    return top
+
+
+def _base(present: Sequence[tuple[Kind, RecordKey]], records: Sequence[StoredRecord]) -> int:
+    """The base rule (see the module docstring): user-owned records only."""
+    base = 0
+    for (kind, _), record in zip(present, records, strict=True):
+        if kind != "conversation":
+            base = max(base, record.observed, record.deleted)
+    return base
