@@ -190,3 +190,9 @@ def carries_a_bag(raw: bytes | str | dict[str, Any]) -> bool:
     text = raw if isinstance(raw, str | bytes) else json.dumps(raw)
     lowered = text.lower() if isinstance(text, str) else text.decode().lower()
     return any(marker in lowered for marker in ("botuserdata", "botconversationdata", "botperuser"))
+
+
+def memory_records(store: inline_state.MemoryStore) -> int:
+    """How many records a MemoryStore holds, whatever their keys (test-only: it reads
+    the store's internals, since no public call lists records across bots)."""
+    return sum(len(records) for records in store._records.values())

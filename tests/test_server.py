@@ -15,7 +15,7 @@ import inline_state
 from inline_state import HybridClock, MemoryStore, RecordKey, StoreUnavailable
 from inline_state._clock import EPOCH_MS
 
-from .support import Client, activity, carries_a_bag, echo_app, post, v1_message
+from .support import Client, activity, carries_a_bag, echo_app, memory_records, post, v1_message
 
 StartFn = Callable[[web.Application], Awaitable[Client]]
 BAGS = ("botUserData", "botConversationData", "botPerUserInConversationData")
@@ -512,14 +512,38 @@ async def test_keep_fields_leaves_bags_on_the_wire(client_for: StartFn) -> None:
     assert seen[1]["botUserData"] == {"a": 1}
 
 
-async def test_merge_bag_replaces_whole_bags(client_for: StartFn) -> None:
+@pytest.mark.parametrize(("merge", "expected"), [("bag", {"a": 2}), ("property", {"a": 2, "z": 1})])
+async def test_merge_bag_replaces_whole_bags(
+    client_for: StartFn, merge: str, expected: dict[str, int]
+) -> None:
+    # A property another turn added after this one loaded is not in this turn's reply:
+    # merging per property keeps it; merge="bag" replaces the whole bag, as v1 did.
     store = MemoryStore()
-    bags = iter([{"a": 1, "b": 1}, {"c": 1}, None])
-    app, seen = echo_app(lambda m: reply_to(m, botUserData=next(bags)), store, merge="bag")
+    loaded, added = asyncio.Event(), asyncio.Event()
+
+    async def handler(request: web.Request) -> web.Response:
+        msg = await request.json()
+        if msg["text"] == "first":
+            return web.json_response(reply_to(msg, botUserData={"a": 1}))
+        if msg["text"] == "other":
+            bag = {**msg["botUserData"], "z": 1}
+            return web.json_response(reply_to(msg, botUserData=bag))
+        loaded.set()
+        await added.wait()
+        return web.json_response(reply_to(msg, botUserData={**msg["botUserData"], "a": 2}))
+
+    app = web.Application()
+    inline_state.setup(app, store, merge=merge)  # type: ignore[arg-type]
+    app.router.add_post("/api/messages", handler)
     client = await client_for(app)
-    for _ in range(3):
-        await post(client, activity())
-    assert seen[2]["botUserData"] == {"c": 1}
+    await post(client, activity(text="first"))
+    slow = asyncio.create_task(post(client, activity(text="slow")))
+    await loaded.wait()
+    await post(client, activity(text="other"))
+    added.set()
+    await slow
+    [record] = await store.load([RecordKey("user", "bot-1", "test", "", "user-1")])
+    assert {k: json.loads(v) for k, v in record.props.items()} == expected
 
 
 async def test_an_unchanged_bag_writes_nothing(client_for: StartFn) -> None:
@@ -708,13 +732,15 @@ async def test_store_unavailable_gives_503(client_for: StartFn) -> None:
 
 
 async def test_missing_bot_id_strips_but_persists_nothing(client_for: StartFn) -> None:
-    app, seen = echo_app(lambda m: reply_to(m, botUserData={"a": 1}))
+    store = MemoryStore()
+    app, seen = echo_app(lambda m: reply_to(m, botUserData={"a": 1}), store)
     client = await client_for(app)
     msg = activity(botUserData={"injected": 1})
     del msg["recipient"]
     _, body = await post(client, msg)
     assert bags_of(seen[0]) == {}
     assert bags_of(body) == {}
+    assert memory_records(store) == 0, "a reply to a message naming no bot was stored"
 
 
 async def test_non_utf8_charset_request(client_for: StartFn) -> None:
