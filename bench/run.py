@@ -40,7 +40,8 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 LUA = HERE / "wrk" / "messages.lua"
 KNOWN = (
-    "baseline", "memory", "sqlite", "redis", "agents", "agents-inline", "botbuilder",
+    "baseline", "baseline-orjson", "floor", "memory", "memory-plain", "sqlite", "redis",
+    "agents", "agents-inline", "botbuilder",
     "botbuilder-patched",
 )
 REPO = HERE.parent
@@ -140,8 +141,18 @@ def command(name: str, a: argparse.Namespace, workdir: Path, redis: Redis | None
               "--seed-users", str(a.seed_users)]
     if name == "baseline":
         return [py, str(HERE / "targets" / "baseline.py")]
+    if name == "baseline-orjson":
+        return [py, str(HERE / "targets" / "baseline_orjson.py")]
+    if name == "floor":
+        # The design sketch of ../shared/bench-reference, run in place (a measuring stick).
+        sketch = HERE.parent.parent / "shared" / "bench-reference" / "targets" / "floor_prototype.py"
+        if not sketch.exists():
+            raise SystemExit(f"the floor target needs {sketch}")
+        return [py, str(sketch), "--json", "orjson"]
     if name == "memory":
         return [*inline, "--store", "memory://"]
+    if name == "memory-plain":
+        return [*inline, "--store", "memory://", "--api", "plain"]
     if name == "sqlite":
         db = workdir / f"bench-{time.monotonic_ns()}.db"
         return [*inline, "--store", f"sqlite:///{db}"]

@@ -46,12 +46,18 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClu
 StoreFactory = Callable[..., Store]
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis", "redis-cluster"])
+@pytest.fixture(params=["memory", "memory-cold", "sqlite", "redis", "redis-cluster"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
-    """A factory of fresh, unopened stores of one backend."""
+    """A factory of fresh, unopened stores of one backend.
+
+    ``memory-cold`` is memory:// with a cache of one record, so nearly every operation
+    packs a record out and decodes one back in.
+    """
     names = itertools.count()
     if request.param == "memory":
         return MemoryStore
+    if request.param == "memory-cold":
+        return lambda **options: MemoryStore(cache_bytes=0, **options)
     if request.param == "sqlite":
         return lambda **options: SqliteStore(tmp_path / f"state-{next(names)}.db", **options)
     scheme, port = (

@@ -195,4 +195,5 @@ def carries_a_bag(raw: bytes | str | dict[str, Any]) -> bool:
 def memory_records(store: inline_state.MemoryStore) -> int:
     """How many records a MemoryStore holds, whatever their keys (test-only: it reads
     the store's internals, since no public call lists records across bots)."""
-    return sum(len(records) for records in store._records.values())
+    stats = store.cache_stats
+    return stats["hot_records"] + stats["packed_records"]

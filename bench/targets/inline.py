@@ -1,5 +1,9 @@
 """The same counter turn with inline state on any store URL (``--store``).
 
+``--api fast`` (the default) reads the message with ``get_message`` and answers with
+``ReplyResponse``; ``--api plain`` is a bot that knows only aiohttp and the three JSON
+fields: ``await request.json()`` and ``web.json_response``.
+
 ``--bag-bytes N`` adds an N-byte property to the user bag that no turn changes (how the
 cost follows the bag's size); ``--seed-users N`` stores records of N other users before
 the run (how the cost follows the number of stored users).
@@ -41,9 +45,32 @@ async def messages(request: web.Request) -> web.StreamResponse:
     return inline_state.ReplyResponse({"activities": [reply]})
 
 
+async def plain_messages(request: web.Request) -> web.StreamResponse:
+    act: Any = await request.json()
+    user = act.get("botUserData") or {}
+    conversation = act.get("botConversationData") or {}
+    n = user.get("turns", 0) + 1
+    c = conversation.get("turns", 0) + 1
+    reply = {
+        "type": "message",
+        "channelId": act.get("channelId"),
+        "conversation": act.get("conversation"),
+        "from": act.get("recipient"),
+        "recipient": act.get("from"),
+        "replyToId": act.get("id"),
+        "text": f"echo: {act.get('text', '')} (turn {n})",
+        "botUserData": {**user, "turns": n},
+        "botConversationData": {**conversation, "turns": c},
+    }
+    padding = request.app[PADDING]
+    if padding and "padding" not in user:
+        reply["botUserData"]["padding"] = "x" * padding
+    return web.json_response({"activities": [reply]})
+
+
 def seeder(count: int, middleware: inline_state.InlineStateMiddleware) -> Any:
     async def seed(app: web.Application) -> None:
-        clock = await middleware.ensure_clock()
+        clock = middleware.engine.clock
         for start in range(0, count, SEED_BATCH):
             stamp = clock.stamp()
             changes = []
@@ -53,7 +80,7 @@ def seeder(count: int, middleware: inline_state.InlineStateMiddleware) -> Any:
                     inline_state.RecordKey("conversation", "bot", "bench", f"seed{i}", ""),
                 ):
                     changes.append(inline_state.Change(key, {"turns": b"1"}, stamp=stamp))
-            await middleware.store.apply(changes)
+            await middleware.engine.store.apply(changes)
 
     return seed
 
@@ -64,7 +91,7 @@ def make_app(args: argparse.Namespace) -> web.Application:
     app[PADDING] = args.bag_bytes
     if args.seed_users:
         app.on_startup.append(seeder(args.seed_users, middleware))
-    app.router.add_post("/api/messages", messages)
+    app.router.add_post("/api/messages", plain_messages if args.api == "plain" else messages)
     return app
 
 
@@ -72,6 +99,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store", default="memory://")
     parser.add_argument("--bag-bytes", type=int, default=0)
     parser.add_argument("--seed-users", type=int, default=0)
+    parser.add_argument("--api", choices=["fast", "plain"], default="fast")
 
 
 if __name__ == "__main__":

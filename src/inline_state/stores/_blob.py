@@ -1,7 +1,8 @@
-"""Store operations over a table of packed records, shared by memory and SQLite.
+"""Store operations over a table of whole records, shared by memory and SQLite.
 
-A backend supplies a synchronous ``BlobTable`` (a dict, or one SQLite transaction);
-the functions here hold the rules: deletion stamps, stamped merges, eTag checks, sizes.
+A backend supplies a synchronous ``RecordTable`` (a dict with a decoded cache, or one
+SQLite transaction); the functions here hold the flow around the merge rules: deletion
+stamps, stamped merges, size limits, eTag checks.
 """
 
 from __future__ import annotations
@@ -14,28 +15,25 @@ from .._clock import MAX_NODES, stamp_above
 from .._errors import RecordTooLarge
 from .._keys import RecordKey, UserRef
 from ._base import MISSING, ApplyResult, StoredRecord
-from ._record import Record, check_etag, view_blob
+from ._record import Record, check_etag
 
 __all__: list[str] = []
 
 
-class BlobTable(abc.ABC):
-    """Synchronous access to packed records, user deletion stamps and the user index."""
+class RecordTable(abc.ABC):
+    """Synchronous access to records, user deletion stamps and the user index."""
 
     @abc.abstractmethod
-    def get(self, key: RecordKey, encoded: str) -> bytes | None:
-        """The packed record, or None when missing or expired."""
+    def get(self, key: RecordKey) -> Record | None:
+        """The record, or None when missing or expired (reading refreshes a TTL). The
+        caller may change it in place and must then ``put`` it."""
 
     @abc.abstractmethod
-    def get_raw(self, encoded: str) -> bytes | None:
-        """The packed record under an encoded key, expired or not, without refreshing it."""
+    def put(self, key: RecordKey, rec: Record) -> None:
+        """Store a record (and refresh its expiry)."""
 
     @abc.abstractmethod
-    def put(self, key: RecordKey, encoded: str, blob: bytes) -> None:
-        """Store a packed record (and refresh its expiry)."""
-
-    @abc.abstractmethod
-    def drop(self, encoded: str) -> None:
+    def drop(self, key: RecordKey) -> None:
         """Forget a record."""
 
     @abc.abstractmethod
@@ -43,38 +41,36 @@ class BlobTable(abc.ABC):
         """The owner's deletion stamp, 0 for none or for conversation records."""
 
     @abc.abstractmethod
-    def user_records(self, user: UserRef) -> list[str]:
-        """Encoded keys of a user's record and their per-conversation records."""
+    def user_records(self, user: UserRef) -> list[RecordKey]:
+        """Keys of a user's record and their per-conversation records."""
 
     @abc.abstractmethod
     def set_deletion_stamp(self, user: UserRef, stamp: int) -> None:
         """Remember a user's deletion stamp."""
 
 
-def load_records(table: BlobTable, keys: Sequence[RecordKey]) -> list[StoredRecord]:
+def load_records(table: RecordTable, keys: Sequence[RecordKey]) -> list[StoredRecord]:
     """Read several records."""
     out: list[StoredRecord] = []
     for key in keys:
         deleted = table.deletion_stamp(key)
-        blob = table.get(key, key.encode())
-        if blob is not None:
-            out.append(view_blob(blob, deleted))
+        rec = table.get(key)
+        if rec is not None:
+            out.append(rec.view(deleted))
         else:
             out.append(StoredRecord(deleted=deleted) if deleted else MISSING)
     return out
 
 
-def _save(
-    table: BlobTable, key: RecordKey, encoded: str, rec: Record, now_ms: int, ttl_ms: int
-) -> None:
+def _save(table: RecordTable, key: RecordKey, rec: Record, now_ms: int, ttl_ms: int) -> None:
     if rec.forgettable(now_ms, ttl_ms):
-        table.drop(encoded)
+        table.drop(key)
     else:
-        table.put(key, encoded, rec.pack())
+        table.put(key, rec)
 
 
 def apply_changes(
-    table: BlobTable, changes: Sequence[Change], now_ms: int, tombstone_ttl_ms: int
+    table: RecordTable, changes: Sequence[Change], now_ms: int, tombstone_ttl_ms: int
 ) -> list[ApplyResult]:
     """Apply stamped changes, each to its record; see ``Store.apply``."""
     results: list[ApplyResult] = []
@@ -83,22 +79,23 @@ def apply_changes(
         if change.base < table.deletion_stamp(key):
             results.append(ApplyResult.DROPPED)
             continue
-        encoded = key.encode()
-        blob = table.get(key, encoded)
-        rec = Record.unpack(blob) if blob is not None else Record()
+        stored = table.get(key)
+        # In place, unless the change could overrun the limit: then on a copy, so a
+        # refused change leaves the record as it was.
+        rec = Record() if stored is None else stored.copy() if stored.may_exceed(change) else stored
         if not rec.apply(change):
             results.append(ApplyResult.STALE)
         elif rec.size() > change.max_bytes:
             results.append(ApplyResult.TOO_LARGE)
         else:
             rec.prune(now_ms, tombstone_ttl_ms)
-            _save(table, key, encoded, rec, now_ms, tombstone_ttl_ms)
+            _save(table, key, rec, now_ms, tombstone_ttl_ms)
             results.append(ApplyResult.APPLIED)
     return results
 
 
 def compare_and_set(
-    table: BlobTable,
+    table: RecordTable,
     stamp: int,
     key: RecordKey,
     data: Mapping[str, bytes] | str | None,
@@ -113,27 +110,26 @@ def compare_and_set(
     everything stored on the same node. Returns the new eTag and the stamp used (for
     the caller's clock to observe).
     """
-    encoded = key.encode()
-    blob = table.get(key, encoded)
-    rec = Record.unpack(blob) if blob is not None else Record()
+    stored = table.get(key)
+    rec = stored.copy() if stored is not None else Record()
     check_etag(rec.etag, etag)
     floor = max(rec.observed, table.deletion_stamp(key))
     stamp = max(stamp, stamp_above(floor, stamp % MAX_NODES))
     rec.replace(data, stamp)
     if data is not None and rec.size() > max_bytes:
         raise RecordTooLarge(key, rec.size(), max_bytes)
-    _save(table, key, encoded, rec, now_ms, tombstone_ttl_ms)
+    _save(table, key, rec, now_ms, tombstone_ttl_ms)
     return rec.etag, stamp
 
 
-def delete_user(table: BlobTable, user: UserRef, stamp: int) -> int:
+def delete_user(table: RecordTable, user: UserRef, stamp: int) -> int:
     """Delete a user's records; return the deletion stamp."""
     highest = table.deletion_stamp(RecordKey("user", user.bot, user.channel, "", user.user))
-    for encoded in table.user_records(user):
-        blob = table.get_raw(encoded)
-        if blob is not None:
-            highest = max(highest, Record.unpack(blob).observed)
-        table.drop(encoded)
+    for key in table.user_records(user):
+        rec = table.get(key)
+        if rec is not None:
+            highest = max(highest, rec.observed)
+        table.drop(key)
     deleted = max(stamp, stamp_above(highest, stamp % MAX_NODES))
     table.set_deletion_stamp(user, deleted)
     return deleted

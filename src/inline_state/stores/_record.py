@@ -1,7 +1,7 @@
-"""One record packed into one msgpack bytes object, and the stamped merge rules.
+"""One record: the stamped merge rules, and its packed form (one msgpack bytes object).
 
-Backends that store a record as a blob (memory, SQLite) share this; Redis keeps the
-same fields in a hash and the same rules in Lua.
+Backends that keep records whole (memory, SQLite) share this; Redis keeps the same
+fields in a hash and the same rules in Lua.
 
 Packed layout (format 2):
     [2, created, writes, clear, [name, value, stamp - created, ...], [name, stamp - created, ...]]
@@ -9,7 +9,8 @@ Packed layout (format 2):
 Stamps are kept relative to the creation stamp: a record's stamps are close together, so
 they take 1-5 bytes instead of 9, which keeps a small record in a 64-byte allocation.
 Format 1, ``[1, created, writes, clear, text, text_stamp, [name, value, stamp, ...],
-[name, stamp, ...]]``, is still read.
+[name, stamp, ...]]``, is still read. Values are stored as canonical JSON bytes; those
+written before orjson are brought to today's canonical form when read.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ import msgpack
 
 from .._change import Change
 from .._clock import stamp_ms
-from .._codec import bag_size
+from .._codec import canonical, member_size
 from .._errors import PreconditionFailed
-from ._base import StoredRecord
+from ._base import MISSING, StoredRecord
 
 FORMAT = 2
 
@@ -35,9 +36,27 @@ class FormatError(ValueError):
 
 
 class Record:
-    """A mutable, unpacked record. Entries are (value, stamp); tombstones are stamps."""
+    """A mutable, unpacked record.
 
-    __slots__ = ("clear", "created", "props", "text", "text_stamp", "tombs", "writes")
+    ``values`` and ``stamps`` hold the live properties (canonical JSON bytes, and the
+    stamp that wrote each); ``tombs`` the stamps of removed ones. The JSON size of the
+    data and the highest stamp are kept as entries change, so neither a size check nor
+    a load walks the properties.
+    """
+
+    __slots__ = (
+        "_etag",
+        "_members",
+        "clear",
+        "created",
+        "stamps",
+        "text",
+        "text_stamp",
+        "tombs",
+        "top",
+        "values",
+        "writes",
+    )
 
     def __init__(self) -> None:
         self.created = 0
@@ -45,24 +64,45 @@ class Record:
         self.clear = 0
         self.text: str | None = None
         self.text_stamp = 0
-        self.props: dict[str, tuple[bytes, int]] = {}
+        self.values: dict[str, bytes] = {}
+        self.stamps: dict[str, int] = {}
         self.tombs: dict[str, int] = {}
+        self.top = 0  # the highest stamp anywhere in the record
+        self._members = 0  # the sum of the properties' JSON member sizes
+        self._etag: str | None = None
+
+    # -- packed form ------------------------------------------------------------------
 
     @classmethod
     def unpack(cls, blob: bytes) -> Record:
         """Decode a packed record."""
         rec = cls()
         rec.created, rec.writes, rec.clear, rec.text, rec.text_stamp, flat, tombs = _unpack(blob)
-        rec.props = {flat[i]: (flat[i + 1], flat[i + 2]) for i in range(0, len(flat), 3)}
+        values = rec.values
+        stamps = rec.stamps
+        members = 0
+        top = max(rec.clear, rec.text_stamp)
+        for i in range(0, len(flat), 3):
+            name, value, stamp = flat[i], canonical(flat[i + 1]), flat[i + 2]
+            values[name] = value
+            stamps[name] = stamp
+            members += member_size(name, value)
+            if stamp > top:
+                top = stamp
         rec.tombs = {tombs[i]: tombs[i + 1] for i in range(0, len(tombs), 2)}
+        if rec.tombs:
+            top = max(top, *rec.tombs.values())
+        rec.top = top
+        rec._members = members
         return rec
 
     def pack(self) -> bytes:
         """Encode into one bytes object."""
         created = self.created
+        stamps = self.stamps
         flat: list[Any] = []
-        for name, (value, stamp) in self.props.items():
-            flat += (name, value, stamp - created)
+        for name, value in self.values.items():
+            flat += (name, value, stamps[name] - created)
         tombs: list[Any] = []
         for name, stamp in self.tombs.items():
             tombs += (name, stamp - created)
@@ -72,45 +112,86 @@ class Record:
         packed: bytes = msgpack.packb(fields)
         return packed
 
+    def copy(self) -> Record:
+        """An independent copy (values are immutable bytes, so they are shared)."""
+        rec = Record()
+        rec.created, rec.writes, rec.clear = self.created, self.writes, self.clear
+        rec.text, rec.text_stamp = self.text, self.text_stamp
+        rec.values, rec.stamps, rec.tombs = dict(self.values), dict(self.stamps), dict(self.tombs)
+        rec.top, rec._members, rec._etag = self.top, self._members, self._etag
+        return rec
+
+    # -- reading ------------------------------------------------------------------------
+
     @property
     def live(self) -> bool:
         """True when the record holds data (it is missing otherwise)."""
-        return bool(self.props) or self.text is not None
+        return bool(self.values) or self.text is not None
 
     @property
     def etag(self) -> str:
         """Creation stamp and write count: a recreated record never reuses an eTag."""
-        return f"{self.created:x}.{self.writes:x}" if self.live else ""
+        etag = self._etag
+        if etag is None:
+            etag = self._etag = f"{self.created:x}.{self.writes:x}" if self.live else ""
+        return etag
 
     @property
     def observed(self) -> int:
         """The highest stamp anywhere in the record."""
-        top = max(self.clear, self.text_stamp)
-        for _, stamp in self.props.values():
-            if stamp > top:
-                top = stamp
-        for stamp in self.tombs.values():
-            if stamp > top:
-                top = stamp
-        return top
+        return self.top
 
     def modified_stamp(self) -> int:
         """The stamp of the newest live entry."""
-        top = self.text_stamp if self.text is not None else 0
-        for _, stamp in self.props.values():
-            if stamp > top:
-                top = stamp
-        return top
+        newest = max(self.stamps.values(), default=0)
+        return max(newest, self.text_stamp) if self.text is not None else newest
 
     def size(self) -> int:
         """UTF-8 length of the record's data as JSON."""
         if self.text is not None:
             return len(self.text.encode("utf-8", "surrogatepass")) + 2
-        return bag_size({name: value for name, (value, _) in self.props.items()})
+        values = self.values
+        return 1 + self._members + len(values) if values else 2
+
+    def view(self, deleted: int = 0) -> StoredRecord:
+        """The read-only form a load returns: a snapshot, not a view of this record."""
+        if not self.values and self.text is None:
+            return (
+                StoredRecord(observed=self.top, deleted=deleted) if self.top or deleted else MISSING
+            )
+        return StoredRecord(
+            dict(self.values),
+            self.text,
+            self.etag,
+            self.top,
+            deleted,
+            stamp_ms(self.modified_stamp()),
+        )
+
+    # -- the merge rules ------------------------------------------------------------------
+
+    def _set(self, name: str, value: bytes, stamp: int) -> None:
+        old = self.values.get(name)
+        if old is not None:
+            self._members -= member_size(name, old)
+        self.values[name] = value
+        self.stamps[name] = stamp
+        self._members += member_size(name, value)
+        self.tombs.pop(name, None)
+
+    def _remove(self, name: str, stamp: int) -> None:
+        old = self.values.pop(name, None)
+        if old is not None:
+            self._members -= member_size(name, old)
+            del self.stamps[name]
+        self.tombs[name] = stamp
 
     def _clear_below(self, stamp: int) -> None:
         self.clear = stamp
-        self.props = {n: e for n, e in self.props.items() if e[1] >= stamp}
+        self._etag = None
+        for name in [n for n, s in self.stamps.items() if s < stamp]:
+            self._members -= member_size(name, self.values.pop(name))
+            del self.stamps[name]
         self.tombs = {n: s for n, s in self.tombs.items() if s >= stamp}
         if self.text is not None and self.text_stamp < stamp:
             self.text = None
@@ -118,21 +199,25 @@ class Record:
     def _accept(self, name: str, stamp: int) -> bool:
         if stamp < self.clear:
             return False
-        entry = self.props.get(name)
-        current = entry[1] if entry is not None else self.tombs.get(name, 0)
+        current = self.stamps.get(name)
+        if current is None:
+            current = self.tombs.get(name, 0)
         return stamp > current
 
     def _bump(self, stamp: int, was_live: bool) -> None:
         # A text record gives way to any newer property, whichever arrived first.
-        if self.text is not None and self.modified_stamp() != self.text_stamp:
+        if self.text is not None and self.values and self.modified_stamp() != self.text_stamp:
             self.text = None
         if self.live and not was_live:
             self.created = stamp
             self.writes = 0
         self.writes += 1
+        self._etag = None
+        if stamp > self.top:
+            self.top = stamp
 
     def apply(self, change: Change) -> bool:
-        """Merge a stamped change; True when any entry was accepted."""
+        """Merge a stamped change in place; True when any entry was accepted."""
         stamp = change.stamp
         was_live = self.live
         accepted = False
@@ -141,17 +226,23 @@ class Record:
             accepted = True
         for name, value in change.sets.items():
             if self._accept(name, stamp):
-                self.props[name] = (value, stamp)
-                self.tombs.pop(name, None)
+                self._set(name, value, stamp)
                 accepted = True
         for name in change.removes:
             if self._accept(name, stamp):
-                self.props.pop(name, None)
-                self.tombs[name] = stamp
+                self._remove(name, stamp)
                 accepted = True
         if accepted:
             self._bump(stamp, was_live)
         return accepted
+
+    def may_exceed(self, change: Change) -> bool:
+        """Whether applying ``change`` could take the record past its ``max_bytes``:
+        only then must it be applied to a copy first."""
+        if self.text is not None:
+            return True
+        grows = sum(member_size(name, value) + 1 for name, value in change.sets.items())
+        return self.size() + grows > change.max_bytes
 
     def replace(self, data: Mapping[str, bytes] | str | None, stamp: int) -> None:
         """A whole-record write at a stamp above everything stored."""
@@ -161,7 +252,10 @@ class Record:
         if isinstance(data, str):
             self.text, self.text_stamp = data, stamp
         elif data is not None:
-            self.props = {name: (value, stamp) for name, value in data.items()}
+            for name, value in data.items():
+                self._set(name, value, stamp)
+        if stamp > self.top:
+            self.top = stamp
         if self.live:
             self._bump(stamp, was_live)
 
@@ -169,7 +263,10 @@ class Record:
         """Forget tombstones older than the retention."""
         if self.tombs:
             horizon = now_ms - tombstone_ttl_ms
-            self.tombs = {n: s for n, s in self.tombs.items() if stamp_ms(s) >= horizon}
+            kept = {n: s for n, s in self.tombs.items() if stamp_ms(s) >= horizon}
+            if len(kept) != len(self.tombs):
+                self.tombs = kept
+                self.top = max(self.clear, self.text_stamp, *self.stamps.values(), *kept.values())
 
     def forgettable(self, now_ms: int, tombstone_ttl_ms: int) -> bool:
         """True when nothing in the record is worth keeping any more."""
@@ -193,27 +290,15 @@ def _unpack(blob: bytes) -> tuple[int, int, int, str | None, int, list[Any], lis
     if version == 1:
         _, created, writes, clear, text, text_stamp, flat, tombs = fields
         return created, writes, clear, text, text_stamp, flat, tombs
-    raise FormatError(f"stored record has format {version}, expected {FORMAT} or 1")
+    raise FormatError(
+        f"a stored record has format {version}, this version reads {FORMAT} and 1:"
+        " it was written by a newer inline_state"
+    )
 
 
 def view_blob(blob: bytes, deleted: int = 0) -> StoredRecord:
-    """The read-only form a load returns, decoded straight from the packed record."""
-    created, writes, clear, text, text_stamp, flat, tombs = _unpack(blob)
-    stamps = flat[2::3]
-    observed = (
-        max(clear, text_stamp, *stamps, *tombs[1::2]) if stamps or tombs else max(clear, text_stamp)
-    )
-    if not flat and text is None:
-        return StoredRecord(observed=observed, deleted=deleted)
-    newest = max(stamps) if stamps else text_stamp
-    return StoredRecord(
-        dict(zip(flat[::3], flat[1::3], strict=True)),
-        text,
-        f"{created:x}.{writes:x}",
-        observed,
-        deleted,
-        stamp_ms(max(newest, text_stamp) if text is not None else newest),
-    )
+    """The read-only form a load returns, from a packed record."""
+    return Record.unpack(blob).view(deleted)
 
 
 def check_etag(current: str, sent: str | None) -> None:

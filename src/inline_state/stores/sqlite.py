@@ -33,7 +33,7 @@ from ._base import (
     Store,
     StoredRecord,
 )
-from ._record import view_blob
+from ._record import Record, view_blob
 
 __all__ = ["SqliteStore"]
 
@@ -63,7 +63,7 @@ def _private_range(user: UserRef) -> tuple[str, str]:
     return prefix, prefix[:-1] + "0"
 
 
-class _SqlTable(_blob.BlobTable):
+class _SqlTable(_blob.RecordTable):
     """The store's tables inside one transaction of one connection."""
 
     def __init__(self, conn: sqlite3.Connection, ttl_ms: Mapping[Kind, int], now_ms: int) -> None:
@@ -71,29 +71,24 @@ class _SqlTable(_blob.BlobTable):
         self.ttl_ms = ttl_ms
         self.now_ms = now_ms
 
-    def get(self, key: RecordKey, encoded: str) -> bytes | None:
+    def get(self, key: RecordKey) -> Record | None:
         row = self.conn.execute(
-            "SELECT blob, expires FROM records WHERE key = ?", (encoded,)
+            "SELECT blob, expires FROM records WHERE key = ?", (key.encode(),)
         ).fetchone()
         if row is None or (row[1] is not None and row[1] < self.now_ms):
             return None
-        blob: bytes = row[0]
-        return blob
+        return Record.unpack(row[0])
 
-    def get_raw(self, encoded: str) -> bytes | None:
-        row = self.conn.execute("SELECT blob FROM records WHERE key = ?", (encoded,)).fetchone()
-        return None if row is None else bytes(row[0])
-
-    def put(self, key: RecordKey, encoded: str, blob: bytes) -> None:
+    def put(self, key: RecordKey, rec: Record) -> None:
         ttl = self.ttl_ms.get(key.kind)
         expires = self.now_ms + ttl if ttl is not None else None
         self.conn.execute(
             "INSERT OR REPLACE INTO records(key, blob, expires) VALUES (?, ?, ?)",
-            (encoded, blob, expires),
+            (key.encode(), rec.pack(), expires),
         )
 
-    def drop(self, encoded: str) -> None:
-        self.conn.execute("DELETE FROM records WHERE key = ?", (encoded,))
+    def drop(self, key: RecordKey) -> None:
+        self.conn.execute("DELETE FROM records WHERE key = ?", (key.encode(),))
 
     def deletion_stamp(self, key: RecordKey) -> int:
         if key.kind == "conversation":
@@ -104,13 +99,13 @@ class _SqlTable(_blob.BlobTable):
         ).fetchone()
         return 0 if row is None else int(row[0])
 
-    def user_records(self, user: UserRef) -> list[str]:
+    def user_records(self, user: UserRef) -> list[RecordKey]:
         low, high = _private_range(user)
         rows = self.conn.execute(
             "SELECT key FROM records WHERE key >= ? AND key < ? ORDER BY key", (low, high)
         ).fetchall()
-        own = RecordKey("user", user.bot, user.channel, "", user.user).encode()
-        return [own, *(row[0] for row in rows)]
+        own = RecordKey("user", user.bot, user.channel, "", user.user)
+        return [own, *(decode_key(row[0]) for row in rows)]
 
     def set_deletion_stamp(self, user: UserRef, stamp: int) -> None:
         self.conn.execute(
