@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ._change import DEFAULT_MAX_PROPERTIES, Change
-from ._codec import DEFAULT_MAX_DEPTH, UnstorableValue, bag_size, encode_value, json_key
+from ._codec import DEFAULT_MAX_DEPTH, UnstorableValue, encode_name, encode_value, json_key
 from ._errors import BagError
 from ._keys import RecordKey
 from ._message import Kind, kind_of_field
@@ -74,32 +74,30 @@ def encode_bag(
             limit=limit,
         )
     encoded: dict[str, bytes] = {}
+    # Reuse played bytes only with the played values to compare identities against.
+    values = played_values if played_values and played else None
+    size = 1  # the JSON object's braces and commas, counted as the members are encoded
     for key, value in bag.items():
-        if type(key) is str:
-            name = key
+        name = key if type(key) is str else _property_name(field_name, key, limit)
+        if values is not None and type(value) in _IMMUTABLE and values.get(name, _ABSENT) is value:
+            data = played[name]  # type: ignore[index]
         else:
             try:
-                name = json_key(key)
+                data = encode_value(value, max_depth)
             except UnstorableValue as exc:
-                raise BagError(field_name, "unstorableValue", str(exc), limit=limit) from None
-        if (
-            played_values is not None
-            and played is not None
-            and type(value) in _IMMUTABLE
-            and played_values.get(name, _ABSENT) is value
-        ):
-            encoded[name] = played[name]
-            continue
+                raise BagError(
+                    field_name, "unstorableValue", f"property {name!r}: {exc}", limit=limit
+                ) from None
         try:
-            encoded[name] = encode_value(value, max_depth)
+            size += len(encode_name(name)) + 2 + len(data)
         except UnstorableValue as exc:
-            raise BagError(
-                field_name, "unstorableValue", f"property {name!r}: {exc}", limit=limit
-            ) from None
-    try:
-        size = bag_size(encoded)
-    except UnstorableValue as exc:
-        raise BagError(field_name, "unstorableValue", str(exc), limit=limit) from None
+            raise BagError(field_name, "unstorableValue", str(exc), limit=limit) from None
+        previous = encoded.get(name)
+        if previous is not None:  # two keys that JSON writes alike (1 and "1"): the last wins
+            size -= len(encode_name(name)) + 2 + len(previous)
+        encoded[name] = data
+    if not encoded:
+        size = 2
     if size > limit:
         raise BagError(
             field_name,
@@ -109,6 +107,13 @@ def encode_bag(
             limit=limit,
         )
     return encoded
+
+
+def _property_name(field_name: str, key: object, limit: int) -> str:
+    try:
+        return json_key(key)
+    except UnstorableValue as exc:
+        raise BagError(field_name, "unstorableValue", str(exc), limit=limit) from None
 
 
 def fold_replies(

@@ -33,10 +33,18 @@ __all__ = ["Engine"]
 logger = logging.getLogger("inline_state")
 
 DEFAULT_MAX_ID_LENGTH = 1024
+_NO_KINDS: frozenset[Kind] = frozenset()
 
 
 def id_too_long(key: RecordKey, limit: int) -> str | None:
     """Which id of a key is longer than ``limit`` characters, said in words; else None."""
+    if (
+        len(key.user) <= limit
+        and len(key.conversation) <= limit
+        and len(key.bot) <= limit
+        and len(key.channel or "") <= limit
+    ):
+        return None
     for name, value in (
         ("bot", key.bot),
         ("channel", key.channel or ""),
@@ -157,23 +165,29 @@ class Engine:
             if keys.user is not None and (owner := keys.user.owner) is not None:
                 clock.observe(await self.store.delete_user(owner, clock.stamp()))
             return Turn(shape, keys, {}, message=msg, deleted=True)
-        present = [(kind, key) for kind in KINDS if (key := keys.of(kind)) is not None]
+        present = [(kind, key) for kind, key in zip(KINDS, keys, strict=True) if key is not None]
         records = await self.store.load([key for _, key in present])
         played: dict[Kind, Mapping[str, bytes]] = {}
         text_kinds: set[Kind] = set()
+        base = observed = 0
         for (kind, _), record in zip(present, records, strict=True):
             if record.props:
                 played[kind] = record.props
             elif record.text is not None:
                 text_kinds.add(kind)
-        clock.observe(_observed(records))
+            top = record.observed if record.observed > record.deleted else record.deleted
+            if top > observed:
+                observed = top
+            if kind != "conversation" and top > base:  # the base rule
+                base = top
+        clock.observe(observed)
         return Turn(
             shape,
             keys,
             played,
             message=msg,
-            text_kinds=frozenset(text_kinds),
-            base=_base(present, records),
+            text_kinds=frozenset(text_kinds) if text_kinds else _NO_KINDS,
+            base=base,
         )
 
     # -- outgoing -------------------------------------------------------------------------

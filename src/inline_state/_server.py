@@ -17,7 +17,7 @@ from aiohttp.typedefs import Handler
 from . import _body
 from ._body import NOT_JSON, BodyError
 from ._clock import HybridClock
-from ._codec import dumps, join_bag
+from ._codec import dumps
 from ._engine import Engine
 from ._errors import StoreUnavailable, TurnError
 from ._http import (
@@ -28,7 +28,7 @@ from ._http import (
     turn_error_response,
     unavailable_response,
 )
-from ._message import FIELD_OF_KIND, Kind, detect_shape, may_carry_bags, reply_messages, strip_bags
+from ._message import FIELD_OF_KIND, detect_shape, may_carry_bags, reply_messages, strip_bags
 from ._turn import Turn, _current
 from .stores import Store
 
@@ -105,11 +105,14 @@ class ReplyResponse(web.Response):
         return await super().prepare(request)
 
 
+_MEMBER_OF_FIELD = {field: b'"' + field.encode() + b'":' for field in FIELD_OF_KIND.values()}
+
+
 def _splice(raw: bytes, fields: list[tuple[str, bytes]], empty: bool) -> bytes:
     """Insert ``"field":bag`` members before the closing brace of a JSON object."""
     end = raw.rfind(b"}")
-    members = b",".join([b'"' + name.encode() + b'":' + bag for name, bag in fields])
-    return raw[:end] + (members if empty else b"," + members) + raw[end:]
+    members = b",".join([_MEMBER_OF_FIELD[name] + bag for name, bag in fields])
+    return b"".join((raw[:end], members if empty else b"," + members, raw[end:]))
 
 
 class InlineStateMiddleware:
@@ -228,7 +231,7 @@ class InlineStateMiddleware:
             return None
         turn = await self.engine.open_turn(parsed, shape)
         if removed or turn.played:
-            request._read_bytes = _rewritten(raw, parsed, turn.played, removed, charset, exact)
+            request._read_bytes = _rewritten(raw, parsed, turn, removed, charset, exact)
         return turn
 
     async def _outgoing(self, turn: Turn, response: web.StreamResponse) -> web.Response | None:
@@ -301,15 +304,10 @@ class InlineStateMiddleware:
 
 
 def _rewritten(
-    raw: bytes,
-    msg: dict[str, Any],
-    played: Mapping[Kind, Mapping[str, bytes]],
-    removed: bool,
-    charset: str | None,
-    exact: bool,
+    raw: bytes, msg: dict[str, Any], turn: Turn, removed: bool, charset: str | None, exact: bool
 ) -> bytes:
     """The body the bot reads: the message without client bags, with the played ones."""
-    fields = [(FIELD_OF_KIND[kind], join_bag(props)) for kind, props in played.items()]
+    fields = [(FIELD_OF_KIND[kind], turn.bag_json(kind)) for kind in turn.played]
     if not _body.is_utf8(charset) or exact or raw[:1] != b"{":
         # Another charset, a body only ``json`` reads, or one with a BOM or UTF-16 bytes:
         # re-encode the whole message in its own charset.

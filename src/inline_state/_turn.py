@@ -29,6 +29,7 @@ class Turn:
 
     __slots__ = (
         "_decoded",
+        "_json",
         "_message",
         "base",
         "deleted",
@@ -59,6 +60,14 @@ class Turn:
         self.deleted = deleted
         self._message = message
         self._decoded: dict[Kind, dict[str, Any]] = {}
+        self._json: dict[Kind, bytes] = {}
+
+    def bag_json(self, kind: Kind) -> bytes:
+        """The played-back bag of one kind as JSON bytes (joined once per turn)."""
+        data = self._json.get(kind)
+        if data is None:
+            data = self._json[kind] = join_bag(self.played.get(kind, _EMPTY))
+        return data
 
     def owns(
         self, kind: Kind, channel: str | None, conversation: str | None, user: str | None
@@ -87,7 +96,7 @@ class Turn:
             props = self.played.get(kind)
             if not props:
                 return None
-            decoded = self._decoded[kind] = orjson.loads(join_bag(props))
+            decoded = self._decoded[kind] = orjson.loads(self.bag_json(kind))
         return decoded
 
     @property

@@ -47,6 +47,7 @@ class Record:
     __slots__ = (
         "_etag",
         "_members",
+        "_newest",
         "clear",
         "created",
         "stamps",
@@ -70,6 +71,7 @@ class Record:
         self.top = 0  # the highest stamp anywhere in the record
         self._members = 0  # the sum of the properties' JSON member sizes
         self._etag: str | None = None
+        self._newest = -1  # the newest live entry's stamp; -1: to be counted again
 
     # -- packed form ------------------------------------------------------------------
 
@@ -119,6 +121,7 @@ class Record:
         rec.text, rec.text_stamp = self.text, self.text_stamp
         rec.values, rec.stamps, rec.tombs = dict(self.values), dict(self.stamps), dict(self.tombs)
         rec.top, rec._members, rec._etag = self.top, self._members, self._etag
+        rec._newest = self._newest
         return rec
 
     # -- reading ------------------------------------------------------------------------
@@ -143,7 +146,9 @@ class Record:
 
     def modified_stamp(self) -> int:
         """The stamp of the newest live entry."""
-        newest = max(self.stamps.values(), default=0)
+        newest = self._newest
+        if newest < 0:
+            newest = self._newest = max(self.stamps.values(), default=0)
         return max(newest, self.text_stamp) if self.text is not None else newest
 
     def size(self) -> int:
@@ -177,18 +182,23 @@ class Record:
         self.values[name] = value
         self.stamps[name] = stamp
         self._members += member_size(name, value)
-        self.tombs.pop(name, None)
+        if self.tombs:
+            self.tombs.pop(name, None)
+        if self._newest >= 0 and stamp > self._newest:
+            self._newest = stamp
 
     def _remove(self, name: str, stamp: int) -> None:
         old = self.values.pop(name, None)
         if old is not None:
             self._members -= member_size(name, old)
             del self.stamps[name]
+            self._newest = -1
         self.tombs[name] = stamp
 
     def _clear_below(self, stamp: int) -> None:
         self.clear = stamp
         self._etag = None
+        self._newest = -1
         for name in [n for n, s in self.stamps.items() if s < stamp]:
             self._members -= member_size(name, self.values.pop(name))
             del self.stamps[name]

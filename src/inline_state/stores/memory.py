@@ -65,6 +65,8 @@ class _Tables(_blob.RecordTable):
         rec = hot.pop(key, None)
         if rec is not None:
             hot[key] = rec  # most recently used last
+        elif not store._packed_count:
+            return None
         else:
             encoded = key.encode()
             namespace, local = _split(encoded)
@@ -73,6 +75,7 @@ class _Tables(_blob.RecordTable):
             if blob is None:
                 return None
             rec = Record.unpack(blob)
+            store._packed_count -= 1
             store._admit(key, rec)
         if store.ttl_ms:
             ttl = store.ttl_ms.get(key.kind)
@@ -101,11 +104,11 @@ class _Tables(_blob.RecordTable):
         store = self.store
         if store._hot.pop(key, None) is not None:
             store._hot_bytes -= store._costs.pop(key)
-        else:
+        elif store._packed_count:
             namespace, local = _split(key.encode())
             records = store._packed.get(namespace)
-            if records is not None:
-                records.pop(local, None)
+            if records is not None and records.pop(local, None) is not None:
+                store._packed_count -= 1
         store._expires.pop(key, None)
 
     def deletion_stamp(self, key: RecordKey) -> int:
@@ -148,6 +151,7 @@ class MemoryStore(Store):
         self._hot_bytes = 0
         # namespace -> {the rest of the encoded key: packed record} (see _split)
         self._packed: dict[str, dict[bytes, bytes]] = {}
+        self._packed_count = 0
         self._expires: dict[RecordKey, int] = {}
         self._private_index: dict[UserRef, set[RecordKey]] = {}
         self._deleted: dict[UserRef, int] = {}
@@ -177,6 +181,7 @@ class MemoryStore(Store):
             if packed is None:
                 packed = self._packed[namespace] = {}
             packed[local] = rec.pack()
+            self._packed_count += 1
 
     @property
     def cache_stats(self) -> dict[str, int]:
@@ -184,7 +189,7 @@ class MemoryStore(Store):
         return {
             "hot_records": len(self._hot),
             "hot_bytes": self._hot_bytes,
-            "packed_records": sum(len(records) for records in self._packed.values()),
+            "packed_records": self._packed_count,
         }
 
     def _tables(self) -> _Tables:
