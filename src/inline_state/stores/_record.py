@@ -21,12 +21,13 @@ from typing import Any
 import msgpack
 
 from .._change import Change
-from .._clock import stamp_ms
-from .._codec import canonical, member_size
+from .._clock import EPOCH_MS, MS_SHIFT, stamp_ms
+from .._codec import canonical, encode_name, member_size
 from .._errors import PreconditionFailed
 from ._base import MISSING, StoredRecord
 
 FORMAT = 2
+_new_stored = tuple.__new__  # builds a NamedTuple without its Python-level __new__
 
 __all__: list[str] = []
 
@@ -160,17 +161,20 @@ class Record:
 
     def view(self, deleted: int = 0) -> StoredRecord:
         """The read-only form a load returns: a snapshot, not a view of this record."""
-        if not self.values and self.text is None:
-            return (
-                StoredRecord(observed=self.top, deleted=deleted) if self.top or deleted else MISSING
-            )
-        return StoredRecord(
-            dict(self.values),
-            self.text,
-            self.etag,
-            self.top,
-            deleted,
-            stamp_ms(self.modified_stamp()),
+        values = self.values
+        if not values and self.text is None:
+            return StoredRecord(observed=self.top, deleted=deleted) if self.top or deleted else MISSING
+        newest = self._newest
+        if newest < 0:
+            newest = self.modified_stamp()
+        elif self.text is not None and self.text_stamp > newest:
+            newest = self.text_stamp
+        etag = self._etag
+        if etag is None:
+            etag = self.etag
+        return _new_stored(
+            StoredRecord,
+            (values.copy(), self.text, etag, self.top, deleted, (newest >> MS_SHIFT) + EPOCH_MS),
         )
 
     # -- the merge rules ------------------------------------------------------------------
@@ -227,21 +231,56 @@ class Record:
             self.top = stamp
 
     def apply(self, change: Change) -> bool:
-        """Merge a stamped change in place; True when any entry was accepted."""
+        """Merge a stamped change in place; True when any entry was accepted.
+
+        An entry at ``stamp`` is accepted when ``stamp`` is above the entry's stored stamp
+        (value or tombstone) and not below the record's clear stamp (one loop per kind
+        of entry: this runs on every write).
+        """
         stamp = change.stamp
-        was_live = self.live
+        was_live = bool(self.values) or self.text is not None
         accepted = False
         if change.replace and stamp > self.clear:
             self._clear_below(stamp)
             accepted = True
-        for name, value in change.sets.items():
-            if self._accept(name, stamp):
-                self._set(name, value, stamp)
+        set_any = False
+        if stamp >= self.clear:
+            values, stamps, tombs = self.values, self.stamps, self.tombs
+            members = self._members
+            for name, value in change.sets.items():
+                current = stamps.get(name)
+                if current is None:
+                    current = tombs.get(name, 0) if tombs else 0
+                    if stamp <= current:
+                        continue
+                    if tombs:
+                        tombs.pop(name, None)
+                    members += len(encode_name(name)) + 1 + len(value)
+                elif stamp <= current:
+                    continue
+                else:
+                    members += len(value) - len(values[name])
+                values[name] = value
+                stamps[name] = stamp
+                set_any = True
+            for name in change.removes:
+                current = stamps.get(name)
+                if current is None:
+                    if stamp <= tombs.get(name, 0):
+                        continue
+                elif stamp <= current:
+                    continue
+                else:
+                    members -= len(encode_name(name)) + 1 + len(values.pop(name))
+                    del stamps[name]
+                    self._newest = -1
+                tombs[name] = stamp
                 accepted = True
-        for name in change.removes:
-            if self._accept(name, stamp):
-                self._remove(name, stamp)
-                accepted = True
+            self._members = members
+        if set_any:
+            accepted = True
+            if self._newest >= 0:
+                self._newest = max(self._newest, stamp)
         if accepted:
             self._bump(stamp, was_live)
         return accepted
@@ -251,7 +290,9 @@ class Record:
         only then must it be applied to a copy first."""
         if self.text is not None:
             return True
-        grows = sum(member_size(name, value) + 1 for name, value in change.sets.items())
+        grows = 0
+        for name, value in change.sets.items():
+            grows += len(name) * 6 + 4 + len(value)  # a name's JSON is at most 6x its length
         return self.size() + grows > change.max_bytes
 
     def replace(self, data: Mapping[str, bytes] | str | None, stamp: int) -> None:

@@ -20,7 +20,7 @@ from .._errors import StoreUnavailable
 from .._keys import RecordKey, UserRef, decode_key, namespace_prefix
 from .._message import Kind
 from . import _blob
-from ._base import DEFAULT_TOMBSTONE_TTL, ApplyResult, ExportPage, Store, StoredRecord
+from ._base import DEFAULT_TOMBSTONE_TTL, MISSING, ApplyResult, ExportPage, Store, StoredRecord
 from ._record import Record
 
 __all__ = ["MemoryStore"]
@@ -218,27 +218,53 @@ class MemoryStore(Store):
 
     async def load(self, keys: Sequence[RecordKey]) -> list[StoredRecord]:
         """Read several records; missing ones come back empty."""
+        if self.ttl_ms or self._deleted:
+            return _blob.load_records(self._tables(), keys)
+        # The common case, inline: no expiry, no deletions to look up.
         hot = self._hot
-        if not self.ttl_ms and not self._deleted:
-            # The common case, inline: hot records, no expiry, no deletions to check.
-            out: list[StoredRecord] = []
-            for key in keys:
-                rec = hot.pop(key, None)
-                if rec is None:
-                    out.append(_blob.load_records(self._tables(), [key])[0])
-                    self.misses += 1
-                    continue
-                hot[key] = rec
+        out: list[StoredRecord] = []
+        for key in keys:
+            rec = hot.pop(key, None)
+            if rec is not None:
+                hot[key] = rec  # most recently used last
                 self.hits += 1
                 out.append(rec.view())
-            return out
-        return _blob.load_records(self._tables(), keys)
+            else:
+                self.misses += 1
+                rec = self._tables().get(key) if self._packed_count else None
+                out.append(rec.view() if rec is not None else MISSING)
+        return out
 
     async def apply(self, changes: Sequence[Change]) -> list[ApplyResult]:
         """Apply stamped changes, each atomically to its record."""
         tables = self._tables()
-        self._sweep(tables)
-        return _blob.apply_changes(tables, changes, tables.now_ms, self.tombstone_ttl_ms)
+        if self.ttl_ms:
+            self._sweep(tables)
+            return _blob.apply_changes(tables, changes, tables.now_ms, self.tombstone_ttl_ms)
+        # The common case: a hot record merged in place (the rules are Record.apply's).
+        hot = self._hot
+        results: list[ApplyResult] = []
+        for change in changes:
+            key = change.key
+            rec = hot.get(key)
+            if (
+                rec is None
+                or self._deleted
+                or rec.tombs
+                or rec.text is not None
+                or rec.may_exceed(change)
+            ):
+                results += _blob.apply_changes(
+                    tables, (change,), tables.now_ms, self.tombstone_ttl_ms
+                )
+            elif rec.apply(change):
+                del hot[key]  # most recently used last, and counted again
+                self._hot_bytes -= self._costs.pop(key)
+                self._admit(key, rec)
+                results.append(ApplyResult.APPLIED)
+            else:
+                results.append(ApplyResult.STALE)
+        return results
 
     async def compare_and_set(
         self,

@@ -1,0 +1,140 @@
+"""CPU per turn inside one process, without HTTP: a profiling aid, not the benchmark.
+
+Builds each bench target's app, then calls its middleware chain and handler directly
+on requests made with aiohttp's ``make_mocked_request`` (a body on a real
+StreamReader), many times, and prints the CPU microseconds per turn. What it leaves
+out (the HTTP parser, the socket, the response writer) is the same for every target, so
+differences between targets are what the middleware and the bot cost.
+
+    .venv/bin/python bench/turn_cost.py [--turns 20000] [--profile memory]
+
+Instructions instead of seconds (repeatable on a noisy machine): run it under
+``valgrind --tool=callgrind`` with ``--repeat 1`` at two ``--turns`` and divide the
+difference of the totals by the difference of the turns (``bench/instructions.sh``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import gc
+import json
+import pstats
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from aiohttp import streams, web
+from aiohttp.test_utils import make_mocked_request
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE / "targets"))
+
+
+def activity(i: int, users: int) -> bytes:
+    user = f"u{i % users}"
+    return json.dumps(
+        {
+            "type": "message",
+            "id": f"m{i}",
+            "channelId": "bench",
+            "serviceUrl": "http://127.0.0.1:1/",
+            "conversation": {"id": f"c{i % users}"},
+            "from": {"id": user, "name": "User"},
+            "recipient": {"id": "bot", "name": "Bot"},
+            "deliveryMode": "expectReplies",
+            "text": "hello",
+        }
+    ).encode()
+
+
+def make_target(name: str) -> web.Application:
+    args = argparse.Namespace(store="memory://", bag_bytes=0, seed_users=0, api="fast")
+    if name == "baseline":
+        import baseline
+
+        return baseline.make_app(args)
+    if name == "baseline-orjson":
+        import baseline_orjson
+
+        return baseline_orjson.make_app(args)
+    if name == "floor":  # the design sketch in ../shared (a measuring stick)
+        sys.path.insert(0, str(HERE.parent.parent / "shared" / "bench-reference" / "targets"))
+        import floor_prototype
+
+        return floor_prototype.make_app(argparse.Namespace(json="orjson"))
+    import inline
+
+    args.api = "plain" if name == "memory-plain" else "fast"
+    return inline.make_app(args)
+
+
+async def drive(
+    app: web.Application, bodies: list[bytes], profile: cProfile.Profile | None = None
+) -> float:
+    runner = web.AppRunner(app)
+    await runner.setup()  # startup and cleanup contexts: the store opens
+    handler = app._handle
+    loop = asyncio.get_running_loop()
+    protocol: Any = type(
+        "Protocol",
+        (),
+        {"_reading_paused": False, "resume_reading": lambda *a, **k: None, "pause_reading": lambda *a, **k: None},
+    )()
+    template = make_mocked_request(
+        "POST", "/api/messages", headers={"Content-Type": "application/json"}, app=app
+    )
+    requests = []
+    for body in bodies:
+        payload = streams.StreamReader(protocol, 2**16, loop=loop)
+        payload.feed_data(body)
+        payload.feed_eof()
+        # A clone shares the template's (mocked) transport, so no mock runs per turn.
+        request = template.clone(headers={"Content-Type": "application/json"})
+        request._payload = payload
+        requests.append(request)
+    gc.collect()
+    if profile is not None:
+        profile.enable()
+    started = time.process_time()
+    for request in requests:
+        response = await handler(request)
+        if isinstance(response, web.Response) and hasattr(response, "encode"):
+            response.encode()
+    elapsed = time.process_time() - started
+    if profile is not None:
+        profile.disable()
+    await runner.cleanup()
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--turns", type=int, default=20_000)
+    parser.add_argument("--users", type=int, default=200)
+    parser.add_argument("--targets", default="baseline,baseline-orjson,memory,memory-plain")
+    parser.add_argument("--profile", help="a target to run under cProfile instead")
+    parser.add_argument("--sort", default="tottime", help="the profile's order (ncalls...)")
+    parser.add_argument("--lines", type=int, default=45)
+    parser.add_argument("--repeat", type=int, default=3)
+    a = parser.parse_args()
+    bodies = [activity(i, a.users) for i in range(a.turns)]
+    if a.profile:
+        app = make_target(a.profile)
+        profile = cProfile.Profile()
+        asyncio.run(drive(app, bodies, profile))
+        stats = pstats.Stats(profile)
+        stats.sort_stats(a.sort).print_stats(a.lines)
+        return
+    for name in a.targets.split(","):
+        costs = []
+        for _ in range(a.repeat):
+            costs.append(asyncio.run(drive(make_target(name), bodies)) / a.turns * 1e6)
+        runs = ", ".join(f"{c:.1f}" for c in costs)
+        print(f"{name:16} {min(costs):7.1f} us/turn (best of {a.repeat}; runs {runs})")
+
+
+if __name__ == "__main__":
+    main()
