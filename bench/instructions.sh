@@ -1,17 +1,15 @@
 #!/usr/bin/env bash
-# Instructions per turn of each target (bench/turn_cost.py under callgrind): repeatable
-# where wall-clock timings on a shared VM are not. Usage: bench/instructions.sh [targets]
+# Instructions per turn of each target (bench/turn_cost.py under callgrind, counting the
+# turns only): repeatable where wall-clock timings on a shared VM are not.
+# Usage: bench/instructions.sh [comma-separated targets] [turns]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
-for target in ${1:-baseline,baseline-orjson,memory,memory-plain}; do :; done
-IFS=, read -ra targets <<< "${1:-baseline,baseline-orjson,memory,memory-plain}"
-count() {
-  valgrind --tool=callgrind --callgrind-out-file=/dev/null "$PY" bench/turn_cost.py \
-    --targets "$1" --turns "$2" --repeat 1 2>&1 | sed -n 's/.*Collected : \([0-9]*\).*/\1/p'
-}
+TURNS=${2:-2000}
+IFS=, read -ra targets <<< "${1:-baseline,baseline-orjson,floor,memory,memory-plain}"
 for target in "${targets[@]}"; do
-  small=$(count "$target" 300)
-  large=$(count "$target" 1300)
-  echo "$target $(( (large - small) / 1000 )) instructions/turn"
+  total=$(valgrind --tool=callgrind --callgrind-out-file=/dev/null --collect-atstart=no \
+    --toggle-collect=sys_call_tracing "$PY" bench/turn_cost.py --targets "$target" \
+    --turns "$TURNS" --repeat 1 2>&1 | sed -n 's/.*Collected : \([0-9]*\).*/\1/p')
+  echo "$target $(( total / TURNS )) instructions/turn"
 done

@@ -15,7 +15,7 @@ from ._change import DEFAULT_MAX_PROPERTIES, Change
 from ._codec import DEFAULT_MAX_DEPTH, UnstorableValue, encode_name, encode_value, json_key
 from ._errors import BagError
 from ._keys import RecordKey
-from ._message import Kind, kind_of_field
+from ._message import _KIND_OF_LOWERED, Kind
 
 __all__: list[str] = []
 
@@ -32,7 +32,12 @@ class PendingChange:
 
     def stamped(self, key: RecordKey, stamp: int, base: int, max_bytes: int) -> Change:
         """The Change a store applies for this record."""
-        return Change(key, self.sets, frozenset(self.removes), self.replace, stamp, base, max_bytes)
+        removes = frozenset(self.removes) if self.removes else _NO_NAMES
+        return _new_change(Change, (key, self.sets, removes, self.replace, stamp, base, max_bytes))
+
+
+_NO_NAMES: frozenset[str] = frozenset()
+_new_change = tuple.__new__  # a NamedTuple without its Python-level __new__
 
 
 _IMMUTABLE = (str, int, float, bool, type(None))
@@ -140,9 +145,9 @@ def fold_replies(
         for name, value in reply.items():
             # Every spelling of a bag field starts with b; a key that is not a string
             # (a bot's dict before serialization) is never a bag field.
-            if not isinstance(name, str) or name[:1] not in "bB":
+            if (type(name) is not str and not isinstance(name, str)) or name[:1] not in "bB":
                 continue
-            kind = kind_of_field(name)
+            kind = _KIND_OF_LOWERED.get(name.lower())
             if kind is None:
                 continue
             if kind in seen:

@@ -279,8 +279,14 @@ class Engine:
                     FIELD_OF_KIND[kind],
                 )
                 continue
-            too_long = id_too_long(key, self.max_id_length)
-            if too_long is not None:
+            limit = self.max_id_length
+            if (
+                len(key.user) > limit
+                or len(key.conversation) > limit
+                or len(key.bot) > limit
+                or (key.channel is not None and len(key.channel) > limit)
+            ):
+                too_long = id_too_long(key, limit)
                 raise IdTooLong(f"{FIELD_OF_KIND[kind]} cannot be stored: {too_long}")
             if kind in text_kinds:
                 logger.warning(

@@ -24,7 +24,7 @@ from ._message import (
     kind_of_field,
     reply_address,
 )
-from ._turn import Turn, current_turn
+from ._turn import Turn, _current
 
 __all__ = [
     "create_reply",
@@ -78,7 +78,7 @@ def _read_bag(msg: object, kind: Kind) -> dict[str, Any] | None:
 
 def _answered_turn(msg: object, kind: Kind) -> Turn | None:
     """The current turn, if ``msg`` goes to that turn's record of ``kind``."""
-    turn = current_turn()
+    turn = _current.get()
     if turn is None:
         return None
     if isinstance(msg, dict):
@@ -109,7 +109,9 @@ def _writable_bag(msg: object, kind: Kind) -> dict[str, Any]:
 
 
 def _get(msg: object, kind: Kind, name: str, default: Any, as_type: Any) -> Any:
-    bag = _read_bag(msg, kind)
+    bag = msg.get(FIELD_OF_KIND[kind]) if type(msg) is dict else None
+    if type(bag) is not dict:  # another spelling, an SDK activity, or no bag
+        bag = _read_bag(msg, kind)
     value = bag.get(name, _MISSING) if bag is not None else _MISSING
     if value is _MISSING:
         return default
@@ -120,14 +122,21 @@ def _get(msg: object, kind: Kind, name: str, default: Any, as_type: Any) -> Any:
     return as_type(value)
 
 
+_PLAIN = frozenset({str, int, float, bool, type(None), dict, list})
+
+
 def _to_json_value(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+    plain = type(value) in _PLAIN
+    if not plain and dataclasses.is_dataclass(value) and not isinstance(value, type):
         return dataclasses.asdict(value)
     return value
 
 
 def _set(msg: object, kind: Kind, name: str, value: Any) -> None:
-    _writable_bag(msg, kind)[name] = _to_json_value(value)
+    bag = msg.get(FIELD_OF_KIND[kind]) if type(msg) is dict else None
+    if type(bag) is not dict:
+        bag = _writable_bag(msg, kind)
+    bag[name] = value if type(value) in _PLAIN else _to_json_value(value)
 
 
 def _del(msg: object, kind: Kind, name: str) -> None:

@@ -123,15 +123,25 @@ class TurnKeys(NamedTuple):
         return self.private
 
 
+_new_key = tuple.__new__  # a NamedTuple without its Python-level __new__ (every turn)
+
+
 def turn_keys(msg: dict[str, Any], shape: Shape) -> TurnKeys | None:
     """Keys for an incoming message; None when it names no bot."""
     bot, channel, conversation, user = message_ids(msg, shape)
     if bot is None or (shape is Shape.V3 and channel is None):
         return None
-    return TurnKeys(
-        RecordKey("user", bot, channel, "", user) if user else None,
-        RecordKey("conversation", bot, channel, conversation, "") if conversation else None,
-        RecordKey("private", bot, channel, conversation, user) if user and conversation else None,
+    return _new_key(
+        TurnKeys,
+        (
+            _new_key(RecordKey, ("user", bot, channel, "", user)) if user else None,
+            _new_key(RecordKey, ("conversation", bot, channel, conversation, ""))
+            if conversation
+            else None,
+            _new_key(RecordKey, ("private", bot, channel, conversation, user))
+            if user and conversation
+            else None,
+        ),
     )
 
 

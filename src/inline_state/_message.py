@@ -139,25 +139,52 @@ def _text(msg: dict[str, Any], field: str) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+def _id_of(account: Any) -> str | None:
+    ident = account.get("id") if type(account) is dict else None
+    return ident if type(ident) is str and ident else None
+
+
 def message_ids(
     msg: dict[str, Any], shape: Shape
 ) -> tuple[str | None, str | None, str | None, str | None]:
-    """(bot, channel, conversation, user) of an incoming message; channel is None on v1."""
+    """(bot, channel, conversation, user) of an incoming message; channel is None on v1.
+
+    An id is a non-empty string; anything else there counts as missing.
+    """
+    get = msg.get
     if shape is Shape.V3:
+        channel = get("channelId")
         return (
-            _account_id(msg, "recipient"),
-            _text(msg, "channelId"),
-            _account_id(msg, "conversation"),
-            _account_id(msg, "from"),
+            _id_of(get("recipient")),
+            channel if type(channel) is str and channel else None,
+            _id_of(get("conversation")),
+            _id_of(get("from")),
         )
-    return _account_id(msg, "to"), None, _text(msg, "conversationId"), _account_id(msg, "from")
+    conversation = get("conversationId")
+    return (
+        _id_of(get("to")),
+        None,
+        conversation if type(conversation) is str and conversation else None,
+        _id_of(get("from")),
+    )
 
 
 def reply_address(msg: dict[str, Any]) -> tuple[str | None, str | None, str | None]:
     """(channel, conversation, user) a reply is addressed to; None where it does not say."""
+    get = msg.get
     if "conversationId" in msg or "to" in msg:
-        return None, _text(msg, "conversationId"), _account_id(msg, "to")
-    return _text(msg, "channelId"), _account_id(msg, "conversation"), _account_id(msg, "recipient")
+        conversation = get("conversationId")
+        return (
+            None,
+            conversation if type(conversation) is str and conversation else None,
+            _id_of(get("to")),
+        )
+    channel = get("channelId")
+    return (
+        channel if type(channel) is str and channel else None,
+        _id_of(get("conversation")),
+        _id_of(get("recipient")),
+    )
 
 
 def reply_messages(body: Any) -> list[dict[str, Any]] | None:

@@ -31,6 +31,7 @@ class Turn:
         "_decoded",
         "_json",
         "_message",
+        "_shown",
         "base",
         "deleted",
         "keys",
@@ -61,6 +62,7 @@ class Turn:
         self._message = message
         self._decoded: dict[Kind, dict[str, Any]] = {}
         self._json: dict[Kind, bytes] = {}
+        self._shown = False
 
     def bag_json(self, kind: Kind) -> bytes:
         """The played-back bag of one kind as JSON bytes (joined once per turn)."""
@@ -77,7 +79,16 @@ class Turn:
         Ids given as None are unknown and match; a reply built without addressing
         (the usual case) belongs to the turn it answers.
         """
-        key = self.keys.of(kind) if self.keys is not None else None
+        keys = self.keys
+        if keys is None:
+            return False
+        key = (
+            keys.user
+            if kind == "user"
+            else keys.conversation
+            if kind == "conversation"
+            else keys.private
+        )
         if key is None:
             return False
         if channel is not None and key.channel is not None and channel != key.channel:
@@ -90,15 +101,6 @@ class Turn:
         """The played-back properties of one kind (empty when nothing was stored)."""
         return self.played.get(kind, _EMPTY)
 
-    def _decode(self, kind: Kind) -> dict[str, Any] | None:
-        decoded = self._decoded.get(kind)
-        if decoded is None:
-            props = self.played.get(kind)
-            if not props:
-                return None
-            decoded = self._decoded[kind] = orjson.loads(self.bag_json(kind))
-        return decoded
-
     @property
     def decoded(self) -> Mapping[Kind, Mapping[str, Any]]:
         """The played-back bags decoded so far (the objects the bot's copies share)."""
@@ -106,17 +108,24 @@ class Turn:
 
     def bag(self, kind: Kind) -> dict[str, Any]:
         """A decoded copy of the played-back bag of one kind (its top level is copied)."""
-        decoded = self._decode(kind)
-        return dict(decoded) if decoded is not None else {}
+        decoded = self._decoded.get(kind)
+        if decoded is None:
+            if kind not in self.played:
+                return {}
+            data = self._json.get(kind)
+            decoded = self._decoded[kind] = orjson.loads(data or self.bag_json(kind))
+        return decoded.copy()
 
     @property
     def message(self) -> dict[str, Any]:
         """The incoming message as the bot sees it, bags included (parsed once)."""
         msg = self._message
-        for kind in self.played:
-            field = FIELD_OF_KIND[kind]
-            if field not in msg:
-                msg[field] = self.bag(kind)
+        if self.played and not self._shown:
+            self._shown = True
+            for kind in self.played:
+                field = FIELD_OF_KIND[kind]
+                if field not in msg:
+                    msg[field] = self.bag(kind)
         return msg
 
 

@@ -163,7 +163,9 @@ class Record:
         """The read-only form a load returns: a snapshot, not a view of this record."""
         values = self.values
         if not values and self.text is None:
-            return StoredRecord(observed=self.top, deleted=deleted) if self.top or deleted else MISSING
+            return (
+                StoredRecord(observed=self.top, deleted=deleted) if self.top or deleted else MISSING
+            )
         newest = self._newest
         if newest < 0:
             newest = self.modified_stamp()
@@ -282,7 +284,17 @@ class Record:
             if self._newest >= 0:
                 self._newest = max(self._newest, stamp)
         if accepted:
-            self._bump(stamp, was_live)
+            if self.text is not None:
+                self._bump(stamp, was_live)
+                return True
+            # _bump, inline for the common case (no text record): this runs every write.
+            if not was_live and self.values:
+                self.created = stamp
+                self.writes = 0
+            self.writes += 1
+            self._etag = None
+            if stamp > self.top:
+                self.top = stamp
         return accepted
 
     def may_exceed(self, change: Change) -> bool:
@@ -290,10 +302,10 @@ class Record:
         only then must it be applied to a copy first."""
         if self.text is not None:
             return True
-        grows = 0
+        grows = 1 + self._members + len(self.values)  # the size now, or one more than 2
         for name, value in change.sets.items():
             grows += len(name) * 6 + 4 + len(value)  # a name's JSON is at most 6x its length
-        return self.size() + grows > change.max_bytes
+        return grows > change.max_bytes
 
     def replace(self, data: Mapping[str, bytes] | str | None, stamp: int) -> None:
         """A whole-record write at a stamp above everything stored."""

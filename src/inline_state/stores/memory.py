@@ -258,9 +258,13 @@ class MemoryStore(Store):
                     tables, (change,), tables.now_ms, self.tombstone_ttl_ms
                 )
             elif rec.apply(change):
-                del hot[key]  # most recently used last, and counted again
-                self._hot_bytes -= self._costs.pop(key)
-                self._admit(key, rec)
+                del hot[key]
+                hot[key] = rec  # most recently used last
+                cost = _RECORD_OVERHEAD + 2 * rec.size() + _PROPERTY_OVERHEAD * len(rec.values)
+                self._hot_bytes += cost - self._costs[key]
+                self._costs[key] = cost
+                if self._hot_bytes > self.cache_bytes:
+                    self._evict()
                 results.append(ApplyResult.APPLIED)
             else:
                 results.append(ApplyResult.STALE)
