@@ -15,7 +15,7 @@ from ._change import DEFAULT_MAX_PROPERTIES, Change
 from ._codec import DEFAULT_MAX_DEPTH, UnstorableValue, encode_name, encode_value, json_key
 from ._errors import BagError
 from ._keys import RecordKey
-from ._message import _KIND_OF_LOWERED, Kind
+from ._message import Kind, bag_field_names
 
 __all__: list[str] = []
 
@@ -142,14 +142,8 @@ def fold_replies(
     bags: list[tuple[Kind, dict[str, bytes]]] = []
     for reply in replies:
         seen: dict[Kind, str] = {}
-        for name, value in reply.items():
-            # Every spelling of a bag field starts with b; a key that is not a string
-            # (a bot's dict before serialization) is never a bag field.
-            if (type(name) is not str and not isinstance(name, str)) or name[:1] not in "bB":
-                continue
-            kind = _KIND_OF_LOWERED.get(name.lower())
-            if kind is None:
-                continue
+        for name, kind in bag_field_names(reply):
+            value = reply[name]
             if kind in seen:
                 raise BagError(
                     name,

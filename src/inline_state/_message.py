@@ -72,24 +72,40 @@ def detect_shape(msg: dict[str, Any]) -> Shape | None:
     return None
 
 
+# Keys seen not to be bag fields ("type", "text", ...): messages carry the same dozen, and
+# one set difference in C passes over all of them. Bounded: ids never land here, and a
+# client sending odd keys only makes the scan slower, never wrong.
+_PLAIN_KEYS: set[str] = set()
+_PLAIN_KEYS_LIMIT = 512
+
+
+def bag_field_names(msg: dict[Any, Any]) -> list[tuple[str, Kind]]:
+    """(spelling, kind) of every bag field in ``msg`` (any spelling), in no set order."""
+    rest = msg.keys() - _PLAIN_KEYS
+    if not rest:
+        return []
+    found: list[tuple[str, Kind]] = []
+    for name in rest:
+        if not isinstance(name, str):
+            continue
+        # Every spelling starts with b/B; most fields can skip the lower() call.
+        kind = _KIND_OF_LOWERED.get(name.lower()) if name[:1] in "bB" else None
+        if kind is not None:
+            found.append((name, kind))
+        elif type(name) is str and len(_PLAIN_KEYS) < _PLAIN_KEYS_LIMIT:
+            _PLAIN_KEYS.add(name)
+    return found
+
+
 def bag_fields(msg: dict[str, Any]) -> Iterator[tuple[str, Kind]]:
     """Yield (spelling, kind) for every bag field present in ``msg``."""
-    for name in msg:
-        # Every spelling starts with b/B; most fields can skip the lower() call.
-        if isinstance(name, str) and name[:1] in "bB":
-            kind = _KIND_OF_LOWERED.get(name.lower())
-            if kind is not None:
-                yield name, kind
+    yield from bag_field_names(msg)
 
 
 def strip_bags(msg: dict[str, Any]) -> bool:
     """Remove every spelling of the three fields; True if anything was removed."""
-    found = [
-        name
-        for name in msg
-        if isinstance(name, str) and name[:1] in "bB" and name.lower() in _KIND_OF_LOWERED
-    ]
-    for name in found:
+    found = bag_field_names(msg)
+    for name, _ in found:
         del msg[name]
     return bool(found)
 
