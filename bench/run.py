@@ -40,7 +40,8 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 LUA = HERE / "wrk" / "messages.lua"
 KNOWN = (
-    "baseline", "baseline-orjson", "floor", "memory", "memory-plain", "sqlite", "redis",
+    "baseline", "baseline-orjson", "floor", "memory", "memory-plain", "memory-cold", "sqlite",
+    "redis",
     "agents", "agents-inline", "botbuilder",
     "botbuilder-patched",
 )
@@ -153,6 +154,10 @@ def command(name: str, a: argparse.Namespace, workdir: Path, redis: Redis | None
         return [*inline, "--store", "memory://"]
     if name == "memory-plain":
         return [*inline, "--store", "memory://", "--api", "plain"]
+    if name == "memory-cold":
+        # A cache bound of a tenth of the working set (about 1 KiB counted per record, three
+        # records per user): most turns decode their records and pack others out.
+        return [*inline, "--store", "memory://", "--cache-bytes", str(a.users * 3 * 1000 // 10)]
     if name == "sqlite":
         db = workdir / f"bench-{time.monotonic_ns()}.db"
         return [*inline, "--store", f"sqlite:///{db}"]
@@ -241,6 +246,13 @@ def quiesce(pid: int, timeout: float = 120) -> None:
     raise RuntimeError("the server did not go idle")
 
 
+def cache_stats(url: str) -> dict[str, int]:
+    """A memory:// target's cache counters (its /cache-stats route)."""
+    with urllib.request.urlopen(url.replace("/api/messages", "/cache-stats")) as answer:
+        stats: dict[str, int] = json.loads(answer.read())
+    return stats
+
+
 def one_run(name: str, a: argparse.Namespace, workdir: Path, redis: Redis | None) -> dict[str, Any]:
     server = Server(command(name, a, workdir, redis), a.server_cpu, workdir / f"{name}.log")
     pid = server.proc.pid
@@ -251,8 +263,13 @@ def one_run(name: str, a: argparse.Namespace, workdir: Path, redis: Redis | None
         if a.warmup:
             wrk(server.url, a, seconds=a.warmup, conns=a.connections, threads=a.threads)
             quiesce(pid)
+        stats0 = cache_stats(server.url) if name.startswith("memory") else None
         cpu0 = cpu_seconds(pid)
         result = wrk(server.url, a, seconds=a.duration, conns=a.connections, threads=a.threads)
+        if stats0 is not None:
+            stats = cache_stats(server.url)
+            hits, decodes = stats["hits"] - stats0["hits"], stats["decodes"] - stats0["decodes"]
+            result["cache_hit_ratio"] = hits / max(hits + decodes, 1)
         result["server_cpu"] = (cpu_seconds(pid) - cpu0) / (result["duration_us"] / 1e6)
         result["cpu_us_per_turn"] = result["server_cpu"] * 1e6 / max(result["rps"], 1)
         if a.c1:
@@ -366,6 +383,10 @@ def main() -> None:
               f" {median(runs[n], 'cpu_us_per_turn'):.0f} | {median(runs[n], 'p50_us') / 1e3:.2f} |"
               f" {median(runs[n], 'p99_us') / 1e3:.2f} | {median(runs[n], 'c1_p50_us') / 1e3:.2f} |"
               f" {median(runs[n], 'c1_p99_us') / 1e3:.2f} | {sum(r['errors'] for r in runs[n])} |")
+    ratios = [(n, median(runs[n], "cache_hit_ratio")) for n in names if n.startswith("memory")]
+    if ratios:
+        print("\nmemory:// cache hit ratio in the measured phase (records found decoded): "
+              + ", ".join(f"{n} {r:.1%}" for n, r in ratios))
     if a.rate:
         print(f"\np99 at a fixed {a.rate:g} requests/s:\n\n| target | achieved/s | p50 ms | p99 ms | p99 ratio |\n|---|---|---|---|---|")
         for n in names:

@@ -85,9 +85,21 @@ def seeder(count: int, middleware: inline_state.InlineStateMiddleware) -> Any:
     return seed
 
 
+async def cache_stats(request: web.Request) -> web.Response:
+    """The memory store's cache counters, for the bench's hit ratio."""
+    store = request.app[inline_state.STORE_KEY]
+    if not isinstance(store, inline_state.MemoryStore):
+        return web.json_response({})
+    return web.json_response(store.cache_stats)
+
+
 def make_app(args: argparse.Namespace) -> web.Application:
     app = web.Application()
-    middleware = inline_state.setup(app, args.store)
+    store: str | inline_state.Store = args.store
+    if args.cache_bytes is not None:
+        store = inline_state.MemoryStore(cache_bytes=args.cache_bytes)
+    middleware = inline_state.setup(app, store)
+    app.router.add_get("/cache-stats", cache_stats)
     app[PADDING] = args.bag_bytes
     if args.seed_users:
         app.on_startup.append(seeder(args.seed_users, middleware))
@@ -100,6 +112,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bag-bytes", type=int, default=0)
     parser.add_argument("--seed-users", type=int, default=0)
     parser.add_argument("--api", choices=["fast", "plain"], default="fast")
+    parser.add_argument("--cache-bytes", type=int, help="memory:// with this cache bound")
 
 
 if __name__ == "__main__":

@@ -76,6 +76,7 @@ class _Tables(_blob.RecordTable):
                 return None
             rec = Record.unpack(blob)
             store._packed_count -= 1
+            store.decodes += 1
             store._admit(key, rec)
         if store.ttl_ms:
             ttl = store.ttl_ms.get(key.kind)
@@ -158,8 +159,9 @@ class MemoryStore(Store):
         # Node ids for clocks other than the store's own (which holds 0).
         self._free_nodes = list(range(MAX_NODES - 1, 0, -1))
         self._next_sweep_ms = 0
+        # Loads served from the cache, and records decoded from their packed form.
         self.hits = 0
-        self.misses = 0
+        self.decodes = 0
 
     def _admit(self, key: RecordKey, rec: Record) -> None:
         """Put a decoded record in the cache, packing the least recently used out."""
@@ -185,8 +187,11 @@ class MemoryStore(Store):
 
     @property
     def cache_stats(self) -> dict[str, int]:
-        """Decoded records, their counted bytes, and packed records (for the bench)."""
+        """Cache hits and decodes, decoded records, their counted bytes, and packed
+        records (for the bench)."""
         return {
+            "hits": self.hits,
+            "decodes": self.decodes,
             "hot_records": len(self._hot),
             "hot_bytes": self._hot_bytes,
             "packed_records": self._packed_count,
@@ -230,7 +235,6 @@ class MemoryStore(Store):
                 self.hits += 1
                 out.append(rec.view())
             else:
-                self.misses += 1
                 rec = self._tables().get(key) if self._packed_count else None
                 out.append(rec.view() if rec is not None else MISSING)
         return out
