@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -13,7 +14,7 @@ from aiohttp import web
 import inline_state
 from inline_state import BagError, MemoryStore, RecordKey
 
-from .support import Channel, Client, activity, post, v1_message
+from .support import Channel, Client, activity, carries_a_bag, post, v1_message
 
 StartFn = Callable[[web.Application], Awaitable[Client]]
 USER_KEY = RecordKey("user", "bot-1", "test", "", "user-1")
@@ -261,3 +262,28 @@ async def test_an_updated_activity_persists_and_strips_its_bags(
     assert "botUserData" not in fake.received[0][2]
     [user] = await store.load([USER_KEY])
     assert user.props == {"edits": b"1"}
+
+
+@pytest.mark.parametrize("shape", ["utf-16", "list", "batch"])
+async def test_bags_never_leave_in_other_charsets_lists_or_batches(
+    channel: tuple[Channel, str], shape: str
+) -> None:
+    fake, base = channel
+    app = web.Application()
+    middleware = inline_state.setup(app, MemoryStore())
+    message = {"type": "message", "text": "x", "botUserData": {"secret": 1}}
+    if shape == "utf-16":
+        body = json.dumps(message).encode("utf-16")
+        headers = {"Content-Type": "application/json; charset=utf-16"}
+        path = "v3/conversations/conv-1/activities"
+    else:
+        body = json.dumps([message] if shape == "list" else {"activity": message}).encode()
+        headers = {"Content-Type": "application/json"}
+        path = "v3/batch/conversation"
+    fake.received.clear()
+    async with (
+        aiohttp.ClientSession(middlewares=(middleware.client,)) as session,
+        session.post(base + path, data=body, headers=headers) as answer,
+    ):
+        assert answer.status == 200
+    assert fake.received and not carries_a_bag(json.dumps(fake.received[0][2]))

@@ -501,3 +501,86 @@ async def test_stamps_taken_above_stored_ones_stay_on_their_node(store: Store) -
     assert record.observed % 256 == store.clock.node_id
     deleted = await store.delete_user(key.owner, store.clock.stamp())  # type: ignore[arg-type]
     assert deleted % 256 == store.clock.node_id
+
+
+# -- found in review ---------------------------------------------------------------------
+
+
+async def test_a_record_merged_past_the_property_limit_can_still_be_answered(
+    client_for: StartFn,
+) -> None:
+    # Two overlapping turns each add their own properties: the record holds more than a
+    # reply may add, and a bot that carries the bag back must not fail forever.
+    bot = Bot(max_properties=10)
+    client = await client_for(bot.app)
+    store = bot.middleware.engine.store
+    key = RecordKey("user", "bot-1", "test", "", "user-1")
+    from inline_state import Change
+
+    for start in (0, 10):
+        bag = {f"p{i}": str(i).encode() for i in range(start, start + 10)}
+        await store.apply([Change(key, bag, stamp=store.clock.stamp())])
+    status, answer = await raw_post(client, json.dumps(activity()).encode())
+    assert status == 200, answer
+    [record] = await store.load([key])
+    assert len(record.props) == 21 and record.props["n"] == b"1"
+
+
+def test_values_orjson_writes_but_json_refuses_are_still_refused() -> None:
+    import enum
+    import uuid as uuid_module
+
+    from inline_state._codec import UnstorableValue, encode_value
+
+    class Color(enum.Enum):
+        RED = 1
+
+    for value in (Color.RED, uuid_module.uuid4(), [Color.RED], {"id": uuid_module.uuid4()}):
+        with pytest.raises(UnstorableValue):
+            encode_value(value)
+
+
+def test_a_value_deeper_than_orjson_writes_reads_back_after_packing() -> None:
+    from inline_state._codec import encode_value
+    from inline_state.stores._record import Record
+
+    deep: Any = 1e-7
+    for _ in range(254):
+        deep = [deep]
+    data = encode_value(deep)
+    rec = Record()
+    rec.apply(
+        inline_state.Change(RecordKey("user", "b", "c", "", "u"), {"deep": data}, stamp=1 << 20)
+    )
+    assert Record.unpack(rec.pack()).values["deep"] == data
+
+
+async def test_a_store_the_caller_never_opened_still_leases_a_node_id(
+    client_for: StartFn, redis_server: Any
+) -> None:
+    from redis.asyncio import Redis
+
+    client = Redis(host="127.0.0.1", port=redis_server.port)
+    store = inline_state.RedisStore(client, prefix=f"lease{uuid.uuid4().hex}")
+    app = web.Application()
+    inline_state.setup(app, store)  # never opened by the caller
+    served = await client_for(app)
+    assert store.clock.node_id != 0 and store.clock.lease_deadline is not None
+    await served.close()  # the app's cleanup gives the lease back, then the client closes
+    assert store.clock.node_id is not None
+    await client.aclose()
+
+
+async def test_replies_as_text_plain_are_persisted_and_stripped(
+    client_for: StartFn, bot: Bot
+) -> None:
+    client = await client_for(bot.app)
+
+    def reply(msg: dict[str, Any]) -> web.StreamResponse:
+        n = inline_state.get_user_data(msg, "n", 0) + 1
+        return web.Response(text=json.dumps({"text": "hi", "botUserData": {"n": n}}))
+
+    bot.reply = reply
+    for _ in range(2):
+        await raw_post(client, json.dumps(activity()).encode())
+    assert bot.seen[-1]["botUserData"] == {"n": 1}

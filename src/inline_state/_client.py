@@ -19,7 +19,7 @@ from aiohttp import ClientHandlerType, ClientRequest, ClientResponse, hdrs, payl
 from . import _body
 from ._body import NOT_JSON, BodyError
 from ._engine import Engine
-from ._errors import BagError
+from ._errors import BagError, StoreUnavailable
 from ._message import may_carry_bags, strip_bags
 from ._posted import PendingWrite, has_bags, posted_target
 from ._turn import current_turn
@@ -30,15 +30,17 @@ logger = logging.getLogger("inline_state")
 _SENDING = frozenset({hdrs.METH_POST, hdrs.METH_PUT})
 
 
-class _StrippedJson(payload.JsonPayload):
+class _StrippedBody(payload.BytesPayload):
     """The stripped body, carrying its pending write across redirects and retries.
 
     aiohttp hands the same payload to the request it builds for a 307/308 redirect, so
-    the write survives the hop; a JSON payload keeps ``application/json`` on the way.
+    the write survives the hop. The request keeps its own Content-Type (and charset).
     """
 
-    def __init__(self, value: Any, pending: PendingWrite) -> None:
-        super().__init__(value)
+    def __init__(
+        self, value: bytes, pending: PendingWrite, content_type: str = "application/json"
+    ) -> None:
+        super().__init__(value, content_type=content_type)
         self.pending = pending
 
 
@@ -61,7 +63,7 @@ class InlineStateClientMiddleware:
 
     async def __call__(self, request: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
         body = request.body
-        if isinstance(body, _StrippedJson):
+        if isinstance(body, _StrippedBody):
             pending: PendingWrite | None = body.pending  # a redirect or retry of our request
         else:
             pending = await self._strip(request)
@@ -69,7 +71,8 @@ class InlineStateClientMiddleware:
         if pending is not None and 200 <= response.status < 300:
             try:
                 await pending.apply(self.engine.commit)
-            except BagError as exc:
+            except (BagError, StoreUnavailable) as exc:
+                # Raising now would make the bot send the message again.
                 logger.error(
                     "inline_state: the reply was delivered, its bag was not stored: %s", exc
                 )
@@ -77,16 +80,19 @@ class InlineStateClientMiddleware:
 
     async def _strip(self, request: ClientRequest) -> PendingWrite | None:
         body = request.body
+        # Bytes bodies (json=, data=bytes/str) are read; a streamed body (a file, an async
+        # generator) is sent as it is: reading it would consume it.
         if request.method not in _SENDING or not isinstance(body, payload.BytesPayload):
             return None
         raw = await body.as_bytes()
-        if not may_carry_bags(raw):
+        if not may_carry_bags(raw) and not may_carry_bags(raw.replace(b"\0", b"")):
             return None
         engine = self.engine
+        charset = _charset(request.headers.get(hdrs.CONTENT_TYPE, ""))
         try:
-            msg = _body.parse(raw, None, engine.max_depth)
+            msg, exact = _body.parse_body(raw, charset, engine.max_depth)
         except BodyError as exc:
-            msg, problem = NOT_JSON, str(exc)
+            msg, exact, problem = NOT_JSON, False, str(exc)
         else:
             problem = "it is not valid JSON"
         if msg is NOT_JSON:
@@ -98,10 +104,12 @@ class InlineStateClientMiddleware:
                 " bag field",
                 limit=engine.max_bag_bytes,
             )
-        if not isinstance(msg, dict) or not has_bags(msg):
-            return None
-        target = posted_target(request.url.raw_path)
-        if target is None:
+        target = posted_target(request.url.raw_path) if isinstance(msg, dict) else None
+        if target is not None and has_bags(msg):
+            changes = await engine.posted_changes(msg, target, current_turn())
+        elif _strip_nested(msg, dry_run=True):
+            # A batch ({"activity": ...}, {"activities": [...]}, a list): the bags belong
+            # to no one record. They never leave, and are not stored.
             logger.warning(
                 "inline_state: bags on %s %s are stripped and not persisted: not a reply path",
                 request.method,
@@ -109,9 +117,41 @@ class InlineStateClientMiddleware:
             )
             changes = []
         else:
-            changes = await engine.posted_changes(msg, target, current_turn())
+            return None
         pending = PendingWrite(changes)
         if not engine.keep_fields:
-            strip_bags(msg)
-        await request.update_body(_StrippedJson(msg, pending))
+            _strip_nested(msg, dry_run=False)
+            await request.update_body(
+                _StrippedBody(_body.encode(msg, charset, exact=exact), pending)
+            )
+        else:
+            await request.update_body(_StrippedBody(raw, pending))
         return pending
+
+
+def _charset(content_type: str) -> str | None:
+    for part in content_type.split(";")[1:]:
+        name, _, value = part.strip().partition("=")
+        if name.lower() == "charset":
+            return value.strip().strip('"') or None
+    return None
+
+
+def _strip_nested(value: Any, *, dry_run: bool) -> bool:
+    """Bags at the top of a message, of a list of messages, or of the messages under
+    ``activity``/``activities`` (batch sends); True when there were any."""
+    found = False
+    if isinstance(value, list):
+        for item in value:
+            found = _strip_nested(item, dry_run=dry_run) or found
+        return found
+    if not isinstance(value, dict):
+        return False
+    found = has_bags(value)
+    if found and not dry_run:
+        strip_bags(value)
+    for nested in ("activity", "activities"):
+        inner = value.get(nested)
+        if isinstance(inner, (dict, list)):
+            found = _strip_nested(inner, dry_run=dry_run) or found
+    return found

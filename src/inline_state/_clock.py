@@ -34,6 +34,16 @@ def stamp_ms(stamp: int) -> int:
     return (stamp >> MS_SHIFT) + EPOCH_MS
 
 
+def _boot_time() -> float:
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+#: Seconds that keep counting while the machine sleeps (CLOCK_BOOTTIME where there is one,
+#: unlike time.monotonic on Linux), as the store's lease expiry does: a suspended host
+#: must not believe its lease is still valid.
+lease_time: Callable[[], float] = _boot_time if hasattr(time, "CLOCK_BOOTTIME") else time.monotonic
+
+
 def stamp_above(floor: int, node_id: int) -> int:
     """The smallest stamp of node ``node_id`` above ``floor``.
 
@@ -48,7 +58,7 @@ class HybridClock:
 
     ``node_id`` tells writers sharing a store apart: a store leases one for its own
     clock when it opens (two live writers never hold the same one), and sets
-    ``lease_deadline`` (``time.monotonic()``) past which the clock refuses to stamp
+    ``lease_deadline`` (in ``lease_time()`` seconds) past which the clock refuses to stamp
     until the lease is renewed. An injected clock's node id is the caller's to keep
     unique. ``wall_ms`` returns Unix milliseconds and is injectable for tests.
     """
@@ -73,7 +83,7 @@ class HybridClock:
 
         Raises StoreUnavailable while the node id's lease has lapsed.
         """
-        if self.lease_deadline is not None and time.monotonic() > self.lease_deadline:
+        if self.lease_deadline is not None and lease_time() > self.lease_deadline:
             raise StoreUnavailable(
                 f"the clock's lease on node id {self.node_id} lapsed; it is being renewed"
             )

@@ -136,13 +136,16 @@ def encode_value(value: Any, max_depth: int = DEFAULT_MAX_DEPTH) -> bytes:
         if not math.isfinite(value):
             raise UnstorableValue("NaN or Infinity is not JSON")
         return orjson.dumps(value)
-    try:
-        data = orjson.dumps(value, option=_STRICT)
-    except TypeError:
+    if not _plain(value):  # enums, UUIDs, subclasses...: json decides, as it always did
         data = _encode_as_json(value, max_depth)
     else:
-        if _NULL in data and _has_non_finite(value):
-            raise UnstorableValue("NaN or Infinity is not JSON")
+        try:
+            data = orjson.dumps(value, option=_STRICT)
+        except TypeError:
+            data = _encode_as_json(value, max_depth)
+        else:
+            if _NULL in data and _has_non_finite(value):
+                raise UnstorableValue("NaN or Infinity is not JSON")
     if data.count(b"[") + data.count(b"{") >= max_depth and depth(value) >= max_depth:
         # The bag around the value is one level more.
         raise UnstorableValue(f"it nests deeper than {max_depth} levels")
@@ -173,6 +176,25 @@ def _encode_as_json(value: Any, max_depth: int) -> bytes:
         return orjson.dumps(orjson.loads(data))
     except (orjson.JSONDecodeError, TypeError):  # deeper than orjson goes: json's form
         return data
+
+
+_PLAIN_TYPES = frozenset({str, int, float, bool, type(None), dict, list})
+
+
+def _plain(value: Any) -> bool:
+    """True when a value holds only the types orjson and json write alike (orjson also
+    writes enums and UUIDs, which json refuses)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind not in _PLAIN_TYPES:
+            return False
+        if kind is dict:
+            stack.extend(item.values())
+        elif kind is list:
+            stack.extend(item)
+    return True
 
 
 def _has_non_finite(value: Any) -> bool:
@@ -215,7 +237,7 @@ def canonical(data: bytes) -> bytes:
         return data
     try:
         return orjson.dumps(orjson.loads(data))
-    except orjson.JSONDecodeError:
+    except (orjson.JSONDecodeError, TypeError):  # deeper than orjson goes: keep it
         return data
 
 

@@ -60,7 +60,10 @@ def encode_bag(
     value that is the very same immutable object (a string, a number) is known to be
     unchanged and reuses its played bytes instead of being encoded again, so an
     untouched large value costs nothing. Property names that are not strings are
-    written the way ``json.dumps`` writes them (``1`` as ``"1"``).
+    written the way ``json.dumps`` writes them (``1`` as ``"1"``). ``max_properties``
+    bounds the properties a reply adds or changes: the played-back ones it carries
+    unchanged do not count, so a record that overlapping turns merged past the limit
+    can still be answered.
     """
     if bag is None:
         return None
@@ -69,13 +72,6 @@ def encode_bag(
             field_name,
             "notAnObject",
             f"must be a JSON object or null, got {type(bag).__name__}",
-            limit=limit,
-        )
-    if len(bag) > max_properties:
-        raise BagError(
-            field_name,
-            "tooManyProperties",
-            f"has {len(bag)} properties, over the limit of {max_properties}",
             limit=limit,
         )
     encoded: dict[str, bytes] = {}
@@ -103,6 +99,19 @@ def encode_bag(
         encoded[name] = data
     if not encoded:
         size = 2
+    if len(encoded) > max_properties:
+        written = (
+            len(encoded)
+            if not played
+            else sum(1 for name, data in encoded.items() if played.get(name) != data)
+        )
+        if written > max_properties:
+            raise BagError(
+                field_name,
+                "tooManyProperties",
+                f"adds or changes {written} properties, over the limit of {max_properties}",
+                limit=limit,
+            )
     if size > limit:
         raise BagError(
             field_name,

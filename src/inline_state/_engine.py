@@ -102,6 +102,7 @@ class Engine:
         self.max_properties = max_properties
         self.max_depth = max_depth
         self.max_id_length = max_id_length
+        self._leased = False
 
     @classmethod
     def create(
@@ -140,14 +141,20 @@ class Engine:
         )
 
     async def start(self) -> None:
-        """Open the store, if the engine owns it."""
+        """Open the store if the engine owns it; otherwise make sure the store's clock
+        holds a node id (a caller may hand over a store it never opened)."""
         if self.owns_store:
             await self.store.open()
+        elif self.clock is self.store.clock:
+            self._leased = await self.store.ensure_clock()
 
     async def stop(self) -> None:
-        """Close the store, if the engine owns it."""
+        """Close the store if the engine owns it; end a lease ``start`` began."""
         if self.owns_store:
             await self.store.close()
+        elif self._leased:
+            self._leased = False
+            await self.store.release_clock()
 
     # -- incoming -------------------------------------------------------------------------
 

@@ -90,7 +90,9 @@ class _Proxy:
         self.remembered_turns = remembered_turns
 
     async def session_ctx(self, app: web.Application) -> AsyncIterator[None]:
-        async with aiohttp.ClientSession(timeout=self.timeout, auto_decompress=False) as session:
+        # Bodies are decompressed: a bot's gzipped reply is read (and its bags handled), and
+        # what is forwarded is plain bytes under their Content-Type.
+        async with aiohttp.ClientSession(timeout=self.timeout) as session:
             app[_SESSION_KEY] = session
             yield
 
@@ -182,10 +184,9 @@ class _Proxy:
         if 200 <= answer.status < 300:
             try:
                 await pending.apply(self.engine.commit)
-            except StoreUnavailable as exc:
-                return _error(503, "StoreUnavailable", f"the state store is unavailable: {exc}")
-            except BagError as exc:
-                # The channel has the reply: answer as it did, keep the record as it was.
+            except (BagError, StoreUnavailable) as exc:
+                # The channel has the reply: answer as it did (a 5xx would make the bot send
+                # it again); the record stays as it was.
                 logger.error(
                     "inline_state proxy: the reply was delivered, its bag was not stored: %s",
                     exc,

@@ -11,6 +11,7 @@ import logging
 from collections.abc import AsyncIterator, Collection, Mapping
 from typing import TYPE_CHECKING, Any
 
+import orjson
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 
@@ -196,6 +197,10 @@ class InlineStateMiddleware:
                 if replacement is not None:
                     return replacement
                 raise
+            except TurnError as exc:  # ours, from a client middleware inside the bot
+                return turn_error_response(exc)
+            except StoreUnavailable as exc:
+                return unavailable_response(exc)
             return await self._outgoing(turn, response) or response
         finally:
             _current.reset(token)
@@ -260,13 +265,17 @@ class InlineStateMiddleware:
             parsed = response.data  # type: ignore[attr-defined]  # the bot's own objects
         else:
             body = response.body
-            if not isinstance(body, (bytes, bytearray)) or not _body.is_json_type(
-                response.content_type
-            ):
+            if not isinstance(body, (bytes, bytearray)):
                 return None
+            json_type = _body.is_json_type(response.content_type)
             charset = response.charset
             utf8 = _body.is_utf8(charset)
-            if utf8 and not may_carry_bags(body):
+            # The cheap pre-check: bytes that cannot hold a bag field are not parsed (other
+            # charsets of a JSON type always are: UTF-16 hides the markers).
+            if utf8:
+                if not may_carry_bags(body):
+                    return None
+            elif not json_type and not may_carry_bags(body.replace(b"\0", b"")):
                 return None
             try:
                 parsed, exact = _body.parse_body(bytes(body), charset, engine.max_depth)
@@ -275,6 +284,8 @@ class InlineStateMiddleware:
             else:
                 problem = "it is not JSON in its declared charset"
             if parsed is NOT_JSON:
+                if not json_type:
+                    return None  # text that mentions a bag field, not a message
                 if utf8 and not may_carry_bags(body.replace(b"\0", b"")):
                     return None
                 # Passing it on could hand a bag to the client; refuse it instead.
@@ -313,7 +324,7 @@ def _rewritten(
         # re-encode the whole message in its own charset.
         full = dict(msg)
         for name, bag in fields:
-            full[name] = _body.parse(bag, None)
+            full[name] = orjson.loads(bag)  # stored bags are canonical JSON
         return _body.encode(full, charset, exact=exact)
     # UTF-8: splice the stored bags (already JSON bytes) in; no re-encoding of values.
     base = dumps(msg) if removed else raw

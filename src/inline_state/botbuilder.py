@@ -17,6 +17,7 @@ turn ends without an error.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -33,6 +34,7 @@ except ImportError as error:  # pragma: no cover - depends on the environment
 
 from ._change import Change
 from ._engine import Engine
+from ._errors import BagError, StoreUnavailable
 from ._message import BAG_FIELDS, Shape
 from ._posted import PostedTarget
 from ._sdk import SdkSwitchError, is_request_turn, switch_failed
@@ -49,6 +51,7 @@ __all__ = [
     "verify",
 ]
 
+logger = logging.getLogger("inline_state")
 _DISTRIBUTION = "botbuilder-schema"
 _TESTED = "4.17.1"
 
@@ -144,7 +147,11 @@ class PostedReplies(Middleware):  # type: ignore[misc]  # botbuilder is untyped
         context.on_send_activities(strip_sent)
         context.on_update_activity(strip_updated)
         await logic()
-        await self.engine.commit(pending)
+        try:
+            await self.engine.commit(pending)
+        except (BagError, StoreUnavailable) as exc:
+            # The replies have gone; raising would fail a turn the user already saw.
+            logger.error("inline_state: replies were delivered, their bags not stored: %s", exc)
 
     async def _changes_of(self, activities: list[Activity]) -> list[Change]:
         engine = self.engine

@@ -7,14 +7,13 @@ import asyncio
 import contextlib
 import enum
 import logging
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType, TracebackType
 from typing import NamedTuple, Self
 
 from .._change import Change
-from .._clock import HybridClock
+from .._clock import HybridClock, lease_time
 from .._errors import StoreError
 from .._keys import RecordKey, UserRef
 from .._message import Kind
@@ -115,12 +114,25 @@ class Store(abc.ABC):
 
     # -- the store's own clock: a node id leased from the store ---------------------------
 
+    async def ensure_clock(self) -> bool:
+        """Lease a node id for the store's own clock if it holds none yet; True when
+        this call started the lease (then ``release_clock`` ends it). Backends lease in
+        ``open()``; an engine calls this for a store its caller did not open."""
+        if not self._owns_clock or self._lease_task is not None:
+            return False
+        await self._start_clock()
+        return self._lease_task is not None
+
+    async def release_clock(self) -> None:
+        """End the lease ``ensure_clock`` started (``close()`` does it too)."""
+        await self._stop_clock()
+
     async def _start_clock(self) -> None:
         """Lease a node id for the store's own clock and keep it renewed (backends call
         this at the end of ``open``). An injected clock is left alone."""
         if not self._owns_clock or self._lease_task is not None:
             return
-        started = time.monotonic()
+        started = lease_time()
         self.clock.node_id = await self.allocate_node_id()
         self.clock.lease_deadline = started + NODE_LEASE_SECONDS
         self._lease_task = asyncio.create_task(self._keep_lease(), name="inline_state-node-lease")
@@ -142,7 +154,7 @@ class Store(abc.ABC):
         clock = self.clock
         while True:
             await asyncio.sleep(NODE_LEASE_SECONDS / 3)
-            started = time.monotonic()
+            started = lease_time()
             try:
                 if not await self.renew_node_id(clock.node_id):
                     old = clock.node_id

@@ -200,6 +200,10 @@ class MemoryStore(Store):
     def _tables(self) -> _Tables:
         return _Tables(self, self.clock.wall_ms())
 
+    async def ensure_clock(self) -> bool:
+        """Nothing to lease: no other process shares a memory store (its clock holds 0)."""
+        return False
+
     async def allocate_node_id(self) -> int:
         """An unused node id (1..255; the store's own clock holds 0), held until
         ``release_node_id``. Raises StoreUnavailable when all are held."""
