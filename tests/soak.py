@@ -262,17 +262,13 @@ async def soak(duration: float, interval: float, users: int, concurrency: int) -
                 await asyncio.sleep(3)
                 redis.process.send_signal(signal.SIGCONT)
 
-            async def kill_bot_on_redis() -> None:
-                await asyncio.to_thread(bot.kill)
-                await asyncio.to_thread(bot.restart)
-
             await _run_phase(
                 phase,
                 redis_url,
                 [
                     ("redis SIGKILL", kill_redis),
                     ("redis SIGSTOP 3 s", pause_redis),
-                    ("bot SIGKILL", kill_bot_on_redis),
+                    ("bot SIGKILL", kill_bot),
                 ],
                 bot,
                 duration,

@@ -15,12 +15,13 @@ import logging
 from typing import Any
 
 from aiohttp import ClientHandlerType, ClientRequest, ClientResponse, hdrs, payload
+from aiohttp.helpers import parse_mimetype
 
 from . import _body
 from ._body import NOT_JSON, BodyError
 from ._engine import Engine
 from ._errors import BagError, StoreUnavailable
-from ._message import may_carry_bags, strip_bags
+from ._message import may_hide_bags, strip_bags
 from ._posted import PendingWrite, has_bags, posted_target
 from ._turn import current_turn
 
@@ -85,7 +86,7 @@ class InlineStateClientMiddleware:
         if request.method not in _SENDING or not isinstance(body, payload.BytesPayload):
             return None
         raw = await body.as_bytes()
-        if not may_carry_bags(raw) and not may_carry_bags(raw.replace(b"\0", b"")):
+        if not may_hide_bags(raw):
             return None
         engine = self.engine
         charset = _charset(request.headers.get(hdrs.CONTENT_TYPE, ""))
@@ -130,11 +131,7 @@ class InlineStateClientMiddleware:
 
 
 def _charset(content_type: str) -> str | None:
-    for part in content_type.split(";")[1:]:
-        name, _, value = part.strip().partition("=")
-        if name.lower() == "charset":
-            return value.strip().strip('"') or None
-    return None
+    return parse_mimetype(content_type).parameters.get("charset") or None
 
 
 def _strip_nested(value: Any, *, dry_run: bool) -> bool:

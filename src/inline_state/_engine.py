@@ -23,7 +23,7 @@ from ._codec import DEFAULT_MAX_DEPTH
 from ._diff import PendingChange, fold_replies
 from ._errors import BagError, IdTooLong
 from ._keys import RecordKey, TurnKeys, turn_keys
-from ._message import FIELD_OF_KIND, KINDS, Kind, Shape, bag_fields, is_delete_user_data
+from ._message import FIELD_OF_KIND, KINDS, Kind, Shape, bag_field_names, is_delete_user_data
 from ._posted import PostedTarget, posted_keys
 from ._turn import Turn
 from .stores import DEFAULT_TOMBSTONE_TTL, ApplyResult, Store, StoredRecord, resolve_store
@@ -236,7 +236,7 @@ class Engine:
         keys = posted_keys(msg, target, turn)
         if keys is None:
             return []
-        present: set[Kind] = {kind for _, kind in bag_fields(msg)}
+        present: set[Kind] = {kind for _, kind in bag_field_names(msg)}
         played: dict[Kind, Mapping[str, bytes]] = {}
         diffed: set[Kind] = set()
         own = turn.keys if turn is not None else None
@@ -286,14 +286,8 @@ class Engine:
                     FIELD_OF_KIND[kind],
                 )
                 continue
-            limit = self.max_id_length
-            if (
-                len(key.user) > limit
-                or len(key.conversation) > limit
-                or len(key.bot) > limit
-                or (key.channel is not None and len(key.channel) > limit)
-            ):
-                too_long = id_too_long(key, limit)
+            too_long = id_too_long(key, self.max_id_length)
+            if too_long is not None:
                 raise IdTooLong(f"{FIELD_OF_KIND[kind]} cannot be stored: {too_long}")
             if kind in text_kinds:
                 logger.warning(

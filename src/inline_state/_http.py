@@ -76,11 +76,15 @@ def unavailable_response(exc: StoreUnavailable) -> web.Response:
     return json_error(503, "StoreUnavailable", f"the state store is unavailable: {exc}")
 
 
-def internal_error_response(where: str, exc: Exception) -> web.Response:
-    """A fault of ours, answered as JSON: the message says what failed; the traceback
-    goes to debug logging only."""
+def log_internal_error(where: str, exc: Exception) -> None:
+    """Log a fault of ours: what failed at error level, the traceback at debug only."""
     logger.error("inline_state: internal error on %s: %s: %s", where, type(exc).__name__, exc)
     logger.debug("inline_state: internal error on %s", where, exc_info=exc)
+
+
+def internal_error_response(where: str, exc: Exception) -> web.Response:
+    """A fault of ours, answered as JSON (and logged by ``log_internal_error``)."""
+    log_internal_error(where, exc)
     return json_error(
         500, "InternalError", f"inline_state failed on {where}: {type(exc).__name__}: {exc}"
     )

@@ -131,6 +131,12 @@ def turn_keys(msg: dict[str, Any], shape: Shape) -> TurnKeys | None:
     bot, channel, conversation, user = message_ids(msg, shape)
     if bot is None or (shape is Shape.V3 and channel is None):
         return None
+    return keys_for(bot, channel, conversation, user)
+
+
+def keys_for(bot: str, channel: str | None, conversation: str | None, user: str | None) -> TurnKeys:
+    """The keys of the three records of a bot, channel, conversation and user (a key is
+    None when its ids are missing)."""
     return _new_key(
         TurnKeys,
         (

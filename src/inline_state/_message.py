@@ -6,7 +6,6 @@ Pure functions over parsed JSON (``dict``/``list``); no aiohttp, no store.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator
 from typing import Any, Literal
 
 __all__: list[str] = []
@@ -97,11 +96,6 @@ def bag_field_names(msg: dict[Any, Any]) -> list[tuple[str, Kind]]:
     return found
 
 
-def bag_fields(msg: dict[str, Any]) -> Iterator[tuple[str, Kind]]:
-    """Yield (spelling, kind) for every bag field present in ``msg``."""
-    yield from bag_field_names(msg)
-
-
 def strip_bags(msg: dict[str, Any]) -> bool:
     """Remove every spelling of the three fields; True if anything was removed."""
     found = bag_field_names(msg)
@@ -120,6 +114,12 @@ def may_carry_bags(raw: bytes | bytearray) -> bool:
     """False when a JSON body cannot hold any spelling of a bag field (skip parsing it)."""
     lowered = raw.lower()
     return b"\\u" in raw or any(marker in lowered for marker in BAG_MARKERS)
+
+
+def may_hide_bags(raw: bytes | bytearray) -> bool:
+    """``may_carry_bags`` for bytes in any charset: UTF-16 and UTF-32 hide the ASCII
+    markers between NUL bytes."""
+    return may_carry_bags(raw) or may_carry_bags(raw.replace(b"\0", b""))
 
 
 def account_id(account: Any) -> str | None:

@@ -16,8 +16,8 @@ from typing import Any
 from urllib.parse import unquote
 
 from ._change import Change
-from ._keys import RecordKey, TurnKeys
-from ._message import Shape, account_id, bag_fields, detect_shape
+from ._keys import TurnKeys, keys_for
+from ._message import Shape, account_id, bag_field_names, detect_shape
 from ._turn import Turn
 
 _V3_REPLY = re.compile(
@@ -82,11 +82,7 @@ def posted_keys(msg: dict[str, Any], target: PostedTarget, turn: Turn | None) ->
             )
     if bot is None or (shape is Shape.V3 and not channel):
         return None
-    return TurnKeys(
-        RecordKey("user", bot, channel, "", user) if user else None,
-        RecordKey("conversation", bot, channel, conversation, "") if conversation else None,
-        RecordKey("private", bot, channel, conversation, user) if user and conversation else None,
-    )
+    return keys_for(bot, channel, conversation, user)
 
 
 @dataclass(slots=True)
@@ -105,4 +101,4 @@ class PendingWrite:
 
 def has_bags(msg: dict[str, Any]) -> bool:
     """True when any spelling of a bag field is present."""
-    return any(True for _ in bag_fields(msg))
+    return bool(bag_field_names(msg))

@@ -23,7 +23,16 @@ from . import _body
 from ._body import NOT_JSON, BodyError
 from ._engine import Engine
 from ._errors import BagError, StoreUnavailable, TurnError
-from ._http import ENGINE_KEY, STORE_KEY, body_error_response, read_body, turn_error_response
+from ._http import (
+    ENGINE_KEY,
+    STORE_KEY,
+    body_error_response,
+    internal_error_response,
+    json_error,
+    read_body,
+    turn_error_response,
+    unavailable_response,
+)
 from ._message import Shape, strip_bags
 from ._posted import PendingWrite, PostedTarget, has_bags
 from ._server import InlineStateMiddleware, get_turn
@@ -35,10 +44,6 @@ __all__ = ["proxy_app"]
 logger = logging.getLogger("inline_state")
 _FORWARDED_HEADERS = (hdrs.AUTHORIZATION, hdrs.CONTENT_TYPE, hdrs.ACCEPT)
 _SESSION_KEY = web.AppKey("inline_state.proxy_session", aiohttp.ClientSession)
-
-
-def _error(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"error": {"code": code, "message": message}}, status=status)
 
 
 class _Allowed:
@@ -121,11 +126,11 @@ class _Proxy:
                     },
                 )
         except TimeoutError:
-            return _error(
+            return json_error(
                 504, "GatewayTimeout", f"the {who} did not answer within {self.timeout.total} s"
             )
         except aiohttp.ClientError as exc:
-            return _error(
+            return json_error(
                 502, "BadGateway", f"the {who} at {url} failed: {exc or type(exc).__name__}"
             )
 
@@ -148,9 +153,9 @@ class _Proxy:
         except BodyError as exc:
             return body_error_response(exc)
         if msg is NOT_JSON:
-            return _error(400, "BadSyntax", "the reply is not valid JSON in its charset")
+            return json_error(400, "BadSyntax", "the reply is not valid JSON in its charset")
         if not isinstance(msg, dict):
-            return _error(400, "BadArgument", "the reply must be a JSON object")
+            return json_error(400, "BadArgument", "the reply must be a JSON object")
         info = request.match_info
         if "conversationId" in info:
             target = PostedTarget(Shape.V3, info["conversationId"], info.get("activityId"))
@@ -161,7 +166,7 @@ class _Proxy:
         destination = self.destination(msg, request)
         if destination is None:
             service_url = msg.get("serviceUrl")
-            return _error(
+            return json_error(
                 403,
                 "ServiceUrlNotAllowed",
                 f"serviceUrl {service_url!r} is not on the allow-list and no channel URL is"
@@ -175,7 +180,7 @@ class _Proxy:
             except TurnError as exc:
                 return turn_error_response(exc)
             except StoreUnavailable as exc:
-                return _error(503, "StoreUnavailable", f"the state store is unavailable: {exc}")
+                return unavailable_response(exc)
             if not self.engine.keep_fields:
                 strip_bags(msg)
         answer = await self._send(
@@ -212,9 +217,7 @@ def _guarded(
         except web.HTTPException:
             raise
         except Exception as exc:  # a fault of ours must not become a bare 500
-            logger.error("inline_state proxy: internal error: %s: %s", type(exc).__name__, exc)
-            logger.debug("inline_state proxy: internal error", exc_info=exc)
-            return _error(500, "InternalError", f"{type(exc).__name__}: {exc}")
+            return internal_error_response("the proxy", exc)
 
     return guarded
 

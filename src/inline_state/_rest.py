@@ -25,7 +25,7 @@ from ._codec import DEFAULT_MAX_DEPTH, join_bag
 from ._diff import encode_bag
 from ._engine import DEFAULT_MAX_ID_LENGTH, id_too_long
 from ._errors import BagError
-from ._http import STORE_KEY, read_body
+from ._http import STORE_KEY, log_internal_error, read_body
 from ._keys import RecordKey, UserRef
 from ._message import Kind
 from .stores import (
@@ -347,10 +347,7 @@ async def _answer(
     except web.HTTPException:
         raise
     except Exception as exc:  # a fault of ours must not become a bare 500
-        logger.error(
-            "inline_state: internal error in the state API: %s: %s", type(exc).__name__, exc
-        )
-        logger.debug("inline_state: internal error in the state API", exc_info=exc)
+        log_internal_error("the state API", exc)
         return _error(500, "InternalError", f"{type(exc).__name__}: {exc}", v1)
 
 

@@ -29,7 +29,14 @@ from ._http import (
     turn_error_response,
     unavailable_response,
 )
-from ._message import FIELD_OF_KIND, detect_shape, may_carry_bags, reply_messages, strip_bags
+from ._message import (
+    FIELD_OF_KIND,
+    detect_shape,
+    may_carry_bags,
+    may_hide_bags,
+    reply_messages,
+    strip_bags,
+)
 from ._turn import Turn, _current
 from .stores import Store
 
@@ -211,7 +218,7 @@ class InlineStateMiddleware:
         charset = request.charset
         parsed, exact = _body.parse_body(raw, charset, self.engine.max_depth)
         if parsed is NOT_JSON:
-            if may_carry_bags(raw) or may_carry_bags(raw.replace(b"\0", b"")):
+            if may_hide_bags(raw):
                 # Some reading of these bytes (another charset, a lenient parser) might
                 # find a bag in them; the bot must not get client-sent state.
                 raise BodyError(
@@ -275,7 +282,7 @@ class InlineStateMiddleware:
             if utf8:
                 if not may_carry_bags(body):
                     return None
-            elif not json_type and not may_carry_bags(body.replace(b"\0", b"")):
+            elif not json_type and not may_hide_bags(body):
                 return None
             try:
                 parsed, exact = _body.parse_body(bytes(body), charset, engine.max_depth)
@@ -286,7 +293,7 @@ class InlineStateMiddleware:
             if parsed is NOT_JSON:
                 if not json_type:
                     return None  # text that mentions a bag field, not a message
-                if utf8 and not may_carry_bags(body.replace(b"\0", b"")):
+                if utf8 and not may_hide_bags(body):
                     return None
                 # Passing it on could hand a bag to the client; refuse it instead.
                 logger.error("inline_state: the bot's reply cannot be read: %s", problem)

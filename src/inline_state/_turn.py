@@ -112,8 +112,7 @@ class Turn:
         if decoded is None:
             if kind not in self.played:
                 return {}
-            data = self._json.get(kind)
-            decoded = self._decoded[kind] = orjson.loads(data or self.bag_json(kind))
+            decoded = self._decoded[kind] = orjson.loads(self.bag_json(kind))
         return decoded.copy()
 
     @property

@@ -166,11 +166,7 @@ class Record:
             return (
                 StoredRecord(observed=self.top, deleted=deleted) if self.top or deleted else MISSING
             )
-        newest = self._newest
-        if newest < 0:
-            newest = self.modified_stamp()
-        elif self.text is not None and self.text_stamp > newest:
-            newest = self.text_stamp
+        newest = self.modified_stamp()
         etag = self._etag
         if etag is None:
             etag = self.etag

@@ -268,7 +268,7 @@ class MemoryStore(Store):
             elif rec.apply(change):
                 del hot[key]
                 hot[key] = rec  # most recently used last
-                cost = _RECORD_OVERHEAD + 2 * rec.size() + _PROPERTY_OVERHEAD * len(rec.values)
+                cost = _cost(rec)
                 self._hot_bytes += cost - self._costs[key]
                 self._costs[key] = cost
                 if self._hot_bytes > self.cache_bytes:
