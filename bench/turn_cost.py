@@ -51,7 +51,9 @@ def activity(i: int, users: int) -> bytes:
 
 
 def make_target(name: str) -> web.Application:
-    args = argparse.Namespace(store="memory://", bag_bytes=0, seed_users=0, api="fast")
+    args = argparse.Namespace(
+        store="memory://", bag_bytes=0, seed_users=0, api="fast", cache_bytes=None
+    )
     if name == "baseline":
         import baseline
 

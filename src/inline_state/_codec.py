@@ -44,6 +44,10 @@ _LONG_RUN = b"0" * 19
 _TRUE, _FALSE, _NULL = b"true", b"false", b"null"
 
 
+#: A string's JSON bytes; TypeError for a lone surrogate (the diff's fast path).
+string_json = orjson.dumps
+
+
 class UnstorableValue(ValueError):
     """A value that JSON or msgpack cannot carry faithfully."""
 

@@ -11,10 +11,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ._change import DEFAULT_MAX_PROPERTIES, Change
-from ._codec import DEFAULT_MAX_DEPTH, UnstorableValue, encode_name, encode_value, json_key
+from ._change import DEFAULT_MAX_PROPERTIES
+from ._codec import (
+    DEFAULT_MAX_DEPTH,
+    UnstorableValue,
+    encode_name,
+    encode_value,
+    json_key,
+    string_json,
+)
 from ._errors import BagError
-from ._keys import RecordKey
 from ._message import Kind, bag_field_names
 
 __all__: list[str] = []
@@ -29,15 +35,6 @@ class PendingChange:
         self.sets: dict[str, bytes] = sets if sets is not None else {}
         self.removes: set[str] = set()
         self.replace = replace
-
-    def stamped(self, key: RecordKey, stamp: int, base: int, max_bytes: int) -> Change:
-        """The Change a store applies for this record."""
-        removes = frozenset(self.removes) if self.removes else _NO_NAMES
-        return _new_change(Change, (key, self.sets, removes, self.replace, stamp, base, max_bytes))
-
-
-_NO_NAMES: frozenset[str] = frozenset()
-_new_change = tuple.__new__  # a NamedTuple without its Python-level __new__
 
 
 _IMMUTABLE = (str, int, float, bool, type(None))
@@ -148,51 +145,187 @@ def fold_replies(
     string, never played back) are replaced by any bag.
     Raises BagError before anything could be written.
     """
-    bags: list[tuple[Kind, dict[str, bytes]]] = []
-    for reply in replies:
-        seen: dict[Kind, str] = {}
-        for name, kind in bag_field_names(reply):
-            value = reply[name]
-            if kind in seen:
-                raise BagError(
-                    name,
-                    "duplicateField",
-                    f"one reply carries both {seen[kind]!r} and {name!r}",
-                    limit=limit,
-                )
-            seen[kind] = name
-            encoded = encode_bag(
-                name,
-                value,
-                limit,
-                played.get(kind),
-                played_values.get(kind) if played_values is not None else None,
-                max_properties=max_properties,
-                max_depth=max_depth,
-            )
-            if encoded is not None:
-                bags.append((kind, encoded))
-
     pending: dict[Kind, PendingChange] = {}
-    for kind, encoded in bags:
-        base = played.get(kind, {})
-        if kind in whole_bag or kind in text_kinds:
-            if encoded != base or kind in text_kinds:
-                pending[kind] = PendingChange(sets=encoded, replace=True)
+    for reply in replies:
+        fields = bag_field_names(reply)
+        if not fields:
             continue
-        change = pending.get(kind)
-        if change is None:
-            change = pending[kind] = PendingChange()
-        for name, value in encoded.items():
-            if base.get(name) != value:
-                change.sets[name] = value
-                change.removes.discard(name)
-        for name in base:
-            if name not in encoded:
-                change.removes.add(name)
-                change.sets.pop(name, None)
+        if len(fields) > 1:
+            _refuse_duplicates(fields, limit)
+        for name, kind in fields:
+            bag = reply[name]
+            if bag is None:
+                continue
+            base = played.get(kind, _NO_PROPS)
+            if kind in whole_bag or kind in text_kinds:
+                encoded = encode_bag(
+                    name,
+                    bag,
+                    limit,
+                    base,
+                    played_values.get(kind) if played_values is not None else None,
+                    max_properties=max_properties,
+                    max_depth=max_depth,
+                )
+                if encoded is not None and (encoded != base or kind in text_kinds):
+                    pending[kind] = PendingChange(sets=encoded, replace=True)
+                continue
+            change = pending.get(kind)
+            if change is None:
+                change = pending[kind] = PendingChange()
+            _fold_bag(
+                change,
+                name,
+                bag,
+                base,
+                played_values.get(kind) if played_values is not None else None,
+                limit,
+                max_properties,
+                max_depth,
+            )
     return {
         kind: change
         for kind, change in pending.items()
         if change.sets or change.removes or change.replace
     }
+
+
+_NO_PROPS: Mapping[str, bytes] = {}
+
+
+def _refuse_duplicates(fields: Sequence[tuple[str, Kind]], limit: int) -> None:
+    seen: dict[Kind, str] = {}
+    for name, kind in sorted(fields):
+        if kind in seen:
+            raise BagError(
+                name,
+                "duplicateField",
+                f"one reply carries both {seen[kind]!r} and {name!r}",
+                limit=limit,
+            )
+        seen[kind] = name
+
+
+_INT_RANGE = range(-(2**63), 2**64)
+
+
+def _fold_bag(
+    change: PendingChange,
+    field_name: str,
+    bag: Any,
+    played: Mapping[str, bytes],
+    played_values: Mapping[str, Any] | None,
+    limit: int,
+    max_properties: int,
+    max_depth: int,
+) -> None:
+    """Diff one reply bag against the played one into ``change`` (``merge="property"``):
+    a property whose bytes differ is set, a played one the bag lacks is removed.
+
+    Encodes and compares in one pass; the bag's JSON size is bounded from the values'
+    lengths and the names' lengths, and counted exactly only near the limit.
+    """
+    if type(bag) is not dict:
+        if not isinstance(bag, dict):
+            raise BagError(
+                field_name,
+                "notAnObject",
+                f"must be a JSON object or null, got {type(bag).__name__}",
+                limit=limit,
+            )
+        bag = dict(bag)
+    try:
+        names = "".join(bag)
+    except TypeError:  # a name that is not a string: 1 -> "1", as json.dumps writes it
+        encoded = encode_bag(
+            field_name,
+            bag,
+            limit,
+            played,
+            played_values,
+            max_properties=max_properties,
+            max_depth=max_depth,
+        )
+        assert encoded is not None
+        _merge(change, encoded, played)
+        return
+    sets = change.sets
+    removes = change.removes
+    values = played_values if played_values and played else None
+    value_bytes = 0
+    for name, value in bag.items():
+        kind = type(value)
+        if values is not None and kind in _IMMUTABLE and values.get(name, _ABSENT) is value:
+            # The very object the bot was given: unchanged, its played bytes stand.
+            value_bytes += len(played[name])
+            continue
+        if kind is str:
+            try:
+                data = string_json(value)
+            except TypeError:
+                raise BagError(
+                    field_name,
+                    "unstorableValue",
+                    f"property {name!r}: a string holds a lone surrogate",
+                    limit=limit,
+                ) from None
+        elif kind is int and value in _INT_RANGE:
+            data = b"%d" % value
+        else:
+            try:
+                data = encode_value(value, max_depth)
+            except UnstorableValue as exc:
+                raise BagError(
+                    field_name, "unstorableValue", f"property {name!r}: {exc}", limit=limit
+                ) from None
+        value_bytes += len(data)
+        if played.get(name) != data:
+            sets[name] = data
+            if removes:
+                removes.discard(name)
+    if played and not played.keys() <= bag.keys():
+        for name in played:
+            if name not in bag:
+                removes.add(name)
+                sets.pop(name, None)
+    if not names.isascii():
+        for name in bag:
+            try:
+                encode_name(name)
+            except UnstorableValue as exc:
+                raise BagError(field_name, "unstorableValue", str(exc), limit=limit) from None
+    count = len(bag)
+    if count > max_properties:  # rare: count what the bag adds or changes, and raise
+        encode_bag(
+            field_name,
+            bag,
+            limit,
+            played,
+            played_values,
+            max_properties=max_properties,
+            max_depth=max_depth,
+        )
+    # A name's JSON is at most six bytes per character plus its quotes.
+    if 1 + value_bytes + 6 * len(names) + 4 * count > limit and count:
+        size = 1 + value_bytes + sum([len(encode_name(name)) + 2 for name in bag])
+        if size > limit:
+            raise BagError(
+                field_name,
+                "tooLarge",
+                f"is {size} bytes of JSON, over the limit of {limit}",
+                size=size,
+                limit=limit,
+            )
+
+
+def _merge(
+    change: PendingChange, encoded: Mapping[str, bytes], played: Mapping[str, bytes]
+) -> None:
+    for name, value in encoded.items():
+        if played.get(name) != value:
+            change.sets[name] = value
+            change.removes.discard(name)
+    for name in played:
+        if name not in encoded:
+            change.removes.add(name)
+            change.sets.pop(name, None)

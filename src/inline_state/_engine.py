@@ -23,7 +23,7 @@ from ._codec import DEFAULT_MAX_DEPTH
 from ._diff import PendingChange, fold_replies
 from ._errors import BagError, IdTooLong
 from ._keys import RecordKey, TurnKeys, turn_keys
-from ._message import FIELD_OF_KIND, KINDS, Kind, Shape, bag_field_names, is_delete_user_data
+from ._message import FIELD_OF_KIND, KINDS, Kind, Shape, bag_field_names
 from ._posted import PostedTarget, posted_keys
 from ._turn import Turn
 from .stores import DEFAULT_TOMBSTONE_TTL, ApplyResult, Store, StoredRecord, resolve_store
@@ -34,6 +34,9 @@ logger = logging.getLogger("inline_state")
 
 DEFAULT_MAX_ID_LENGTH = 1024
 _NO_KINDS: frozenset[Kind] = frozenset()
+_NO_NAMES: frozenset[str] = frozenset()
+_INDEX: dict[Kind, int] = {kind: index for index, kind in enumerate(KINDS)}
+_new_change = tuple.__new__  # a NamedTuple without its Python-level __new__
 
 
 def id_too_long(key: RecordKey, limit: int) -> str | None:
@@ -167,35 +170,28 @@ class Engine:
         keys = turn_keys(msg, shape)
         if keys is None:
             return Turn(shape, None, {}, message=msg)
-        clock = self.clock
-        if is_delete_user_data(msg, shape):
+        if msg.get("type") == ("deleteUserData" if shape is Shape.V3 else "DeleteUserData"):
             if keys.user is not None and (owner := keys.user.owner) is not None:
+                clock = self.clock
                 clock.observe(await self.store.delete_user(owner, clock.stamp()))
             return Turn(shape, keys, {}, message=msg, deleted=True)
-        present = [(kind, key) for kind, key in zip(KINDS, keys, strict=True) if key is not None]
-        records = await self.store.load([key for _, key in present])
+        wanted = [key for key in keys if key is not None]
+        records = await self.store.load(wanted)
         played: dict[Kind, Mapping[str, bytes]] = {}
-        text_kinds: set[Kind] = set()
+        text_kinds: frozenset[Kind] = _NO_KINDS
         base = observed = 0
-        for (kind, _), record in zip(present, records, strict=True):
+        for key, record in zip(wanted, records, strict=True):
             if record.props:
-                played[kind] = record.props
+                played[key.kind] = record.props
             elif record.text is not None:
-                text_kinds.add(kind)
+                text_kinds = text_kinds | {key.kind}
             top = record.observed if record.observed > record.deleted else record.deleted
             if top > observed:
                 observed = top
-            if kind != "conversation" and top > base:  # the base rule
+            if top > base and key.kind != "conversation":  # the base rule
                 base = top
-        clock.observe(observed)
-        return Turn(
-            shape,
-            keys,
-            played,
-            message=msg,
-            text_kinds=frozenset(text_kinds) if text_kinds else _NO_KINDS,
-            base=base,
-        )
+        self.clock.observe(observed)
+        return Turn(shape, keys, played, message=msg, text_kinds=text_kinds, base=base)
 
     # -- outgoing -------------------------------------------------------------------------
 
@@ -278,18 +274,24 @@ class Engine:
         """One stamp for all of a response's changes (the only place stamps are taken
         for bags)."""
         ready: list[tuple[RecordKey, PendingChange]] = []
+        limit = self.max_id_length
         for kind, change in pending.items():
-            key = keys.of(kind) if keys is not None else None
+            key = keys[_INDEX[kind]] if keys is not None else None
             if key is None:
                 logger.warning(
                     "inline_state: cannot persist %s: the message lacks its ids",
                     FIELD_OF_KIND[kind],
                 )
                 continue
-            too_long = id_too_long(key, self.max_id_length)
-            if too_long is not None:
-                raise IdTooLong(f"{FIELD_OF_KIND[kind]} cannot be stored: {too_long}")
-            if kind in text_kinds:
+            # The sum bounds each id: the walk over them runs only for long ids.
+            if (
+                len(key.bot) + len(key.user) + len(key.conversation) + len(key.channel or "")
+                > limit
+            ):
+                too_long = id_too_long(key, limit)
+                if too_long is not None:
+                    raise IdTooLong(f"{FIELD_OF_KIND[kind]} cannot be stored: {too_long}")
+            if text_kinds and kind in text_kinds:
                 logger.warning(
                     "inline_state: the %s record holds a string written through the REST"
                     " API; the reply's bag replaces it",
@@ -299,7 +301,22 @@ class Engine:
         if not ready:
             return []
         stamp = self.clock.stamp()
-        return [change.stamped(key, stamp, base, self.max_bag_bytes) for key, change in ready]
+        max_bytes = self.max_bag_bytes
+        return [
+            _new_change(
+                Change,
+                (
+                    key,
+                    change.sets,
+                    frozenset(change.removes) if change.removes else _NO_NAMES,
+                    change.replace,
+                    stamp,
+                    base,
+                    max_bytes,
+                ),
+            )
+            for key, change in ready
+        ]
 
     async def commit(self, changes: Sequence[Change]) -> None:
         """Apply changes, each atomically to its record.
@@ -310,6 +327,8 @@ class Engine:
         if not changes:
             return
         results = await self.store.apply(changes)
+        if ApplyResult.TOO_LARGE not in results:
+            return
         for change, result in zip(changes, results, strict=True):
             if result is ApplyResult.TOO_LARGE:
                 raise BagError(

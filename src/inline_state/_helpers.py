@@ -90,6 +90,16 @@ def _answered_turn(msg: object, kind: Kind) -> Turn | None:
 
 def _writable_bag(msg: object, kind: Kind) -> dict[str, Any]:
     field = FIELD_OF_KIND[kind]
+    if type(msg) is dict:
+        bag = msg.get(field)
+        if type(bag) is dict:
+            return bag
+        # Copy-on-write from the played-back bag, only for a reply to the same record: a
+        # message to another user must not inherit this user's data.
+        turn = _current.get()
+        fresh = turn.reply_bag(msg, kind) if turn is not None else {}
+        msg[field] = fresh
+        return fresh
     if isinstance(msg, dict):
         bag = msg.get(field)
     else:
@@ -97,10 +107,8 @@ def _writable_bag(msg: object, kind: Kind) -> dict[str, Any]:
         bag = getattr(msg, field, None)
     if isinstance(bag, dict):
         return bag
-    # Copy-on-write from the played-back bag, only for a reply to the same record: a
-    # message to another user must not inherit this user's data.
-    turn = _answered_turn(msg, kind)
-    fresh = turn.bag(kind) if turn is not None else {}
+    answered = _answered_turn(msg, kind)
+    fresh = answered.bag(kind) if answered is not None else {}
     if isinstance(msg, dict):
         msg[field] = fresh
     else:
@@ -133,9 +141,7 @@ def _to_json_value(value: Any) -> Any:
 
 
 def _set(msg: object, kind: Kind, name: str, value: Any) -> None:
-    bag = msg.get(FIELD_OF_KIND[kind]) if type(msg) is dict else None
-    if type(bag) is not dict:
-        bag = _writable_bag(msg, kind)
+    bag = _writable_bag(msg, kind)
     bag[name] = value if type(value) in _PLAIN else _to_json_value(value)
 
 

@@ -6,6 +6,7 @@ Pure functions over parsed JSON (``dict``/``list``); no aiohttp, no store.
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from typing import Any, Literal
 
 __all__: list[str] = []
@@ -78,11 +79,17 @@ _PLAIN_KEYS: set[str] = set()
 _PLAIN_KEYS_LIMIT = 512
 
 
-def bag_field_names(msg: dict[Any, Any]) -> list[tuple[str, Kind]]:
+_KIND_OF_CANONICAL: dict[str, Kind] = {field: kind for kind, field in FIELD_OF_KIND.items()}
+_CANONICAL = frozenset(_KIND_OF_CANONICAL)
+
+
+def bag_field_names(msg: dict[Any, Any]) -> Sequence[tuple[str, Kind]]:
     """(spelling, kind) of every bag field in ``msg`` (any spelling), in no set order."""
     rest = msg.keys() - _PLAIN_KEYS
     if not rest:
-        return []
+        return ()
+    if rest <= _CANONICAL:  # the usual case: the names we emit, nothing unknown
+        return [(name, _KIND_OF_CANONICAL[name]) for name in rest]
     found: list[tuple[str, Kind]] = []
     for name in rest:
         if not isinstance(name, str):
@@ -102,12 +109,6 @@ def strip_bags(msg: dict[str, Any]) -> bool:
     for name, _ in found:
         del msg[name]
     return bool(found)
-
-
-def is_delete_user_data(msg: dict[str, Any], shape: Shape) -> bool:
-    """True for the compliance request to delete a user's data."""
-    kind = msg.get("type")
-    return kind == ("DeleteUserData" if shape is Shape.V1 else "deleteUserData")
 
 
 def may_carry_bags(raw: bytes | bytearray) -> bool:
@@ -170,18 +171,21 @@ def message_ids(
     get = msg.get
     if shape is Shape.V3:
         channel = get("channelId")
-        return (
-            _id_of(get("recipient")),
-            channel if type(channel) is str and channel else None,
-            _id_of(get("conversation")),
-            _id_of(get("from")),
+        bot_account, conversation_account = get("recipient"), get("conversation")
+        conversation = (
+            conversation_account.get("id") if type(conversation_account) is dict else None
         )
-    conversation = get("conversationId")
+        channel = channel if type(channel) is str and channel else None
+    else:
+        bot_account, conversation, channel = get("to"), get("conversationId"), None
+    bot = bot_account.get("id") if type(bot_account) is dict else None
+    user_account = get("from")
+    user = user_account.get("id") if type(user_account) is dict else None
     return (
-        _id_of(get("to")),
-        None,
+        bot if type(bot) is str and bot else None,
+        channel,
         conversation if type(conversation) is str and conversation else None,
-        _id_of(get("from")),
+        user if type(user) is str and user else None,
     )
 
 

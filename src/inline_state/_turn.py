@@ -110,10 +110,48 @@ class Turn:
         """A decoded copy of the played-back bag of one kind (its top level is copied)."""
         decoded = self._decoded.get(kind)
         if decoded is None:
-            if kind not in self.played:
+            props = self.played.get(kind)
+            if props is None:
                 return {}
-            decoded = self._decoded[kind] = orjson.loads(self.bag_json(kind))
+            data = self._json.get(kind)
+            if data is None:
+                data = self._json[kind] = join_bag(props)
+            decoded = self._decoded[kind] = orjson.loads(data)
         return decoded.copy()
+
+    def reply_bag(self, reply: dict[str, Any], kind: Kind) -> dict[str, Any]:
+        """The bag a reply starts from when the bot first sets a property of ``kind``:
+        a copy of the played one if the reply goes to this turn's record, else empty.
+
+        The addressing ``owns`` checks, read straight from a v1 or v3 reply dict.
+        """
+        if kind not in self.played:
+            return {}
+        get = reply.get
+        if "conversationId" in reply or "to" in reply:
+            channel, conversation, account = None, get("conversationId"), get("to")
+        else:
+            channel, conversation, account = get("channelId"), get("conversation"), get("recipient")
+            conversation = conversation.get("id") if type(conversation) is dict else None
+        user = account.get("id") if type(account) is dict else None
+        key = self.keys.of(kind)  # type: ignore[union-attr]  # played implies keys
+        if (
+            channel
+            and type(channel) is str
+            and key.channel is not None  # type: ignore[union-attr]
+            and channel != key.channel  # type: ignore[union-attr]
+        ):
+            return {}
+        if kind != "conversation" and user and type(user) is str and user != key.user:  # type: ignore[union-attr]
+            return {}
+        if (
+            kind != "user"
+            and conversation
+            and type(conversation) is str
+            and conversation != key.conversation  # type: ignore[union-attr]
+        ):
+            return {}
+        return self.bag(kind)
 
     @property
     def message(self) -> dict[str, Any]:

@@ -162,17 +162,28 @@ class Record:
     def view(self, deleted: int = 0) -> StoredRecord:
         """The read-only form a load returns: a snapshot, not a view of this record."""
         values = self.values
-        if not values and self.text is None:
-            return (
-                StoredRecord(observed=self.top, deleted=deleted) if self.top or deleted else MISSING
-            )
-        newest = self.modified_stamp()
-        etag = self._etag
-        if etag is None:
-            etag = self.etag
+        if self.text is None:
+            if not values:
+                return (
+                    StoredRecord(observed=self.top, deleted=deleted)
+                    if self.top or deleted
+                    else MISSING
+                )
+            newest = self._newest
+            if newest < 0:
+                newest = self._newest = max(self.stamps.values())
+        else:
+            newest = self.modified_stamp()
         return _new_stored(
             StoredRecord,
-            (values.copy(), self.text, etag, self.top, deleted, (newest >> MS_SHIFT) + EPOCH_MS),
+            (
+                values.copy(),
+                self.text,
+                self._etag or self.etag,
+                self.top,
+                deleted,
+                (newest >> MS_SHIFT) + EPOCH_MS,
+            ),
         )
 
     # -- the merge rules ------------------------------------------------------------------
@@ -236,31 +247,33 @@ class Record:
         of entry: this runs on every write).
         """
         stamp = change.stamp
-        was_live = bool(self.values) or self.text is not None
+        values = self.values
+        was_live = bool(values) or self.text is not None
         accepted = False
         if change.replace and stamp > self.clear:
             self._clear_below(stamp)
             accepted = True
+        if stamp < self.clear:
+            return accepted
+        stamps, tombs = self.stamps, self.tombs
+        members = self._members
         set_any = False
-        if stamp >= self.clear:
-            values, stamps, tombs = self.values, self.stamps, self.tombs
-            members = self._members
-            for name, value in change.sets.items():
-                current = stamps.get(name)
-                if current is None:
-                    current = tombs.get(name, 0) if tombs else 0
-                    if stamp <= current:
+        for name, value in change.sets.items():
+            current = stamps.get(name)
+            if current is None:
+                if tombs:
+                    if stamp <= tombs.get(name, 0):
                         continue
-                    if tombs:
-                        tombs.pop(name, None)
-                    members += len(encode_name(name)) + 1 + len(value)
-                elif stamp <= current:
-                    continue
-                else:
-                    members += len(value) - len(values[name])
-                values[name] = value
-                stamps[name] = stamp
-                set_any = True
+                    tombs.pop(name, None)
+                members += len(encode_name(name)) + 1 + len(value)
+            elif stamp <= current:
+                continue
+            else:
+                members += len(value) - len(values[name])
+            values[name] = value
+            stamps[name] = stamp
+            set_any = True
+        if change.removes:
             for name in change.removes:
                 current = stamps.get(name)
                 if current is None:
@@ -274,24 +287,25 @@ class Record:
                     self._newest = -1
                 tombs[name] = stamp
                 accepted = True
-            self._members = members
+        self._members = members
         if set_any:
             accepted = True
-            if self._newest >= 0:
-                self._newest = max(self._newest, stamp)
-        if accepted:
-            if self.text is not None:
-                self._bump(stamp, was_live)
-                return True
-            # _bump, inline for the common case (no text record): this runs every write.
-            if not was_live and self.values:
-                self.created = stamp
-                self.writes = 0
-            self.writes += 1
-            self._etag = None
-            if stamp > self.top:
-                self.top = stamp
-        return accepted
+            if self._newest >= 0 and stamp > self._newest:
+                self._newest = stamp
+        elif not accepted:
+            return False
+        if self.text is not None:
+            self._bump(stamp, was_live)
+            return True
+        # _bump, inline for the common case (no text record): this runs every write.
+        if not was_live and values:
+            self.created = stamp
+            self.writes = 0
+        self.writes += 1
+        self._etag = None
+        if stamp > self.top:
+            self.top = stamp
+        return True
 
     def may_exceed(self, change: Change) -> bool:
         """Whether applying ``change`` could take the record past its ``max_bytes``:
