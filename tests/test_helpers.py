@@ -16,6 +16,7 @@ from inline_state import (
     get_private_conversation_data,
     get_user_data,
     set_conversation_data,
+    set_private_conversation_data,
     set_user_data,
 )
 
@@ -170,3 +171,43 @@ async def test_a_message_to_another_user_does_not_start_from_this_users_bag(
 
     assert started[0] == {"pinged": True}, "user-2's bag must not start from user-1's"
     assert started[1] == {"topic": "weather", "seen": True}, "the same record: copy-on-write"
+
+
+async def test_a_message_to_another_conversation_or_channel_starts_from_nothing(
+    client_for: StartFn,
+) -> None:
+    started: list[Any] = []
+
+    def bot(msg: dict[str, Any]) -> Any:
+        reply = create_reply(msg, "ok")
+        set_user_data(reply, "name", "Ada")
+        set_conversation_data(reply, "topic", "weather")
+        set_private_conversation_data(reply, "step", 1)
+        elsewhere = {**create_reply(msg, "hi"), "conversation": {"id": "another"}}
+        set_conversation_data(elsewhere, "seen", True)
+        set_private_conversation_data(elsewhere, "seen", True)
+        set_user_data(elsewhere, "seen", True)  # the user record spans conversations
+        other_channel = {**create_reply(msg, "hi"), "channelId": "another-channel"}
+        set_user_data(other_channel, "seen", True)
+        started.extend(
+            [
+                elsewhere["botConversationData"],
+                elsewhere["botPerUserInConversationData"],
+                elsewhere["botUserData"],
+                other_channel["botUserData"],
+            ]
+        )
+        return reply
+
+    app, _ = echo_app(bot)
+    client = await client_for(app)
+    await post(client, activity(text="Ada"))
+    started.clear()
+    await post(client, activity(text="Ada"))
+
+    assert started == [
+        {"seen": True},
+        {"seen": True},
+        {"name": "Ada", "seen": True},
+        {"seen": True},
+    ]

@@ -1,10 +1,10 @@
 from __future__ import annotations
 
+from inline_state._keys import RecordKey, turn_keys
 from inline_state._message import (
     Shape,
     detect_shape,
     kind_of_field,
-    message_ids,
     reply_messages,
     strip_bags,
 )
@@ -40,19 +40,15 @@ def test_strip_removes_every_spelling_and_nothing_else() -> None:
 
 
 def test_ids_of_each_shape() -> None:
-    assert message_ids(activity(user="u", conversation="c", channel="ch", bot="b"), Shape.V3) == (
-        "b",
-        "ch",
-        "c",
-        "u",
-    )
-    assert message_ids(v1_message(user="u", conversation="c", bot="b"), Shape.V1) == (
-        "b",
-        None,
-        "c",
-        "u",
-    )
-    assert message_ids({"recipient": {"id": ""}, "from": 3}, Shape.V3) == (None, None, None, None)
+    v3 = turn_keys(activity(user="u", conversation="c", channel="ch", bot="b"), Shape.V3)
+    assert v3 is not None and v3.private == RecordKey("private", "b", "ch", "c", "u")
+    v1 = turn_keys(v1_message(user="u", conversation="c", bot="b"), Shape.V1)
+    assert v1 is not None and v1.private == RecordKey("private", "b", None, "c", "u")
+    # An id is a non-empty string; anything else counts as missing.
+    odd = {"recipient": {"id": "b"}, "channelId": "ch", "from": 3, "conversation": {"id": 7}}
+    assert turn_keys(odd, Shape.V3) == (None, None, None)
+    assert turn_keys({"recipient": {"id": ""}, "channelId": "ch"}, Shape.V3) is None
+    assert turn_keys({"recipient": {"id": "b"}, "channelId": ""}, Shape.V3) is None
 
 
 def test_reply_body_shapes() -> None:

@@ -150,7 +150,7 @@ def fold_replies(
         fields = bag_field_names(reply)
         if not fields:
             continue
-        if len(fields) > 1:
+        if type(fields) is list and len(fields) > 1:  # other spellings: maybe twice a kind
             _refuse_duplicates(fields, limit)
         for name, kind in fields:
             bag = reply[name]

@@ -6,7 +6,7 @@ import functools
 import re
 from typing import Any, NamedTuple
 
-from ._message import Kind, Shape, message_ids
+from ._message import Kind, Shape
 
 __all__ = ["RecordKey", "UserRef"]
 
@@ -127,10 +127,28 @@ _new_key = tuple.__new__  # a NamedTuple without its Python-level __new__ (every
 
 
 def turn_keys(msg: dict[str, Any], shape: Shape) -> TurnKeys | None:
-    """Keys for an incoming message; None when it names no bot."""
-    bot, channel, conversation, user = message_ids(msg, shape)
-    if bot is None or (shape is Shape.V3 and channel is None):
+    """Keys for an incoming message; None when it names no bot (or, on v3, no channel).
+
+    An id is a non-empty string; anything else there counts as missing.
+    """
+    get = msg.get
+    if shape is Shape.V3:
+        channel = get("channelId")
+        if type(channel) is not str or not channel:
+            return None
+        bot_account, conversation = get("recipient"), get("conversation")
+        conversation = conversation.get("id") if type(conversation) is dict else None
+    else:
+        bot_account, conversation, channel = get("to"), get("conversationId"), None
+    bot = bot_account.get("id") if type(bot_account) is dict else None
+    if type(bot) is not str or not bot:
         return None
+    user = get("from")
+    user = user.get("id") if type(user) is dict else None
+    if type(user) is not str:
+        user = None
+    if type(conversation) is not str:
+        conversation = None
     return keys_for(bot, channel, conversation, user)
 
 

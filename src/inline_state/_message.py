@@ -6,6 +6,7 @@ Pure functions over parsed JSON (``dict``/``list``); no aiohttp, no store.
 from __future__ import annotations
 
 import enum
+import itertools
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -80,16 +81,25 @@ _PLAIN_KEYS_LIMIT = 512
 
 
 _KIND_OF_CANONICAL: dict[str, Kind] = {field: kind for kind, field in FIELD_OF_KIND.items()}
-_CANONICAL = frozenset(_KIND_OF_CANONICAL)
+# Every set of the names we emit, with its answer: most messages carry only these.
+_FIELDS_OF_CANONICAL: dict[frozenset[str], tuple[tuple[str, Kind], ...]] = {
+    frozenset(names): tuple((name, _KIND_OF_CANONICAL[name]) for name in names)
+    for count in (1, 2, 3)
+    for names in itertools.combinations(BAG_FIELDS, count)
+}
 
 
 def bag_field_names(msg: dict[Any, Any]) -> Sequence[tuple[str, Kind]]:
-    """(spelling, kind) of every bag field in ``msg`` (any spelling), in no set order."""
+    """(spelling, kind) of every bag field in ``msg`` (any spelling), in no set order.
+
+    A tuple when every name is one we emit (so no kind appears twice); a list otherwise.
+    """
     rest = msg.keys() - _PLAIN_KEYS
     if not rest:
         return ()
-    if rest <= _CANONICAL:  # the usual case: the names we emit, nothing unknown
-        return [(name, _KIND_OF_CANONICAL[name]) for name in rest]
+    canonical = _FIELDS_OF_CANONICAL.get(frozenset(rest))
+    if canonical is not None:
+        return canonical
     found: list[tuple[str, Kind]] = []
     for name in rest:
         if not isinstance(name, str):
@@ -159,34 +169,6 @@ def _text(msg: dict[str, Any], field: str) -> str | None:
 def _id_of(account: Any) -> str | None:
     ident = account.get("id") if type(account) is dict else None
     return ident if type(ident) is str and ident else None
-
-
-def message_ids(
-    msg: dict[str, Any], shape: Shape
-) -> tuple[str | None, str | None, str | None, str | None]:
-    """(bot, channel, conversation, user) of an incoming message; channel is None on v1.
-
-    An id is a non-empty string; anything else there counts as missing.
-    """
-    get = msg.get
-    if shape is Shape.V3:
-        channel = get("channelId")
-        bot_account, conversation_account = get("recipient"), get("conversation")
-        conversation = (
-            conversation_account.get("id") if type(conversation_account) is dict else None
-        )
-        channel = channel if type(channel) is str and channel else None
-    else:
-        bot_account, conversation, channel = get("to"), get("conversationId"), None
-    bot = bot_account.get("id") if type(bot_account) is dict else None
-    user_account = get("from")
-    user = user_account.get("id") if type(user_account) is dict else None
-    return (
-        bot if type(bot) is str and bot else None,
-        channel,
-        conversation if type(conversation) is str and conversation else None,
-        user if type(user) is str and user else None,
-    )
 
 
 def reply_address(msg: dict[str, Any]) -> tuple[str | None, str | None, str | None]:

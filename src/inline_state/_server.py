@@ -113,14 +113,7 @@ class ReplyResponse(web.Response):
         return await super().prepare(request)
 
 
-_MEMBER_OF_FIELD = {field: b'"' + field.encode() + b'":' for field in FIELD_OF_KIND.values()}
-
-
-def _splice(raw: bytes, fields: list[tuple[str, bytes]], empty: bool) -> bytes:
-    """Insert ``"field":bag`` members before the closing brace of a JSON object."""
-    end = raw.rfind(b"}")
-    members = b",".join([_MEMBER_OF_FIELD[name] + bag for name, bag in fields])
-    return b"".join((raw[:end], members if empty else b"," + members, raw[end:]))
+_MEMBER_OF_KIND = {kind: b'"' + field.encode() + b'":' for kind, field in FIELD_OF_KIND.items()}
 
 
 class InlineStateMiddleware:
@@ -215,7 +208,7 @@ class InlineStateMiddleware:
     async def _incoming(self, request: web.Request) -> Turn | None:
         """Strip client-sent bags from any JSON body; open a turn for a message."""
         raw = await read_body(request)
-        charset = request.charset
+        charset = _charset(request)
         parsed, exact = _body.parse_body(raw, charset, self.engine.max_depth)
         if parsed is NOT_JSON:
             if may_hide_bags(raw):
@@ -325,14 +318,34 @@ def _rewritten(
     raw: bytes, msg: dict[str, Any], turn: Turn, removed: bool, charset: str | None, exact: bool
 ) -> bytes:
     """The body the bot reads: the message without client bags, with the played ones."""
-    fields = [(FIELD_OF_KIND[kind], turn.bag_json(kind)) for kind in turn.played]
     if not _body.is_utf8(charset) or exact or raw[:1] != b"{":
         # Another charset, a body only ``json`` reads, or one with a BOM or UTF-16 bytes:
         # re-encode the whole message in its own charset.
         full = dict(msg)
-        for name, bag in fields:
-            full[name] = orjson.loads(bag)  # stored bags are canonical JSON
+        for kind in turn.played:
+            full[FIELD_OF_KIND[kind]] = orjson.loads(turn.bag_json(kind))  # canonical JSON
         return _body.encode(full, charset, exact=exact)
     # UTF-8: splice the stored bags (already JSON bytes) in; no re-encoding of values.
     base = dumps(msg) if removed else raw
-    return _splice(base, fields, not msg) if fields else base
+    if not turn.played:
+        return base
+    members = b",".join([_MEMBER_OF_KIND[kind] + turn.bag_json(kind) for kind in turn.played])
+    end = base.rfind(b"}")
+    return b"".join((base[:end], b"," if msg else b"", members, base[end:]))
+
+
+_CHARSET_OF: dict[str | None, str | None] = {}
+
+
+def _charset(request: web.Request) -> str | None:
+    """``request.charset``, remembered per Content-Type value (bots see a handful)."""
+    raw = request.headers.get(hdrs.CONTENT_TYPE)
+    charset = _CHARSET_OF.get(raw, _UNKNOWN)
+    if charset is _UNKNOWN:
+        charset = request.charset
+        if len(_CHARSET_OF) < 64:  # the header is the client's: bounded
+            _CHARSET_OF[raw] = charset
+    return charset  # type: ignore[no-any-return]
+
+
+_UNKNOWN: Any = object()

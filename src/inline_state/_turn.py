@@ -11,12 +11,13 @@ from typing import Any
 import orjson
 
 from ._codec import join_bag
-from ._keys import TurnKeys
-from ._message import FIELD_OF_KIND, Kind, Shape
+from ._keys import RecordKey, TurnKeys
+from ._message import FIELD_OF_KIND, KINDS, Kind, Shape
 
 __all__ = ["Turn", "current_turn"]
 
 _EMPTY: Mapping[str, bytes] = MappingProxyType({})
+_INDEX: dict[Kind, int] = {kind: index for index, kind in enumerate(KINDS)}
 
 
 class Turn:
@@ -123,34 +124,31 @@ class Turn:
         """The bag a reply starts from when the bot first sets a property of ``kind``:
         a copy of the played one if the reply goes to this turn's record, else empty.
 
-        The addressing ``owns`` checks, read straight from a v1 or v3 reply dict.
+        ``owns`` with the reply's addressing, reading only the ids ``kind`` depends on.
         """
         if kind not in self.played:
             return {}
         get = reply.get
-        if "conversationId" in reply or "to" in reply:
-            channel, conversation, account = None, get("conversationId"), get("to")
-        else:
-            channel, conversation, account = get("channelId"), get("conversation"), get("recipient")
+        if "conversationId" in reply or "to" in reply:  # v1 addressing
+            conversation, account = get("conversationId"), get("to")
+            conversation = conversation if type(conversation) is str and conversation else None
+            user = account.get("id") if type(account) is dict else None
+            user = user if type(user) is str and user else None
+            return self.bag(kind) if self.owns(kind, None, conversation, user) else {}
+        key: RecordKey = self.keys[_INDEX[kind]]  # type: ignore[index,assignment]
+        channel = get("channelId")
+        if channel and channel != key.channel and type(channel) is str and key.channel is not None:
+            return {}
+        if kind != "conversation":
+            account = get("recipient")
+            user = account.get("id") if type(account) is dict else None
+            if user and user != key.user and type(user) is str:
+                return {}
+        if kind != "user":
+            conversation = get("conversation")
             conversation = conversation.get("id") if type(conversation) is dict else None
-        user = account.get("id") if type(account) is dict else None
-        key = self.keys.of(kind)  # type: ignore[union-attr]  # played implies keys
-        if (
-            channel
-            and type(channel) is str
-            and key.channel is not None  # type: ignore[union-attr]
-            and channel != key.channel  # type: ignore[union-attr]
-        ):
-            return {}
-        if kind != "conversation" and user and type(user) is str and user != key.user:  # type: ignore[union-attr]
-            return {}
-        if (
-            kind != "user"
-            and conversation
-            and type(conversation) is str
-            and conversation != key.conversation  # type: ignore[union-attr]
-        ):
-            return {}
+            if conversation and conversation != key.conversation and type(conversation) is str:
+                return {}
         return self.bag(kind)
 
     @property
