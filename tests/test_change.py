@@ -105,3 +105,21 @@ def test_whole_bag_mode_replaces_and_skips_unchanged() -> None:
         [{"botUserData": {"b": 1}}], played, whole_bag=frozenset({"user"}), limit=LIMIT
     )
     assert new["user"].replace and new["user"].sets == {"b": b"1"}
+
+
+def test_names_that_subclass_str_are_stored_as_plain_strings() -> None:
+    class Name(str):
+        pass
+
+    out = fold([{"botUserData": {Name("a"): 1}}], {"user": {"a": b"0"}})
+    assert out["user"].sets == {"a": b"1"}
+    assert [type(name) for name in out["user"].sets] == [str]
+
+
+def test_a_dict_subclass_bag_is_read_through_its_own_items() -> None:
+    class Renamed(dict[str, Any]):
+        def items(self) -> Any:
+            return [(f"x{name}", value) for name, value in super().items()]
+
+    out = fold([{"botUserData": Renamed(a=1)}])
+    assert out["user"].sets == {"xa": b"1"}

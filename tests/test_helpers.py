@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -211,3 +212,11 @@ async def test_a_message_to_another_conversation_or_channel_starts_from_nothing(
         {"name": "Ada", "seen": True},
         {"seen": True},
     ]
+
+
+def test_a_bag_the_reply_already_carries_is_kept_whatever_its_dict_type() -> None:
+    reply: dict[str, Any] = {"type": "message", "botUserData": OrderedDict(a=1)}
+    set_user_data(reply, "b", 2)
+    del_user_data(reply, "a")
+    assert reply["botUserData"] == OrderedDict(b=2)
+    assert type(reply["botUserData"]) is OrderedDict

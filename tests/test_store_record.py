@@ -81,3 +81,10 @@ def test_the_kept_size_and_top_stamp_match_a_recount() -> None:
 
     assert rec.size() == bag_size(rec.values)
     assert rec.top == max([rec.clear, *rec.stamps.values(), *rec.tombs.values()])
+
+
+def test_a_change_at_stamp_zero_is_stale_even_for_a_new_name() -> None:
+    # "Above the stored stamp, 0 for none": the Lua scripts keep the same rule.
+    rec = Record()
+    assert not rec.apply(Change(KEY, {"a": b"1"}, stamp=0))
+    assert rec.values == {} and not rec.live

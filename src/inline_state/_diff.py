@@ -138,12 +138,13 @@ def fold_replies(
     max_properties: int = DEFAULT_MAX_PROPERTIES,
     max_depth: int = DEFAULT_MAX_DEPTH,
 ) -> dict[Kind, PendingChange]:
-    """Validate every reply's bags, then fold them into one change per record kind.
+    """Fold every reply's bags into one change per record kind, validating each bag as
+    it is diffed (an invalid bag raises before anything is written).
 
     Kinds in ``whole_bag`` (``merge="bag"``) replace the record wholesale with the last
     bag that differs from the played one; kinds in ``text_kinds`` (records stored as a
     string, never played back) are replaced by any bag.
-    Raises BagError before anything could be written.
+    Raises BagError.
     """
     pending: dict[Kind, PendingChange] = {}
     for reply in replies:
@@ -207,6 +208,7 @@ def _refuse_duplicates(fields: Sequence[tuple[str, Kind]], limit: int) -> None:
 
 
 _INT_RANGE = range(-(2**63), 2**64)
+_STR_ONLY = {str}
 
 
 def _fold_bag(
@@ -225,18 +227,17 @@ def _fold_bag(
     Encodes and compares in one pass; the bag's JSON size is bounded from the values'
     lengths and the names' lengths, and counted exactly only near the limit.
     """
-    if type(bag) is not dict:
-        if not isinstance(bag, dict):
-            raise BagError(
-                field_name,
-                "notAnObject",
-                f"must be a JSON object or null, got {type(bag).__name__}",
-                limit=limit,
-            )
-        bag = dict(bag)
-    try:
-        names = "".join(bag)
-    except TypeError:  # a name that is not a string: 1 -> "1", as json.dumps writes it
+    if type(bag) is not dict and not isinstance(bag, dict):
+        raise BagError(
+            field_name,
+            "notAnObject",
+            f"must be a JSON object or null, got {type(bag).__name__}",
+            limit=limit,
+        )
+    key_types = set(map(type, bag))
+    if type(bag) is not dict or (key_types and key_types != _STR_ONLY):
+        # A dict subclass (its own items()), or names that are not plain strings (1 ->
+        # "1", as json.dumps writes them): the general encoder, then the same diff.
         encoded = encode_bag(
             field_name,
             bag,
@@ -249,6 +250,7 @@ def _fold_bag(
         assert encoded is not None
         _merge(change, encoded, played)
         return
+    names = "".join(bag)
     sets = change.sets
     removes = change.removes
     values = played_values if played_values and played else None

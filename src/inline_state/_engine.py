@@ -327,7 +327,7 @@ class Engine:
         if not changes:
             return
         results = await self.store.apply(changes)
-        if ApplyResult.TOO_LARGE not in results:
+        if ApplyResult.TOO_LARGE not in results and len(results) == len(changes):
             return
         for change, result in zip(changes, results, strict=True):
             if result is ApplyResult.TOO_LARGE:

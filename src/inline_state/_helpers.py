@@ -92,7 +92,7 @@ def _writable_bag(msg: object, kind: Kind) -> dict[str, Any]:
     field = FIELD_OF_KIND[kind]
     if type(msg) is dict:
         bag = msg.get(field)
-        if type(bag) is dict:
+        if isinstance(bag, dict):
             return bag
         # Copy-on-write from the played-back bag, only for a reply to the same record: a
         # message to another user must not inherit this user's data.

@@ -1,4 +1,4 @@
-"""Wire shapes: v1 Messages and v3 Activities, their ids, and the three bag fields.
+"""Wire shapes: v1 Messages and v3 Activities, reply addresses, and the three bag fields.
 
 Pure functions over parsed JSON (``dict``/``list``); no aiohttp, no store.
 """
@@ -142,10 +142,6 @@ def account_id(account: Any) -> str | None:
     return None
 
 
-def _account_id(msg: dict[str, Any], field: str) -> str | None:
-    return account_id(msg.get(field))
-
-
 def activity_address(
     activity: object, user_field: str
 ) -> tuple[str | None, str | None, str | None]:
@@ -159,11 +155,6 @@ def activity_address(
     ]
     conversation, user = (ident if isinstance(ident, str) and ident else None for ident in ids)
     return (channel if isinstance(channel, str) and channel else None), conversation, user
-
-
-def _text(msg: dict[str, Any], field: str) -> str | None:
-    value = msg.get(field)
-    return value if isinstance(value, str) and value else None
 
 
 def _id_of(account: Any) -> str | None:

@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 
 from ._codec import join_bag
-from ._keys import RecordKey, TurnKeys
+from ._keys import TurnKeys
 from ._message import FIELD_OF_KIND, KINDS, Kind, Shape
 
 __all__ = ["Turn", "current_turn"]
@@ -126,7 +126,7 @@ class Turn:
 
         ``owns`` with the reply's addressing, reading only the ids ``kind`` depends on.
         """
-        if kind not in self.played:
+        if kind not in self.played or self.keys is None:
             return {}
         get = reply.get
         if "conversationId" in reply or "to" in reply:  # v1 addressing
@@ -135,19 +135,21 @@ class Turn:
             user = account.get("id") if type(account) is dict else None
             user = user if type(user) is str and user else None
             return self.bag(kind) if self.owns(kind, None, conversation, user) else {}
-        key: RecordKey = self.keys[_INDEX[kind]]  # type: ignore[index,assignment]
+        key = self.keys[_INDEX[kind]]
+        if key is None:
+            return {}
         channel = get("channelId")
-        if channel and channel != key.channel and type(channel) is str and key.channel is not None:
+        if type(channel) is str and channel and key.channel is not None and channel != key.channel:
             return {}
         if kind != "conversation":
             account = get("recipient")
             user = account.get("id") if type(account) is dict else None
-            if user and user != key.user and type(user) is str:
+            if type(user) is str and user and user != key.user:
                 return {}
         if kind != "user":
             conversation = get("conversation")
             conversation = conversation.get("id") if type(conversation) is dict else None
-            if conversation and conversation != key.conversation and type(conversation) is str:
+            if type(conversation) is str and conversation and conversation != key.conversation:
                 return {}
         return self.bag(kind)
 

@@ -261,9 +261,9 @@ class Record:
         for name, value in change.sets.items():
             current = stamps.get(name)
             if current is None:
+                if stamp <= (tombs.get(name, 0) if tombs else 0):
+                    continue
                 if tombs:
-                    if stamp <= tombs.get(name, 0):
-                        continue
                     tombs.pop(name, None)
                 members += len(encode_name(name)) + 1 + len(value)
             elif stamp <= current:

@@ -258,6 +258,7 @@ class MemoryStore(Store):
         # The common case: a hot record merged in place (the rules are Record.apply's).
         hot = self._hot
         costs = self._costs
+        slow: _Tables | None = None  # made for the first change the general path takes
         results: list[ApplyResult] = []
         for change in changes:
             key = change.key
@@ -269,20 +270,16 @@ class MemoryStore(Store):
                 or (self._deleted and key.kind != "conversation")
                 or rec.may_exceed(change)
             ):
-                tables = self._tables()
-                results += _blob.apply_changes(
-                    tables, (change,), tables.now_ms, self.tombstone_ttl_ms
-                )
+                if slow is None:
+                    slow = self._tables()
+                results += _blob.apply_changes(slow, (change,), slow.now_ms, self.tombstone_ttl_ms)
             elif rec.apply(change):
                 del hot[key]
                 hot[key] = rec  # most recently used last
                 values = rec.values
-                # _cost(rec), inline: this runs on every write.
-                cost = (
-                    _RECORD_OVERHEAD
-                    + 2 * (1 + rec._members + len(values))
-                    + _PROPERTY_OVERHEAD * len(values)
-                )
+                # _cost(rec) for a record without text, inline: this runs on every write.
+                size = 1 + rec._members + len(values) if values else 2
+                cost = _RECORD_OVERHEAD + 2 * size + _PROPERTY_OVERHEAD * len(values)
                 self._hot_bytes += cost - costs[key]
                 costs[key] = cost
                 if self._hot_bytes > self.cache_bytes:
