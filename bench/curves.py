@@ -45,6 +45,10 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=5)
     parser.add_argument("--users", type=int, nargs=2, default=[10_000, 1_000_000])
     parser.add_argument("--bags", type=int, nargs="+", default=[100, 4096, 61440])
+    parser.add_argument("--targets", default="memory,redis", help="comma list of stores")
+    parser.add_argument("--bag-users", type=int, default=10_000,
+                        help="active users of the bag-size points (300 keeps 60 KiB bags"
+                        " within memory://'s default cache)")
     parser.add_argument("--out", default=str(HERE / "results"))
     parser.add_argument("--png", default=str(HERE / "curves.png"))
     a = parser.parse_args()
@@ -58,15 +62,16 @@ def main() -> None:
         try:
             out["baseline"] = measure("baseline", base, None)
             print("baseline", out["baseline"], flush=True)
-            for target in ("memory", "redis"):
+            targets = a.targets.split(",")
+            for target in targets:
                 for stored in a.users:
                     seed = max(stored - base.users, 0)
                     point = measure(target, base, redis, seed_users=seed)
                     out["users"].setdefault(target, {})[stored] = point
                     print(target, stored, "stored users", point, flush=True)
-            for target in ("memory", "redis"):
+            for target in targets:
                 for size in a.bags:
-                    point = measure(target, base, redis, bag_bytes=size)
+                    point = measure(target, base, redis, bag_bytes=size, users=a.bag_users)
                     out["bags"].setdefault(target, {})[size] = point
                     print(target, size, "byte bags", point, flush=True)
         finally:

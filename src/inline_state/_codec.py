@@ -287,8 +287,16 @@ def encode_name(name: str) -> bytes:
 
 
 def join_bag(props: Mapping[str, bytes]) -> bytes:
-    """The JSON object of a bag whose values are already encoded."""
-    return b"{" + b",".join([encode_name(k) + b":" + v for k, v in props.items()]) + b"}"
+    """The JSON object of a bag whose values are already encoded (one copy of each
+    value: a long one is not copied again for each concatenation)."""
+    if not props:
+        return b"{}"
+    parts: list[bytes] = []
+    for name, value in props.items():
+        parts += (b",", encode_name(name), b":", value)
+    parts[0] = b"{"
+    parts.append(b"}")
+    return b"".join(parts)
 
 
 def member_size(name: str, value: bytes) -> int:

@@ -329,9 +329,14 @@ def _rewritten(
     base = dumps(msg) if removed else raw
     if not turn.played:
         return base
-    members = b",".join([_MEMBER_OF_KIND[kind] + turn.bag_json(kind) for kind in turn.played])
     end = base.rfind(b"}")
-    return b"".join((base[:end], b"," if msg else b"", members, base[end:]))
+    parts = [base[:end]]
+    for kind in turn.played:  # one copy of each bag, however long
+        parts += (b",", _MEMBER_OF_KIND[kind], turn.bag_json(kind))
+    if not msg:
+        parts[1] = b""
+    parts.append(base[end:])
+    return b"".join(parts)
 
 
 _CHARSET_OF: dict[str | None, str | None] = {}

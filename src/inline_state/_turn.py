@@ -117,7 +117,9 @@ class Turn:
             data = self._json.get(kind)
             if data is None:
                 data = self._json[kind] = join_bag(props)
-            decoded = self._decoded[kind] = orjson.loads(data)
+            decoded = self._decoded[kind] = (
+                orjson.loads(data) if len(data) < _LONG else _decode_long(props)
+            )
         return decoded.copy()
 
     def reply_bag(self, reply: dict[str, Any], kind: Kind) -> dict[str, Any]:
@@ -164,6 +166,41 @@ class Turn:
                 if field not in msg:
                     msg[field] = self.bag(kind)
         return msg
+
+
+# A long string value is decoded once and shared by the turns that play it back: strings
+# are immutable, so no bot can change what another turn sees, and an unchanged one is
+# then the very object the diff recognizes (its stored bytes are reused, not encoded
+# again). Without this a 60 KiB string costs a 60 KiB parse every turn. Keyed by the
+# stored bytes (whose hash Python caches), bounded by the bytes held.
+_LONG = 4096
+_STRINGS: dict[bytes, str] = {}
+_STRINGS_MAX_BYTES = 8 * 1024 * 1024
+_strings_bytes = 0
+
+
+def _decode_long(props: Mapping[str, bytes]) -> dict[str, Any]:
+    """A long bag decoded: long strings from the shared table, the rest parsed at once."""
+    global _strings_bytes
+    strings: dict[str, str] = {}
+    rest: dict[str, bytes] = {}
+    for name, data in props.items():
+        if len(data) < _LONG or data[:1] != b'"':
+            rest[name] = data
+            continue
+        text = _STRINGS.get(data)
+        if text is None:
+            text = orjson.loads(data)
+            while _STRINGS and _strings_bytes + len(data) > _STRINGS_MAX_BYTES:
+                oldest = next(iter(_STRINGS))
+                del _STRINGS[oldest]
+                _strings_bytes -= len(oldest)
+            if len(data) <= _STRINGS_MAX_BYTES:
+                _STRINGS[data] = text
+                _strings_bytes += len(data)
+        strings[name] = text
+    parsed = orjson.loads(join_bag(rest)) if rest else {}
+    return {name: strings[name] if name in strings else parsed[name] for name in props}
 
 
 _current: ContextVar[Turn | None] = ContextVar("inline_state_turn", default=None)
