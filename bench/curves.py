@@ -84,7 +84,10 @@ def main() -> None:
 
 
 def plot(out: dict[str, Any], path: Path) -> None:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        raise SystemExit(f"matplotlib is not installed (pip install matplotlib): no plot; the numbers are in curves.json") from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -50,9 +50,9 @@ def activity(i: int, users: int) -> bytes:
     ).encode()
 
 
-def make_target(name: str) -> web.Application:
+def make_target(name: str, bag_bytes: int = 0) -> web.Application:
     args = argparse.Namespace(
-        store="memory://", bag_bytes=0, seed_users=0, api="fast", cache_bytes=None
+        store="memory://", bag_bytes=bag_bytes, seed_users=0, api="fast", cache_bytes=None
     )
     if name == "baseline":
         import baseline
@@ -141,10 +141,11 @@ def main() -> None:
     parser.add_argument("--sort", default="tottime", help="the profile's order (ncalls...)")
     parser.add_argument("--lines", type=int, default=45)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--bag-bytes", type=int, default=0, help="inline targets: user bag padding")
     a = parser.parse_args()
     bodies = [activity(i, a.users) for i in range(a.turns)]
     if a.profile:
-        app = make_target(a.profile)
+        app = make_target(a.profile, a.bag_bytes)
         profile = cProfile.Profile()
         drive(app, bodies, profile)
         stats = pstats.Stats(profile)
@@ -153,7 +154,7 @@ def main() -> None:
     for name in a.targets.split(","):
         costs = []
         for _ in range(a.repeat):
-            costs.append(drive(make_target(name), bodies) / a.turns * 1e6)
+            costs.append(drive(make_target(name, a.bag_bytes), bodies) / a.turns * 1e6)
         runs = ", ".join(f"{c:.1f}" for c in costs)
         print(f"{name:16} {min(costs):7.1f} us/turn (best of {a.repeat}; runs {runs})")
 
