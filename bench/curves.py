@@ -87,7 +87,7 @@ def plot(out: dict[str, Any], path: Path) -> None:
     try:
         import matplotlib
     except ImportError:
-        raise SystemExit(f"matplotlib is not installed (pip install matplotlib): no plot; the numbers are in curves.json") from None
+        raise SystemExit("matplotlib is not installed (pip install matplotlib): no plot; the numbers are in curves.json") from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -41,9 +41,15 @@ def test_long_strings_are_shared_and_containers_are_not() -> None:
 def test_the_shared_strings_stay_within_their_bound(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_turn, "_STRINGS", {})
     monkeypatch.setattr(_turn, "_strings_bytes", 0)
-    monkeypatch.setattr(_turn, "_STRINGS_MAX_BYTES", 20_000)
+    monkeypatch.setattr(_turn, "_STRINGS_MAX_BYTES", 40_000)
+    kept = encode_value("k" * 6000)
     for i in range(10):
         value = encode_value(str(i) * 6000)
-        assert turn_with({"s": value}).bag("user") == {"s": str(i) * 6000}
-        assert _turn._strings_bytes == sum(map(len, _turn._STRINGS)) <= 20_000
+        assert turn_with({"s": value, "k": kept}).bag("user") == {
+            "s": str(i) * 6000,
+            "k": "k" * 6000,
+        }
+        held = 2 * sum(map(len, _turn._STRINGS))  # stored bytes and decoded text
+        assert _turn._strings_bytes == held <= 40_000
     assert len(_turn._STRINGS) == 3
+    assert kept in _turn._STRINGS, "a string used every turn is the last to go"

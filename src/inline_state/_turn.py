@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -118,7 +119,7 @@ class Turn:
             if data is None:
                 data = self._json[kind] = join_bag(props)
             decoded = self._decoded[kind] = (
-                orjson.loads(data) if len(data) < _LONG else _decode_long(props)
+                orjson.loads(data) if len(data) < _LONG else _decode_long(props, data)
             )
         return decoded.copy()
 
@@ -172,33 +173,45 @@ class Turn:
 # are immutable, so no bot can change what another turn sees, and an unchanged one is
 # then the very object the diff recognizes (its stored bytes are reused, not encoded
 # again). Without this a 60 KiB string costs a 60 KiB parse every turn. Keyed by the
-# stored bytes (whose hash Python caches), bounded by the bytes held.
+# stored bytes; least recently used first; bounded by what it holds (the stored bytes and
+# the decoded strings both count). Helpers may run in threads (asyncio.to_thread): the
+# table changes under a lock.
 _LONG = 4096
 _STRINGS: dict[bytes, str] = {}
-_STRINGS_MAX_BYTES = 8 * 1024 * 1024
+_STRINGS_MAX_BYTES = 16 * 1024 * 1024
 _strings_bytes = 0
+_strings_lock = threading.Lock()
 
 
-def _decode_long(props: Mapping[str, bytes]) -> dict[str, Any]:
+def _decode_long(props: Mapping[str, bytes], data: bytes) -> dict[str, Any]:
     """A long bag decoded: long strings from the shared table, the rest parsed at once."""
     global _strings_bytes
     strings: dict[str, str] = {}
     rest: dict[str, bytes] = {}
-    for name, data in props.items():
-        if len(data) < _LONG or data[:1] != b'"':
-            rest[name] = data
+    for name, value in props.items():
+        if len(value) < _LONG or value[:1] != b'"':
+            rest[name] = value
             continue
-        text = _STRINGS.get(data)
+        with _strings_lock:
+            text = _STRINGS.pop(value, None)
+            if text is not None:
+                _STRINGS[value] = text  # most recently used last
         if text is None:
-            text = orjson.loads(data)
-            while _STRINGS and _strings_bytes + len(data) > _STRINGS_MAX_BYTES:
-                oldest = next(iter(_STRINGS))
-                del _STRINGS[oldest]
-                _strings_bytes -= len(oldest)
-            if len(data) <= _STRINGS_MAX_BYTES:
-                _STRINGS[data] = text
-                _strings_bytes += len(data)
+            text = orjson.loads(value)
+            cost = 2 * len(value)
+            if cost <= _STRINGS_MAX_BYTES:
+                with _strings_lock:
+                    if value not in _STRINGS:
+                        while _STRINGS and _strings_bytes + cost > _STRINGS_MAX_BYTES:
+                            oldest = next(iter(_STRINGS))
+                            del _STRINGS[oldest]
+                            _strings_bytes -= 2 * len(oldest)
+                        _STRINGS[value] = text
+                        _strings_bytes += cost
         strings[name] = text
+    if not strings:
+        decoded: dict[str, Any] = orjson.loads(data)
+        return decoded
     parsed = orjson.loads(join_bag(rest)) if rest else {}
     return {name: strings[name] if name in strings else parsed[name] for name in props}
 
