@@ -235,9 +235,10 @@ def _fold_bag(
             limit=limit,
         )
     key_types = set(map(type, bag))
-    if type(bag) is not dict or (key_types and key_types != _STR_ONLY):
-        # A dict subclass (its own items()), or names that are not plain strings (1 ->
-        # "1", as json.dumps writes them): the general encoder, then the same diff.
+    if type(bag) is not dict or (key_types and key_types != _STR_ONLY) or len(bag) > max_properties:
+        # A dict subclass (its own items()), names that are not plain strings (1 -> "1",
+        # as json.dumps writes them), or more properties than the limit (which counts
+        # only what the bag adds or changes): the general encoder, then the same diff.
         encoded = encode_bag(
             field_name,
             bag,
@@ -297,16 +298,6 @@ def _fold_bag(
             except UnstorableValue as exc:
                 raise BagError(field_name, "unstorableValue", str(exc), limit=limit) from None
     count = len(bag)
-    if count > max_properties:  # rare: count what the bag adds or changes, and raise
-        encode_bag(
-            field_name,
-            bag,
-            limit,
-            played,
-            played_values,
-            max_properties=max_properties,
-            max_depth=max_depth,
-        )
     # A name's JSON is at most six bytes per character plus its quotes.
     if 1 + value_bytes + 6 * len(names) + 4 * count > limit and count:
         size = 1 + value_bytes + sum([len(encode_name(name)) + 2 for name in bag])

@@ -22,9 +22,8 @@ from ._message import (
     activity_address,
     detect_shape,
     kind_of_field,
-    reply_address,
 )
-from ._turn import Turn, _current
+from ._turn import _current
 
 __all__ = [
     "create_reply",
@@ -76,43 +75,30 @@ def _read_bag(msg: object, kind: Kind) -> dict[str, Any] | None:
     return bag if isinstance(bag, dict) else None
 
 
-def _answered_turn(msg: object, kind: Kind) -> Turn | None:
-    """The current turn, if ``msg`` goes to that turn's record of ``kind``."""
-    turn = _current.get()
-    if turn is None:
-        return None
-    if isinstance(msg, dict):
-        channel, conversation, user = reply_address(msg)
-    else:  # an SDK activity: attributes, set once it is sent (or by the bot)
-        channel, conversation, user = activity_address(msg, "recipient")
-    return turn if turn.owns(kind, channel, conversation, user) else None
-
-
 def _writable_bag(msg: object, kind: Kind) -> dict[str, Any]:
+    """The reply's bag of ``kind``, attached first if it has none: copy-on-write from the
+    played-back bag, only for a reply to the same record (a message to another user must
+    not inherit this user's data)."""
     field = FIELD_OF_KIND[kind]
-    if type(msg) is dict:
+    if isinstance(msg, dict):
         bag = msg.get(field)
         if isinstance(bag, dict):
             return bag
-        # Copy-on-write from the played-back bag, only for a reply to the same record: a
-        # message to another user must not inherit this user's data.
         turn = _current.get()
         fresh = turn.reply_bag(msg, kind) if turn is not None else {}
         msg[field] = fresh
         return fresh
-    if isinstance(msg, dict):
-        bag = msg.get(field)
-    else:
-        _check_carries(msg, field)
-        bag = getattr(msg, field, None)
+    _check_carries(msg, field)
+    bag = getattr(msg, field, None)
     if isinstance(bag, dict):
         return bag
-    answered = _answered_turn(msg, kind)
-    fresh = answered.bag(kind) if answered is not None else {}
-    if isinstance(msg, dict):
-        msg[field] = fresh
+    turn = _current.get()
+    # An SDK activity: its addressing attributes, set once it is sent (or by the bot).
+    if turn is not None and turn.owns(kind, *activity_address(msg, "recipient")):
+        fresh = turn.bag(kind)
     else:
-        setattr(msg, field, fresh)
+        fresh = {}
+    setattr(msg, field, fresh)
     return fresh
 
 

@@ -157,29 +157,6 @@ def activity_address(
     return (channel if isinstance(channel, str) and channel else None), conversation, user
 
 
-def _id_of(account: Any) -> str | None:
-    ident = account.get("id") if type(account) is dict else None
-    return ident if type(ident) is str and ident else None
-
-
-def reply_address(msg: dict[str, Any]) -> tuple[str | None, str | None, str | None]:
-    """(channel, conversation, user) a reply is addressed to; None where it does not say."""
-    get = msg.get
-    if "conversationId" in msg or "to" in msg:
-        conversation = get("conversationId")
-        return (
-            None,
-            conversation if type(conversation) is str and conversation else None,
-            _id_of(get("to")),
-        )
-    channel = get("channelId")
-    return (
-        channel if type(channel) is str and channel else None,
-        _id_of(get("conversation")),
-        _id_of(get("recipient")),
-    )
-
-
 def reply_messages(body: Any) -> list[dict[str, Any]] | None:
     """The messages in a reply body: one message, a list, or ``{"activities": [...]}``.
 
