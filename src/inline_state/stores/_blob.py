@@ -32,6 +32,12 @@ class RecordTable(abc.ABC):
     def put(self, key: RecordKey, rec: Record) -> None:
         """Store a record (and refresh its expiry)."""
 
+    def put_change(self, key: RecordKey, rec: Record, change: Change) -> None:
+        """Store a record that ``change`` (no ``replace``) was just merged into, which
+        changed nothing else of it: a table of rows writes only the entries the change
+        names. Default: ``put``."""
+        self.put(key, rec)
+
     @abc.abstractmethod
     def drop(self, key: RecordKey) -> None:
         """Forget a record."""
@@ -88,8 +94,11 @@ def apply_changes(
         elif rec.size() > change.max_bytes:
             results.append(ApplyResult.TOO_LARGE)
         else:
-            rec.prune(now_ms, tombstone_ttl_ms)
-            _save(table, key, rec, now_ms, tombstone_ttl_ms)
+            pruned = rec.prune(now_ms, tombstone_ttl_ms)
+            if change.replace or pruned or rec.forgettable(now_ms, tombstone_ttl_ms):
+                _save(table, key, rec, now_ms, tombstone_ttl_ms)
+            else:
+                table.put_change(key, rec, change)
             results.append(ApplyResult.APPLIED)
     return results
 

@@ -21,17 +21,13 @@ from .._keys import RecordKey, UserRef, decode_key, namespace_prefix
 from .._message import Kind
 from . import _blob
 from ._base import DEFAULT_TOMBSTONE_TTL, MISSING, ApplyResult, ExportPage, Store, StoredRecord
-from ._record import Record
+from ._record import PROPERTY_OVERHEAD, RECORD_OVERHEAD, Record
 
 __all__ = ["MemoryStore"]
 
 APPLIED, STALE = ApplyResult.APPLIED, ApplyResult.STALE
 
 DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
-# What a decoded record costs beyond its JSON, measured on CPython 3.11: the Record and
-# its three dicts, and per property two dict slots, a name and a bytes object.
-_RECORD_OVERHEAD = 700
-_PROPERTY_OVERHEAD = 150
 
 
 @functools.lru_cache(maxsize=1024)
@@ -46,10 +42,6 @@ def _split(encoded: str) -> tuple[str, bytes]:
     if encoded.startswith("v3/"):
         cut = encoded.index("/", cut + 1)  # the end of the channel id
     return encoded[:cut], encoded[cut + 1 :].encode("utf-8", "surrogatepass")
-
-
-def _cost(rec: Record) -> int:
-    return _RECORD_OVERHEAD + 2 * rec.size() + _PROPERTY_OVERHEAD * len(rec.values)
 
 
 class _Tables(_blob.RecordTable):
@@ -167,7 +159,7 @@ class MemoryStore(Store):
 
     def _admit(self, key: RecordKey, rec: Record) -> None:
         """Put a decoded record in the cache, packing the least recently used out."""
-        cost = _cost(rec)
+        cost = rec.cost()
         self._hot[key] = rec
         self._costs[key] = cost
         self._hot_bytes += cost
@@ -277,9 +269,9 @@ class MemoryStore(Store):
                 del hot[key]
                 hot[key] = rec  # most recently used last
                 values = rec.values
-                # _cost(rec) for a record without text, inline: this runs on every write.
+                # rec.cost() for a record without text, inline: this runs on every write.
                 size = 1 + rec._members + len(values) if values else 2
-                cost = _RECORD_OVERHEAD + 2 * size + _PROPERTY_OVERHEAD * len(values)
+                cost = RECORD_OVERHEAD + 2 * size + PROPERTY_OVERHEAD * len(values)
                 self._hot_bytes += cost - costs[key]
                 costs[key] = cost
                 if self._hot_bytes > self.cache_bytes:

@@ -1,0 +1,166 @@
+"""The file layout of ``sqlite://``: its schema, the upgrade of older files, records as rows.
+
+Schema 2 keeps a record as one ``heads`` row (creation stamp, write count, clear stamp,
+text, expiry) and one ``properties`` row per property or tombstone (a NULL value), so
+a turn that changes one counter in a 60 KiB bag writes two small rows, not 60 KiB.
+Schema 1 (one msgpack blob per record in ``records``) is upgraded in place, in one
+transaction, when a store first opens the file; a process still running an older
+inline_state on it then fails its next operation ("no such table") instead of writing
+where nobody reads.
+
+``meta`` holds ``commits``: every transaction of an inline_state writer adds one, so
+a store can tell from one small read whether anyone else wrote since its own last
+commit (see ``sqlite.py``).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+
+from .._change import Change
+from .._errors import StoreError
+from ._record import Record
+
+__all__: list[str] = []
+
+SCHEMA_VERSION = 2
+_TABLES = """
+CREATE TABLE IF NOT EXISTS heads (
+    key TEXT PRIMARY KEY,
+    created INTEGER NOT NULL,
+    writes INTEGER NOT NULL,
+    clear INTEGER NOT NULL,
+    text TEXT,
+    text_stamp INTEGER NOT NULL,
+    expires INTEGER
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS heads_expires ON heads(expires) WHERE expires IS NOT NULL;
+CREATE TABLE IF NOT EXISTS properties (
+    key TEXT NOT NULL,
+    name TEXT NOT NULL,
+    value BLOB,
+    stamp INTEGER NOT NULL,
+    PRIMARY KEY (key, name)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS deletions (user TEXT PRIMARY KEY, stamp INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS nodes (
+    node INTEGER PRIMARY KEY, holder TEXT NOT NULL, expires INTEGER NOT NULL
+);
+"""
+
+READ_COMMITS = "SELECT value FROM meta WHERE name = 'commits'"
+_WRITE_COMMITS = "UPDATE meta SET value = ? WHERE name = 'commits'"
+_READ_HEAD = "SELECT created, writes, clear, text, text_stamp, expires FROM heads WHERE key = ?"
+_READ_ROWS = "SELECT name, value, stamp FROM properties WHERE key = ?"
+_WRITE_HEAD = (
+    "INSERT OR REPLACE INTO heads(key, created, writes, clear, text, text_stamp, expires)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+_WRITE_ROW = "INSERT OR REPLACE INTO properties(key, name, value, stamp) VALUES (?, ?, ?, ?)"
+
+
+def prepare(conn: sqlite3.Connection) -> None:
+    """Create the schema in a new file, or upgrade an older one; raise StoreError for a
+    file written by a newer inline_state."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL)"
+            " WITHOUT ROWID"
+        )
+        row = conn.execute("SELECT value FROM meta WHERE name = 'schema'").fetchone()
+        version = SCHEMA_VERSION if row is None else int(row[0])
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"the file has schema {version}; this inline_state reads {SCHEMA_VERSION}"
+                " and older: it was written by a newer inline_state"
+            )
+        for statement in _TABLES.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        if version == 1:
+            _upgrade_from_blobs(conn)
+        conn.execute(
+            "INSERT OR REPLACE INTO meta(name, value) VALUES ('schema', ?)", (SCHEMA_VERSION,)
+        )
+        conn.execute("INSERT OR IGNORE INTO meta(name, value) VALUES ('commits', 0)")
+        conn.execute("INSERT OR IGNORE INTO meta(name, value) VALUES ('node', 0)")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _upgrade_from_blobs(conn: sqlite3.Connection) -> None:
+    rows = conn.execute("SELECT key, blob, expires FROM records").fetchall()
+    for key, blob, expires in rows:
+        write_record(conn, key, Record.unpack(blob), expires)
+    conn.execute("DROP TABLE records")
+
+
+def read_commits(conn: sqlite3.Connection) -> int:
+    """The file's commit counter."""
+    return int(conn.execute(READ_COMMITS).fetchall()[0][0])
+
+
+def write_commits(conn: sqlite3.Connection, commits: int) -> None:
+    """Set the commit counter (inside the writer's transaction)."""
+    conn.execute(_WRITE_COMMITS, (commits,))
+
+
+def read_record(conn: sqlite3.Connection, key: str, now_ms: int) -> Record | None:
+    """The record stored under an encoded key, None when missing or expired."""
+    head = conn.execute(_READ_HEAD, (key,)).fetchone()
+    if head is None:
+        return None
+    created, writes, clear, text, text_stamp, expires = head
+    if expires is not None and expires < now_ms:
+        return None
+    rows = conn.execute(_READ_ROWS, (key,)).fetchall()
+    return Record.from_rows(created, writes, clear, text, text_stamp, rows)
+
+
+def _write_head(conn: sqlite3.Connection, key: str, rec: Record, expires: int | None) -> None:
+    conn.execute(
+        _WRITE_HEAD,
+        (key, rec.created, rec.writes, rec.clear, rec.text, rec.text_stamp, expires),
+    )
+
+
+def write_record(conn: sqlite3.Connection, key: str, rec: Record, expires: int | None) -> None:
+    """Store a whole record under an encoded key, replacing every row it had."""
+    conn.execute("DELETE FROM properties WHERE key = ?", (key,))
+    _write_head(conn, key, rec, expires)
+    stamps = rec.stamps
+    rows: Iterable[tuple[str, str, bytes | None, int]] = [
+        *((key, name, value, stamps[name]) for name, value in rec.values.items()),
+        *((key, name, None, stamp) for name, stamp in rec.tombs.items()),
+    ]
+    conn.executemany(_WRITE_ROW, rows)
+
+
+def write_change(
+    conn: sqlite3.Connection, key: str, rec: Record, change: Change, expires: int | None
+) -> None:
+    """Store what merging ``change`` (no ``replace``) changed in ``rec``: its head and
+    the rows of the entries the change won."""
+    _write_head(conn, key, rec, expires)
+    stamp = change.stamp
+    stamps, values = rec.stamps, rec.values
+    rows: list[tuple[str, str, bytes | None, int]] = [
+        (key, name, values[name], stamp) for name in change.sets if stamps.get(name) == stamp
+    ]
+    if change.removes:
+        tombs = rec.tombs
+        rows += [(key, name, None, stamp) for name in change.removes if tombs.get(name) == stamp]
+    if len(rows) == 1:
+        conn.execute(_WRITE_ROW, rows[0])
+    elif rows:
+        conn.executemany(_WRITE_ROW, rows)
+
+
+def delete_record(conn: sqlite3.Connection, key: str) -> None:
+    """Forget a record and its rows."""
+    conn.execute("DELETE FROM heads WHERE key = ?", (key,))
+    conn.execute("DELETE FROM properties WHERE key = ?", (key,))
