@@ -86,9 +86,9 @@ def seeder(count: int, middleware: inline_state.InlineStateMiddleware) -> Any:
 
 
 async def cache_stats(request: web.Request) -> web.Response:
-    """The memory store's cache counters, for the bench's hit ratio."""
+    """The memory or SQLite store's cache counters, for the bench's hit ratio."""
     store = request.app[inline_state.STORE_KEY]
-    if not isinstance(store, inline_state.MemoryStore):
+    if not isinstance(store, inline_state.MemoryStore | inline_state.SqliteStore):
         return web.json_response({})
     return web.json_response(store.cache_stats)
 

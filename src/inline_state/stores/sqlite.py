@@ -1,34 +1,39 @@
 """``sqlite:///path/state.db``: durable records in one SQLite file (WAL).
 
-Writes run on one writer thread that commits in groups (``_sqlite_thread``); a reply is
-acknowledged only after its write committed. Each record is a head row and a row per
-property (``_sqlite_rows``), so a write costs what it changes.
+The store's connection is used on the event loop's thread only. With WAL and no
+checkpoint on it, a statement on records in the page cache takes microseconds and a
+commit writes to the WAL without waiting for the disk (``synchronous=NORMAL``), so
+running them in place costs less than handing each to a thread: with the GIL, every
+statement another thread runs is a handover of the interpreter, which under load costs
+more than the statement. Checkpoints (the fsync of the database file) run on a thread of
+their own.
 
-Reads are served from decoded records in the process when that is provably current:
-every inline_state transaction on the file adds one to its ``commits`` counter, and
-a load first reads the counter (one indexed row, a few microseconds, on the event
-loop). When it equals the count after this store's own last commit, nobody else wrote
-since, and the cached records are exactly what the file holds. Otherwise (another
-process or another store on the file wrote, or this store's commit is still on its way
-to the loop) the load reads the file on the reader thread. The writer, in turn, checks
-the counter and ``PRAGMA data_version`` when each transaction begins and forgets its
-records if anyone else wrote. The caches change only after a COMMIT succeeded, never
-for a rolled-back savepoint or transaction. A program that writes the file without
-inline_state should add one to ``commits`` in the same transaction (``UPDATE meta SET
-value = value + 1 WHERE name = 'commits'``); otherwise it is noticed at this store's
-next write, not its next read.
+Writes are committed in groups: every write queued while the loop runs one round of
+callbacks goes into one ``BEGIN IMMEDIATE`` transaction, each in a savepoint, and is
+answered only after the COMMIT succeeded. A reply is therefore sent only after its
+write committed. When another process holds the write lock the group waits (without
+blocking the loop) and retries, for at most ``timeout``.
+
+Each record is a head row and a row per property (``_sqlite_rows``), so a write costs
+what it changes. Records are kept decoded between turns (at most ``cache_bytes``):
+before trusting them a load or a write asks ``PRAGMA data_version``, which changes
+exactly when another connection (another process, another store on the same file, the
+``sqlite3`` shell) committed, and then forgets them all. Decoded records change in place
+only inside a transaction; a savepoint or transaction that rolls back forgets the
+records it touched, so nothing rolled back is ever served.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
+import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from types import MappingProxyType
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from .._change import Change
 from .._clock import MAX_NODES, HybridClock
@@ -38,7 +43,6 @@ from .._message import Kind
 from . import _blob
 from ._base import (
     DEFAULT_TOMBSTONE_TTL,
-    MISSING,
     NODE_LEASE_SECONDS,
     ApplyResult,
     ExportPage,
@@ -46,25 +50,18 @@ from ._base import (
     StoredRecord,
 )
 from ._record import Record
-from ._sqlite_rows import (
-    READ_COMMITS,
-    delete_record,
-    prepare,
-    read_commits,
-    read_record,
-    write_change,
-    write_commits,
-    write_record,
-)
-from ._sqlite_thread import Transactions, Worker
+from ._sqlite_rows import delete_record, prepare, read_record, write_change, write_record
 
 __all__ = ["SqliteStore"]
 
 T = TypeVar("T")
 DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
-_DELETIONS_KEPT = 65536  # deletion stamps the writer remembers (a user's is read once)
-_UNKNOWN = -1
-Published = tuple[RecordKey, StoredRecord | None, int]  # a view (None: forget it), its cost
+_DELETIONS_KEPT = 65536  # deletion stamps remembered (a user's is read from the file once)
+_CHECKPOINT_EVERY = 200  # commits (a few pages each) between checkpoints; 1 s at most
+_RETRY_FIRST, _RETRY_MOST = 0.001, 0.05  # seconds between tries while the file is locked
+
+logger = logging.getLogger("inline_state")
+_Queued = tuple[asyncio.Future[Any], Callable[["_SqlTable"], Any], float, bool]
 
 
 def _private_range(user: UserRef) -> tuple[str, str]:
@@ -74,36 +71,42 @@ def _private_range(user: UserRef) -> tuple[str, str]:
     return prefix, prefix[:-1] + "0"
 
 
-def _shared(view: StoredRecord) -> StoredRecord:
-    """A view safe to hand to many turns: its properties cannot be changed."""
-    if not view.props:
-        return view
-    return view._replace(props=MappingProxyType(dict(view.props)))
+def _busy(exc: sqlite3.Error) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
 
 
-class _LruCost:
-    """Entries in least-recently-used order, with what each costs, bounded in total."""
+class _Records:
+    """Decoded records, least recently used first, bounded by their counted cost."""
 
     __slots__ = ("costs", "entries", "limit", "total")
 
     def __init__(self, limit: int) -> None:
-        self.entries: dict[RecordKey, object] = {}
+        self.entries: dict[RecordKey, Record] = {}
         self.costs: dict[RecordKey, int] = {}
         self.total = 0
         self.limit = limit
 
-    def put(self, key: RecordKey, entry: object, cost: int) -> None:
-        self.pop(key)
-        if cost > self.limit:
-            return
-        self.entries[key] = entry
+    def get(self, key: RecordKey) -> Record | None:
+        rec = self.entries.pop(key, None)
+        if rec is not None:
+            self.entries[key] = rec  # most recently used last
+        return rec
+
+    def put(self, key: RecordKey, rec: Record) -> None:
+        cost = rec.cost()
+        old = self.costs.get(key)
+        if old is not None:
+            del self.entries[key]
+            self.total -= old
+        self.entries[key] = rec
         self.costs[key] = cost
         self.total += cost
-        entries = self.entries
-        while self.total > self.limit:
-            oldest = next(iter(entries))
-            del entries[oldest]
-            self.total -= self.costs.pop(oldest)
+        if self.total > self.limit:
+            entries, costs = self.entries, self.costs
+            while self.total > self.limit and entries:
+                oldest = next(iter(entries))
+                del entries[oldest]
+                self.total -= costs.pop(oldest)
 
     def pop(self, key: RecordKey) -> None:
         if self.entries.pop(key, None) is not None:
@@ -115,156 +118,67 @@ class _LruCost:
         self.total = 0
 
 
-class _Writer(Transactions):
-    """What the writer thread knows of the file, and what its transactions change.
-
-    ``records`` are decoded as committed (or as the running transaction changed them);
-    a key an operation took out may have been changed in place, so a failed operation
-    or transaction forgets it.
-    """
-
-    def __init__(self, store: SqliteStore) -> None:
-        self.store = store
-        self.records = _LruCost(store.cache_bytes)
-        self.deletions: dict[UserRef, int] = {}
-        self.commits = _UNKNOWN  # the counter after this store's last commit
-        self.data_version = _UNKNOWN
-        self.foreign = False  # someone else wrote since our last commit
-        self.written: dict[RecordKey, bool] = {}  # this transaction's keys: dropped?
-        self.taken: list[RecordKey] = []  # the current operation's keys
-
-    def record(self, key: RecordKey) -> Record | None:
-        rec = self.records.entries.pop(key, None)
-        if rec is None:
-            return None
-        self.records.entries[key] = rec  # most recently used last
-        self.taken.append(key)
-        assert isinstance(rec, Record)
-        return rec
-
-    def remember(self, key: RecordKey, rec: Record | None) -> None:
-        self.written[key] = rec is None
-        self.taken.append(key)
-        if rec is None:
-            self.records.pop(key)
-        elif key.kind not in self.store.ttl_ms:  # expiring kinds are always read
-            self.records.put(key, rec, rec.cost())
-
-    def begin(self, conn: sqlite3.Connection) -> None:
-        commits = read_commits(conn)
-        data_version = conn.execute("PRAGMA data_version").fetchall()[0][0]
-        if commits != self.commits or data_version != self.data_version:
-            self.foreign = True
-            self.records.clear()
-            self.deletions.clear()
-        self.commits, self.data_version = commits, data_version
-        self.taken.clear()
-
-    def operation_failed(self) -> None:
-        for key in self.taken:
-            self.records.pop(key)
-            if key in self.written:
-                self.written[key] = False  # as an earlier operation left it: read again
-        self.taken.clear()
-        self.deletions.clear()
-
-    def before_commit(self, conn: sqlite3.Connection) -> None:
-        write_commits(conn, self.commits + 1)
-
-    def committed(self) -> Callable[[], None]:
-        self.commits += 1
-        entries, deletions, ttl_ms = self.records.entries, self.deletions, self.store.ttl_ms
-        views: list[Published] = []
-        for key, dropped in self.written.items():
-            owner = key.owner
-            deleted = 0 if owner is None else deletions.get(owner)
-            rec = entries.get(key)
-            if deleted is None or key.kind in ttl_ms:
-                views.append((key, None, 0))  # not known here: the loop forgets it
-            elif dropped:
-                views.append((key, StoredRecord(deleted=deleted) if deleted else MISSING, 64))
-            elif isinstance(rec, Record):
-                views.append((key, _shared(rec.view(deleted)), rec.cost()))
-            else:
-                views.append((key, None, 0))
-        foreign, self.foreign = self.foreign, False
-        self.written = {}
-        self.taken.clear()
-        commits, store = self.commits, self.store
-        return lambda: store._install(commits, foreign, views)
-
-    def rolled_back(self) -> None:
-        self.commits = _UNKNOWN  # the next transaction starts afresh
-        self.records.clear()
-        self.deletions.clear()
-        self.written = {}
-        self.taken.clear()
-
-
 class _SqlTable(_blob.RecordTable):
-    """The store's tables inside one transaction (or read) of one connection, through
-    the writer's decoded records when ``writer`` is given."""
+    """The store's tables in the running transaction (or read), through its decoded
+    records; remembers which records it handed out, for a rollback to forget."""
 
-    def __init__(
-        self,
-        conn: sqlite3.Connection,
-        ttl_ms: Mapping[Kind, int],
-        now_ms: int,
-        writer: _Writer | None = None,
-    ) -> None:
+    __slots__ = ("conn", "now_ms", "store", "taken")
+
+    def __init__(self, store: SqliteStore, conn: sqlite3.Connection, now_ms: int) -> None:
+        self.store = store
         self.conn = conn
-        self.ttl_ms = ttl_ms
         self.now_ms = now_ms
-        self.writer = writer
+        self.taken: list[RecordKey] = []
 
     def _expires(self, key: RecordKey) -> int | None:
-        ttl = self.ttl_ms.get(key.kind)
+        ttl = self.store.ttl_ms.get(key.kind)
         return self.now_ms + ttl if ttl is not None else None
 
     def get(self, key: RecordKey) -> Record | None:
-        writer = self.writer
-        if writer is None:
-            return read_record(self.conn, key.encode(), self.now_ms)
-        rec = writer.record(key)
+        store = self.store
+        rec = store._records.get(key)
         if rec is None:
             rec = read_record(self.conn, key.encode(), self.now_ms)
-            if rec is not None and key.kind not in self.ttl_ms:
-                writer.records.put(key, rec, rec.cost())
-                writer.taken.append(key)
+            if key.kind in store.ttl_ms:  # expiring records are always read
+                return rec
+            if rec is None:
+                rec = Record()  # known missing: behaves as no record in every rule
+            store._records.put(key, rec)
+        self.taken.append(key)
         return rec
+
+    def _remember(self, key: RecordKey, rec: Record) -> None:
+        self.taken.append(key)
+        if key.kind not in self.store.ttl_ms:
+            self.store._records.put(key, rec)
 
     def put(self, key: RecordKey, rec: Record) -> None:
         write_record(self.conn, key.encode(), rec, self._expires(key))
-        if self.writer is not None:
-            self.writer.remember(key, rec)
+        self._remember(key, rec)
 
     def put_change(self, key: RecordKey, rec: Record, change: Change) -> None:
         write_change(self.conn, key.encode(), rec, change, self._expires(key))
-        if self.writer is not None:
-            self.writer.remember(key, rec)
+        self._remember(key, rec)
 
     def drop(self, key: RecordKey) -> None:
         delete_record(self.conn, key.encode())
-        if self.writer is not None:
-            self.writer.remember(key, None)
+        self.store._records.pop(key)
 
     def deletion_stamp(self, key: RecordKey) -> int:
         if key.kind == "conversation":
             return 0
         user = UserRef(key.bot, key.channel, key.user)
-        writer = self.writer
-        if writer is not None:
-            known = writer.deletions.get(user)
-            if known is not None:
-                return known
+        deletions = self.store._deletions
+        known = deletions.get(user)
+        if known is not None:
+            return known
         row = self.conn.execute(
             "SELECT stamp FROM deletions WHERE user = ?", (user.encode(),)
         ).fetchone()
         stamp = 0 if row is None else int(row[0])
-        if writer is not None:
-            if len(writer.deletions) >= _DELETIONS_KEPT:
-                writer.deletions.clear()
-            writer.deletions[user] = stamp
+        if len(deletions) >= _DELETIONS_KEPT:
+            deletions.clear()
+        deletions[user] = stamp
         return stamp
 
     def user_records(self, user: UserRef) -> list[RecordKey]:
@@ -279,8 +193,47 @@ class _SqlTable(_blob.RecordTable):
         self.conn.execute(
             "INSERT OR REPLACE INTO deletions(user, stamp) VALUES (?, ?)", (user.encode(), stamp)
         )
-        if self.writer is not None:
-            self.writer.deletions[user] = stamp
+        self.store._deletions[user] = stamp
+
+
+class _Checkpointer(threading.Thread):
+    """Copies the WAL into the database file (``PRAGMA wal_checkpoint(PASSIVE)``, which
+    never blocks readers or writers) on its own connection, when nudged or once a
+    second, so a checkpoint's fsync never stalls the event loop."""
+
+    def __init__(self, connect: Callable[[], sqlite3.Connection]) -> None:
+        super().__init__(name="inline_state-sqlite-checkpoint", daemon=True)
+        self._connect = connect
+        self._wake = threading.Event()
+        self._stopping = False
+
+    def nudge(self) -> None:
+        """Checkpoint soon."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Checkpoint once more and end the thread."""
+        self._stopping = True
+        self._wake.set()
+
+    def run(self) -> None:
+        try:
+            conn = self._connect()
+        except sqlite3.Error as exc:
+            logger.warning("inline_state: SQLite checkpoints cannot run: %s", exc)
+            return
+        try:
+            while True:
+                self._wake.wait(1.0)
+                self._wake.clear()
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error as exc:  # the next one catches up
+                    logger.warning("inline_state: SQLite checkpoint failed: %s", exc)
+                if self._stopping:
+                    return
+        finally:
+            conn.close()
 
 
 class SqliteStore(Store):
@@ -288,11 +241,11 @@ class SqliteStore(Store):
 
     ``synchronous="NORMAL"`` (the default) survives any crash of the process; a power
     loss may roll back the last commits. ``"FULL"`` makes every commit durable across
-    power loss, at the cost of an fsync per group commit. ``timeout`` bounds every
-    operation (seconds); past it the caller gets StoreUnavailable. ``cache_bytes``
-    bounds the decoded records kept for reads, and separately those the writer keeps
-    (counted like ``memory://``'s; the values themselves are shared). Any number of
-    stores and processes may use one file; see the module for how reads stay current.
+    power loss, at the cost of an fsync per group commit. ``timeout`` bounds how long a
+    write waits for another process's lock (seconds); past it the caller gets
+    StoreUnavailable. ``cache_bytes`` bounds the decoded records kept between turns
+    (counted like ``memory://``'s). Any number of stores and processes may share one
+    file; see the module for how reads stay current. A store serves one event loop.
     """
 
     def __init__(
@@ -315,243 +268,195 @@ class SqliteStore(Store):
         self.synchronous = synchronous
         self.timeout = timeout
         self.cache_bytes = cache_bytes
-        self._state = _Writer(self)
-        self._writer: Worker | None = None
-        self._reader: Worker | None = None
-        self._probe: sqlite3.Connection | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._checkpointer: _Checkpointer | None = None
+        self._records = _Records(cache_bytes)
+        self._deletions: dict[UserRef, int] = {}
+        self._data_version = -1  # PRAGMA data_version when the records were last trusted
+        # Writes waiting for the next group commit: (future, operation, deadline, refusable).
+        self._queue: list[_Queued] = []
+        self._flush_scheduled = False
+        self._retry_delay = _RETRY_FIRST
+        self._commits = 0
         self._next_sweep_ms = 0
         self._holder = uuid.uuid4().hex  # whose node id leases these are
-        # Views of records as of the file's commit count ``_commits`` (on the loop).
-        self._views = _LruCost(cache_bytes)
-        self._commits = _UNKNOWN
-        # Loads answered from the views, and loads that read the file.
+        # Loads answered from decoded records alone, and loads that read the file.
         self.hits = 0
         self.reads = 0
 
-    def _connect(self, role: str) -> sqlite3.Connection:
+    @property
+    def cache_stats(self) -> dict[str, int]:
+        """Loads answered from decoded records alone (``hits``) and loads that read
+        the file (``decodes``, named as ``memory://``'s), and the records held."""
+        return {
+            "hits": self.hits,
+            "decodes": self.reads,
+            "hot_records": len(self._records.entries),
+            "hot_bytes": self._records.total,
+        }
+
+    def _connect(self, *, checkpoints: bool = False) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        # The loop's probe never waits: a busy file means "read it on the reader".
-        timeout_ms = 0 if role == "probe" else int(self.timeout * 1000)
-        conn.execute(f"PRAGMA busy_timeout = {timeout_ms}")
-        if role == "writer":
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
+            if checkpoints:
+                return conn
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+            conn.execute("PRAGMA wal_autocheckpoint = 0")  # the checkpointer's job
             try:
                 prepare(conn)
             except StoreError as exc:
                 raise StoreError(f"{self.path}: {exc}") from None
+            # On the loop a locked file is never waited for in place: see _flush.
+            conn.execute("PRAGMA busy_timeout = 0")
+        except BaseException:
+            conn.close()
+            raise
         return conn
 
     async def open(self) -> None:
-        """Create (or upgrade) the file and its schema, start the writer and reader
-        threads and learn the file's commit count."""
+        """Create (or upgrade) the file and its schema, start the checkpoint thread and
+        lease a clock node id."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._state = _Writer(self)
-        self._writer = await self._start("writer", self._state)
-        self._reader = await self._start("reader", None)
         try:
-            self._probe = self._connect("probe")
+            self._conn = await asyncio.to_thread(self._connect)
         except sqlite3.Error as exc:
-            await self.close()
             raise StoreUnavailable(f"cannot open {self.path}: {exc}") from None
-        await self._call(self._writer, lambda conn: None)  # an empty commit: the count
+        self._checkpointer = _Checkpointer(lambda: self._connect(checkpoints=True))
+        self._checkpointer.start()
         await self._start_clock()
 
-    async def _start(self, role: str, transactions: Transactions | None) -> Worker:
-        worker = Worker(f"inline_state-sqlite-{role}", lambda: self._connect(role), transactions)
-        worker.start()
-        await asyncio.to_thread(worker.ready.wait)
-        if worker.startup_error is not None:
-            error = worker.startup_error
-            if isinstance(error, StoreError):
-                raise error
-            raise StoreUnavailable(f"cannot open {self.path}: {error}")
-        return worker
-
     async def close(self) -> None:
-        """Finish queued writes, give the clock's node id back, then stop the threads."""
-        if self._writer is not None and self._writer.is_alive():
-            await self._stop_clock()
-        for worker in (self._writer, self._reader):
-            if worker is not None and worker.is_alive():
-                worker.stop()
-                await asyncio.to_thread(worker.join)
-        self._writer = self._reader = None
-        if self._probe is not None:
-            self._probe.close()
-            self._probe = None
-        self._views.clear()
-        self._commits = _UNKNOWN
-
-    async def _call(self, worker: Worker | None, fn: Callable[[sqlite3.Connection], T]) -> T:
-        if worker is None or not worker.is_alive():
-            raise StoreUnavailable(f"the SQLite store {self.path} is not open")
-        try:
-            return await asyncio.wait_for(worker.submit(fn), self.timeout)
-        except TimeoutError:
-            raise StoreUnavailable(
-                f"SQLite {self.path} did not answer within {self.timeout} s"
-            ) from None
-
-    def _install(self, commits: int, foreign: bool, views: list[Published]) -> None:
-        """What a commit of the writer changed, on the loop, before its callers hear."""
-        cache = self._views
-        if foreign:
-            cache.clear()
-        if commits <= self._commits:  # cannot happen; if it did, trust nothing
-            cache.clear()
+        """Finish queued writes, give the clock's node id back, then close the file."""
+        if self._conn is None:
             return
-        for key, view, cost in views:
-            if view is None:
-                cache.pop(key)
-            else:
-                cache.put(key, view, cost)
-        self._commits = commits
+        await self._stop_clock()
+        while self._queue:
+            self._flush()
+            if self._queue:
+                await asyncio.sleep(self._retry_delay)
+        conn, self._conn = self._conn, None
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
+            await asyncio.to_thread(self._checkpointer.join)
+            self._checkpointer = None
+        await asyncio.to_thread(conn.close)
+        self._forget()
 
-    def _current(self) -> bool:
-        """True when nobody committed to the file since this store's last commit the
-        loop knows of (then the views are what the file holds)."""
-        probe = self._probe
-        if probe is None:
-            return False
+    def _open_conn(self) -> sqlite3.Connection:
+        conn = self._conn
+        if conn is None:
+            raise StoreUnavailable(f"the SQLite store {self.path} is not open")
+        return conn
+
+    def _forget(self) -> None:
+        self._records.clear()
+        self._deletions.clear()
+
+    def _check_others(self, conn: sqlite3.Connection) -> None:
+        """Forget every decoded record if another connection committed since the last
+        look (this connection's own commits leave ``data_version`` alone)."""
+        version = conn.execute("PRAGMA data_version").fetchall()[0][0]
+        if version != self._data_version:
+            self._forget()
+            self._data_version = version
+
+    # -- writes: group commits on the loop ------------------------------------------------
+
+    async def _write(self, operation: Callable[[_SqlTable], T], *, refusable: bool = True) -> T:
+        """Run ``operation`` in the next group commit. One that is not ``refusable``
+        (raises only on a SQLite error) runs without a savepoint of its own."""
+        self._open_conn()
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.append((future, operation, time.monotonic() + self.timeout, refusable))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            future.get_loop().call_soon(self._flush)
+        return await future
+
+    def _flush(self) -> None:
+        """Run every queued write in one transaction and answer them after the COMMIT."""
+        self._flush_scheduled = False
+        batch, self._queue = self._queue, []
+        if batch:
+            self._commit(batch, every_in_savepoint=False)
+
+    def _commit(self, batch: list[_Queued], *, every_in_savepoint: bool) -> None:
+        conn = self._conn
+        if conn is None:
+            _fail(batch, StoreUnavailable(f"the SQLite store {self.path} is not open"))
+            return
         try:
-            return bool(probe.execute(READ_COMMITS).fetchall()[0][0] == self._commits)
-        except sqlite3.Error:
-            return False
-
-    def _table(self, conn: sqlite3.Connection, writer: _Writer | None = None) -> _SqlTable:
-        return _SqlTable(conn, self.ttl_ms, self.clock.wall_ms(), writer)
-
-    async def allocate_node_id(self) -> int:
-        """The lowest node id no live lease in the file holds, leased to this instance.
-
-        Leases live in the ``nodes`` table for ``NODE_LEASE_SECONDS`` (wall time, so
-        every process on the file agrees); one a killed process left lapses by itself.
-        """
-        holder = self._holder
-
-        def allocate(conn: sqlite3.Connection) -> int:
-            now_ms = int(time.time() * 1000)
-            held = {
-                row[0]
-                for row in conn.execute("SELECT node FROM nodes WHERE expires >= ?", (now_ms,))
-            }
-            free = next((n for n in range(1, MAX_NODES) if n not in held), None)
-            if free is None:
-                raise StoreUnavailable(
-                    f"all {MAX_NODES - 1} clock node ids of {self.path} are held"
-                )
-            conn.execute(
-                "INSERT OR REPLACE INTO nodes(node, holder, expires) VALUES (?, ?, ?)",
-                (free, holder, now_ms + int(NODE_LEASE_SECONDS * 1000)),
-            )
-            return free
-
-        return await self._call(self._writer, allocate)
-
-    async def renew_node_id(self, node_id: int) -> bool:
-        """Extend this instance's lease; False if another writer took the node id."""
-        holder = self._holder
-
-        def renew(conn: sqlite3.Connection) -> bool:
-            expires = int(time.time() * 1000) + int(NODE_LEASE_SECONDS * 1000)
-            cursor = conn.execute(
-                "UPDATE nodes SET expires = ? WHERE node = ? AND holder = ?",
-                (expires, node_id, holder),
-            )
-            return cursor.rowcount == 1
-
-        return await self._call(self._writer, renew)
-
-    async def release_node_id(self, node_id: int) -> None:
-        """End this instance's lease on a node id."""
-        holder = self._holder
-        await self._call(
-            self._writer,
-            lambda conn: conn.execute(
-                "DELETE FROM nodes WHERE node = ? AND holder = ?", (node_id, holder)
-            ),
-        )
-
-    async def load(self, keys: Sequence[RecordKey]) -> list[StoredRecord]:
-        """Read several records: from the views when the file is unchanged since this
-        store's last commit, else on the reader connection.
-
-        Records of kinds with a TTL are always read, and get their expiry pushed back by
-        the writer (in its next group commit) before the load returns.
-        """
-        entries = self._views.entries
-        out: list[StoredRecord] = []
-        for key in keys:
-            view = entries.get(key)
-            if view is None:
-                break
-            out.append(view)  # type: ignore[arg-type]
-        else:
-            if self._current():
-                for key in keys:
-                    entries[key] = entries.pop(key)  # most recently used last
-                self.hits += 1
-                return out
-        return await self._read(keys)
-
-    async def _read(self, keys: Sequence[RecordKey]) -> list[StoredRecord]:
-        self.reads += 1
-        ttl_ms = self.ttl_ms
-
-        def read(conn: sqlite3.Connection) -> tuple[int, list[tuple[StoredRecord, int]]]:
-            conn.execute("BEGIN")  # one snapshot for the count and every record
-            try:
-                commits = read_commits(conn)
-                table = self._table(conn)
-                found: list[tuple[StoredRecord, int]] = []
-                for key in keys:
-                    deleted = table.deletion_stamp(key)
-                    rec = table.get(key)
-                    if rec is not None:
-                        found.append((_shared(rec.view(deleted)), rec.cost()))
-                    else:
-                        found.append((StoredRecord(deleted=deleted) if deleted else MISSING, 64))
-                return commits, found
-            finally:
-                conn.execute("COMMIT")
-
-        commits, found = await self._call(self._reader, read)
-        if commits == self._commits:  # read as of what the views hold: keep them
-            cache = self._views
-            for key, (view, cost) in zip(keys, found, strict=True):
-                if key.kind not in ttl_ms:
-                    cache.put(key, view, cost)
-        touched = [
-            k.encode()
-            for k, (r, _) in zip(keys, found, strict=True)
-            if k.kind in ttl_ms and r.exists
-        ]
-        if touched:
-            await self._call(self._writer, self._touch(touched))
-        return [view for view, _ in found]
-
-    def _touch(self, encoded: list[str]) -> Callable[[sqlite3.Connection], None]:
-        def touch(conn: sqlite3.Connection) -> None:
-            now_ms = self.clock.wall_ms()
-            for key in encoded:
-                kind = decode_key(key).kind
-                conn.execute(
-                    "UPDATE heads SET expires = ? WHERE key = ? AND expires >= ?",
-                    (now_ms + self.ttl_ms[kind], key, now_ms),
-                )
-
-        return touch
-
-    async def apply(self, changes: Sequence[Change]) -> list[ApplyResult]:
-        """Apply stamped changes in the writer's next group commit."""
-
-        def apply(conn: sqlite3.Connection) -> list[ApplyResult]:
-            table = self._table(conn, self._state)
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            self._wait_and_retry(batch, exc)
+            return
+        outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        table = _SqlTable(self, conn, self.clock.wall_ms())
+        try:
+            self._check_others(conn)
             self._sweep(conn, table.now_ms)
-            return _blob.apply_changes(table, changes, table.now_ms, self.tombstone_ttl_ms)
+            for future, operation, _, refusable in batch:
+                if not (refusable or every_in_savepoint):
+                    outcomes.append((future, operation(table), None))
+                    continue
+                conn.execute("SAVEPOINT op")
+                table.taken.clear()
+                try:
+                    result = operation(table)
+                except sqlite3.Error:
+                    raise
+                except Exception as exc:  # refused by the rules (or a bug): undo it, go on
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                    for key in table.taken:  # possibly changed in place: read again
+                        self._records.pop(key)
+                    self._deletions.clear()
+                    outcomes.append((future, None, exc))
+                    continue
+                conn.execute("RELEASE op")
+                outcomes.append((future, result, None))
+            conn.execute("COMMIT")
+        except Exception as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            self._forget()  # records changed in place by the rolled-back transaction
+            if not isinstance(exc, sqlite3.Error) and not every_in_savepoint:
+                # An operation without a savepoint failed (a bug): again, each in one.
+                self._commit(batch, every_in_savepoint=True)
+                return
+            _fail(batch, StoreUnavailable(f"SQLite: {exc}"))
+            return
+        self._retry_delay = _RETRY_FIRST
+        self._commits += 1
+        if self._commits % _CHECKPOINT_EVERY == 0 and self._checkpointer is not None:
+            self._checkpointer.nudge()
+        for future, result, error in outcomes:
+            if future.cancelled():
+                continue
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result)
 
-        return await self._call(self._writer, apply)
+    def _wait_and_retry(self, batch: list[_Queued], exc: sqlite3.Error) -> None:
+        now = time.monotonic()
+        waiting = [item for item in batch if item[2] > now] if _busy(exc) else []
+        expired = [item for item in batch if item not in waiting]
+        if expired:
+            reason = (
+                f"SQLite {self.path} stayed locked by another writer for {self.timeout} s"
+                if _busy(exc)
+                else f"SQLite: {exc}"
+            )
+            _fail(expired, StoreUnavailable(reason))
+        if waiting:
+            self._queue[:0] = waiting
+            self._flush_scheduled = True
+            loop = waiting[0][0].get_loop()
+            loop.call_later(self._retry_delay, self._flush)
+            self._retry_delay = min(self._retry_delay * 2, _RETRY_MOST)
 
     def _sweep(self, conn: sqlite3.Connection, now_ms: int) -> None:
         if self.ttl_ms and now_ms >= self._next_sweep_ms:
@@ -562,6 +467,14 @@ class SqliteStore(Store):
             )
             conn.execute("DELETE FROM heads WHERE expires < ?", (now_ms,))
 
+    async def apply(self, changes: Sequence[Change]) -> list[ApplyResult]:
+        """Apply stamped changes in the next group commit."""
+        tombstone_ttl_ms = self.tombstone_ttl_ms
+        return await self._write(
+            lambda table: _blob.apply_changes(table, changes, table.now_ms, tombstone_ttl_ms),
+            refusable=False,
+        )
+
     async def compare_and_set(
         self,
         key: RecordKey,
@@ -571,25 +484,134 @@ class SqliteStore(Store):
         max_bytes: int,
     ) -> str:
         """Replace a whole record if ``etag`` allows it; return the new eTag."""
-
-        stamp = self.clock.stamp()  # on the loop: the clock is not shared with threads
-
-        def cas(conn: sqlite3.Connection) -> tuple[str, int]:
-            table = self._table(conn, self._state)
-            return _blob.compare_and_set(
-                table, stamp, key, data, etag, max_bytes, table.now_ms, self.tombstone_ttl_ms
+        stamp = self.clock.stamp()
+        tombstone_ttl_ms = self.tombstone_ttl_ms
+        new_etag, used = await self._write(
+            lambda table: _blob.compare_and_set(
+                table, stamp, key, data, etag, max_bytes, table.now_ms, tombstone_ttl_ms
             )
-
-        new_etag, used = await self._call(self._writer, cas)
+        )
         self.clock.observe(used)
         return new_etag
 
     async def delete_user(self, user: UserRef, stamp: int) -> int:
         """Delete a user's record and per-conversation records; return the deletion stamp."""
-        return await self._call(
-            self._writer,
-            lambda conn: _blob.delete_user(self._table(conn, self._state), user, stamp),
+        return await self._write(lambda table: _blob.delete_user(table, user, stamp))
+
+    async def allocate_node_id(self) -> int:
+        """The lowest node id no live lease in the file holds, leased to this instance.
+
+        Leases live in the ``nodes`` table for ``NODE_LEASE_SECONDS`` (wall time, so
+        every process on the file agrees); one a killed process left lapses by itself.
+        """
+        holder, path = self._holder, self.path
+
+        def allocate(table: _SqlTable) -> int:
+            now_ms = int(time.time() * 1000)
+            held = {
+                row[0]
+                for row in table.conn.execute(
+                    "SELECT node FROM nodes WHERE expires >= ?", (now_ms,)
+                )
+            }
+            free = next((n for n in range(1, MAX_NODES) if n not in held), None)
+            if free is None:
+                raise StoreUnavailable(f"all {MAX_NODES - 1} clock node ids of {path} are held")
+            table.conn.execute(
+                "INSERT OR REPLACE INTO nodes(node, holder, expires) VALUES (?, ?, ?)",
+                (free, holder, now_ms + int(NODE_LEASE_SECONDS * 1000)),
+            )
+            return free
+
+        return await self._write(allocate)
+
+    async def renew_node_id(self, node_id: int) -> bool:
+        """Extend this instance's lease; False if another writer took the node id."""
+        holder = self._holder
+
+        def renew(table: _SqlTable) -> bool:
+            expires = int(time.time() * 1000) + int(NODE_LEASE_SECONDS * 1000)
+            cursor = table.conn.execute(
+                "UPDATE nodes SET expires = ? WHERE node = ? AND holder = ?",
+                (expires, node_id, holder),
+            )
+            return cursor.rowcount == 1
+
+        return await self._write(renew)
+
+    async def release_node_id(self, node_id: int) -> None:
+        """End this instance's lease on a node id."""
+        holder = self._holder
+        await self._write(
+            lambda table: table.conn.execute(
+                "DELETE FROM nodes WHERE node = ? AND holder = ?", (node_id, holder)
+            )
         )
+
+    # -- reads ----------------------------------------------------------------------------
+
+    async def load(self, keys: Sequence[RecordKey]) -> list[StoredRecord]:
+        """Read several records as of one snapshot: decoded ones when nobody else
+        committed since they were read, the rest from the file.
+
+        Records of kinds with a TTL are always read from the file, and get their
+        expiry pushed back in the next group commit before the load returns.
+        """
+        conn = self._open_conn()
+        entries = self._records.entries
+        try:
+            if all(key in entries for key in keys):
+                self._check_others(conn)
+                found = self._decoded(keys)
+                if found is not None:
+                    return found
+            self.reads += 1
+            conn.execute("BEGIN")  # one snapshot for the check and every record
+            try:
+                self._check_others(conn)
+                found = _blob.load_records(_SqlTable(self, conn, self.clock.wall_ms()), keys)
+            finally:
+                conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"SQLite: {exc}") from None
+        if self.ttl_ms:
+            touched = [
+                key.encode()
+                for key, record in zip(keys, found, strict=True)
+                if key.kind in self.ttl_ms and record.exists
+            ]
+            if touched:
+                await self._write(self._touch(touched), refusable=False)
+        return found
+
+    def _decoded(self, keys: Sequence[RecordKey]) -> list[StoredRecord] | None:
+        """The views of ``keys`` when every record and deletion stamp is decoded."""
+        entries, deletions = self._records.entries, self._deletions
+        out: list[StoredRecord] = []
+        for key in keys:
+            rec = entries.pop(key, None)
+            if rec is None:
+                return None
+            entries[key] = rec  # most recently used last
+            if key.kind == "conversation":
+                out.append(rec.view())
+                continue
+            deleted = deletions.get(UserRef(key.bot, key.channel, key.user))
+            if deleted is None:
+                return None
+            out.append(rec.view(deleted))
+        self.hits += 1
+        return out
+
+    def _touch(self, encoded: list[str]) -> Callable[[_SqlTable], None]:
+        def touch(table: _SqlTable) -> None:
+            for key in encoded:
+                table.conn.execute(
+                    "UPDATE heads SET expires = ? WHERE key = ? AND expires >= ?",
+                    (table.now_ms + self.ttl_ms[decode_key(key).kind], key, table.now_ms),
+                )
+
+        return touch
 
     async def export(
         self, bot: str, channel: str | None, *, cursor: str | None = None, limit: int = 100
@@ -597,11 +619,11 @@ class SqliteStore(Store):
         """A page of live records in key order after ``cursor``."""
         if limit <= 0:
             raise ValueError("limit must be positive")
+        conn = self._open_conn()
         prefix = namespace_prefix(bot, channel)
         low = max(prefix, cursor or "")
         high = prefix[:-1] + "0"
-
-        def page(conn: sqlite3.Connection) -> ExportPage:
+        try:
             conn.execute("BEGIN")
             try:
                 now_ms = self.clock.wall_ms()
@@ -619,8 +641,14 @@ class SqliteStore(Store):
                     rec = read_record(conn, encoded, now_ms)
                     if rec is not None and rec.live:
                         out.append((decode_key(encoded), rec.view()))
-                return ExportPage(out, keys[-1] if more else None)
             finally:
                 conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"SQLite: {exc}") from None
+        return ExportPage(out, keys[-1] if more else None)
 
-        return await self._call(self._reader, page)
+
+def _fail(batch: list[_Queued], error: StoreUnavailable) -> None:
+    for future, *_ in batch:
+        if not future.cancelled():
+            future.set_exception(error)
