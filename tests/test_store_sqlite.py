@@ -1,18 +1,31 @@
-"""SQLite specifics: durability across kill -9, URLs, synchronous modes, failures."""
+"""SQLite specifics: durability across kill -9, URLs, synchronous modes, failures,
+several writers on one file, the decoded records, the file layout and its upgrade."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import sqlite3
+import sys
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from inline_state import RecordKey, SqliteStore, StoreUnavailable, open_store
+from inline_state import (
+    ApplyResult,
+    Change,
+    PreconditionFailed,
+    RecordKey,
+    SqliteStore,
+    StoreError,
+    StoreUnavailable,
+    open_store,
+)
+from inline_state.stores._record import Record
 
-from .support import REPO, RunningBot, v1_message
+from .support import REPO, RunningBot, RunningProcess, v1_message
 
 COUNTER = REPO / "samples" / "counter_v1" / "bot.py"
 
@@ -54,6 +67,42 @@ async def test_every_acknowledged_write_survives_kill_9(tmp_path: Path) -> None:
         assert reply["text"] == "you: 13 messages; this conversation: 121; you here: 13"
     finally:
         restarted.stop()
+
+
+async def test_kill_9_under_concurrent_load_loses_no_acknowledged_write(tmp_path: Path) -> None:
+    db = tmp_path / "state.db"
+    bot = RunningBot(COUNTER, "--store", f"sqlite:///{db}").start()
+    users = [f"user-{i}" for i in range(16)]
+    acked = dict.fromkeys(users, 0)
+
+    async def drive(session: aiohttp.ClientSession, mine: list[str]) -> None:
+        for turn in range(10_000):
+            user = mine[turn % len(mine)]
+            try:
+                async with session.post(bot.url, json=v1_message(user=user)) as response:
+                    if response.status != 200:
+                        return
+                    await response.read()
+            except aiohttp.ClientError:
+                return  # the bot is gone
+            acked[user] += 1
+
+    try:
+        async with aiohttp.ClientSession() as session:
+            drivers = [asyncio.create_task(drive(session, users[i::8])) for i in range(8)]
+            await asyncio.sleep(1.5)  # group commits of several turns are in flight now
+            assert bot.process is not None
+            os.kill(bot.process.pid, signal.SIGKILL)
+            await asyncio.wait_for(asyncio.gather(*drivers), 10)
+    finally:
+        bot.stop()
+    assert sum(acked.values()) > 50
+    async with SqliteStore(db) as store:
+        records = await store.load([RecordKey("user", "bot-1", None, "", u) for u in users])
+    for user, record in zip(users, records, strict=True):
+        stored = int(record.props["count"]) if record.props else 0
+        # each user's turns are sequential: at most the one in flight when killed is extra
+        assert acked[user] <= stored <= acked[user] + 1, (user, acked[user], stored)
 
 
 def test_urls() -> None:
@@ -112,3 +161,202 @@ async def test_node_ids_are_leased_per_file(tmp_path: Path) -> None:
         # Closing gave the clocks' ids back; the one allocated by hand is still leased.
         assert three.clock.node_id in (released, one.clock.node_id)
         assert await three.allocate_node_id() != held
+
+
+# -- several writers on one file, and the decoded records ---------------------------------
+
+USER = RecordKey("user", "bot-1", None, "", "u1")
+
+
+def _change(store: SqliteStore, key: RecordKey, **props: bytes) -> Change:
+    return Change(key, props, stamp=store.clock.stamp())
+
+
+async def test_a_bot_and_the_state_service_on_one_file_see_each_others_writes(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    bot = RunningBot(COUNTER, "--store", url).start()
+    service = RunningProcess(
+        lambda port: [
+            sys.executable, "-m", "inline_state", "state-service", "--listen",
+            f"127.0.0.1:{port}", "--store", url, "--secret", "pw", "--bot-id", "bot-1",
+        ]
+    ).start()  # fmt: skip
+    path = f"http://127.0.0.1:{service.port}/bot/v1.0/bots/bot-1/users/u1"
+    auth = {"Authorization": "Bearer pw"}
+    try:
+        async with aiohttp.ClientSession() as session:
+            for round_ in range(1, 6):
+                # The bot's write is the service's next read ...
+                async with session.post(bot.url, json=v1_message(user="u1")) as response:
+                    assert response.status == 200
+                    reply = await response.json()
+                expected = 1 if round_ == 1 else 100 * (round_ - 1) + 1
+                assert reply["text"].startswith(f"you: {expected} messages")
+                async with session.get(path, headers=auth) as response:
+                    state = await response.json()
+                assert state["data"] == {"count": expected}
+                # ... and the service's write is the bot's next read.
+                body = {"data": {"count": 100 * round_}, "eTag": state["eTag"]}
+                async with session.post(path, json=body, headers=auth) as response:
+                    assert response.status == 200, await response.text()
+    finally:
+        bot.stop()
+        service.stop()
+
+
+async def test_a_write_through_another_store_on_the_file_is_the_next_read(
+    tmp_path: Path,
+) -> None:
+    async with SqliteStore(tmp_path / "s.db") as one, SqliteStore(tmp_path / "s.db") as two:
+        for n in range(5):
+            writer, reader = (one, two) if n % 2 else (two, one)
+            [before] = await reader.load([USER])  # decoded now
+            [seen] = await writer.load([USER])
+            writer.clock.observe(seen.observed)  # as a turn does, so its stamp is newer
+            assert await writer.apply([_change(writer, USER, n=str(n).encode())]) == [
+                ApplyResult.APPLIED
+            ]
+            [after] = await reader.load([USER])
+            assert after.props == {"n": str(n).encode()}, (n, before)
+        assert one.cache_stats["hits"] > 0  # the decoded records were in use
+
+
+async def test_a_program_writing_the_file_without_inline_state_is_seen(
+    tmp_path: Path,
+) -> None:
+    async with SqliteStore(tmp_path / "s.db") as store:
+        await store.apply([_change(store, USER, n=b"1")])
+        assert (await store.load([USER]))[0].props == {"n": b"1"}
+        hits = store.cache_stats["hits"]
+        with sqlite3.connect(tmp_path / "s.db", isolation_level=None) as shell:
+            shell.execute("UPDATE properties SET value = '2' WHERE name = 'n'")
+        assert (await store.load([USER]))[0].props == {"n": b"2"}
+        assert store.cache_stats["hits"] == hits  # read from the file, not the cache
+
+
+async def test_a_rolled_back_transaction_never_shows_in_reads(tmp_path: Path) -> None:
+    async with SqliteStore(tmp_path / "s.db") as store:
+        other = RecordKey("user", "bot-1", None, "", "u2")
+        await store.apply([_change(store, USER, n=b"1"), _change(store, other, n=b"1")])
+        await store.load([USER, other])  # both decoded
+        # The file may not grow: a change that needs new pages fails at its write, and
+        # rolls back the whole group commit, including the small change queued with it.
+        assert store._conn is not None
+        pages = store._conn.execute("PRAGMA page_count").fetchone()[0]
+        store._conn.execute(f"PRAGMA max_page_count = {pages}")
+        small = store.apply([_change(store, USER, n=b"2")])
+        huge = _change(store, other, n=b'"' + b"x" * 200_000 + b'"')._replace(max_bytes=10**6)
+        big = store.apply([huge])
+        results = await asyncio.gather(small, big, return_exceptions=True)
+        assert all(isinstance(r, StoreUnavailable) for r in results), results
+        assert [r.props for r in await store.load([USER, other])] == [{"n": b"1"}] * 2
+        store._conn.execute("PRAGMA max_page_count = 1073741823")
+        await store.apply([_change(store, USER, n=b"3")])
+        assert (await store.load([USER]))[0].props == {"n": b"3"}
+    async with SqliteStore(tmp_path / "s.db") as fresh:
+        assert (await fresh.load([USER]))[0].props == {"n": b"3"}
+
+
+async def test_a_refused_operation_in_a_group_commit_leaves_the_rest(tmp_path: Path) -> None:
+    async with SqliteStore(tmp_path / "s.db") as store:
+        await store.apply([_change(store, USER, n=b"1")])
+        [loaded] = await store.load([USER])
+        refused = store.compare_and_set(USER, {"n": b"9"}, "wrong-etag", max_bytes=1000)
+        accepted = store.apply([_change(store, USER, m=b"2")])
+        results = await asyncio.gather(refused, accepted, return_exceptions=True)
+        assert isinstance(results[0], PreconditionFailed)
+        assert results[1] == [ApplyResult.APPLIED]
+        [now] = await store.load([USER])
+        assert now.props == {"n": b"1", "m": b"2"}
+        assert now.etag != loaded.etag
+
+
+async def test_a_locked_file_is_waited_for_without_blocking_the_loop(tmp_path: Path) -> None:
+    async with SqliteStore(tmp_path / "s.db", timeout=2.0) as store:
+        holder = sqlite3.connect(tmp_path / "s.db", isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")  # another process's write lock
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        ticker = asyncio.create_task(tick())
+        write = asyncio.create_task(store.apply([_change(store, USER, n=b"1")]))
+        await asyncio.sleep(0.3)
+        assert not write.done()
+        holder.execute("COMMIT")
+        assert await write == [ApplyResult.APPLIED]
+        assert ticks >= 15  # the loop kept running while the write waited
+        ticker.cancel()
+        holder.execute("BEGIN IMMEDIATE")
+        with pytest.raises(StoreUnavailable, match="locked by another writer"):
+            await store.apply([_change(store, USER, n=b"2")])
+        holder.execute("COMMIT")
+        holder.close()
+        assert (await store.load([USER]))[0].props == {"n": b"1"}
+
+
+async def test_one_changed_counter_writes_one_row(tmp_path: Path) -> None:
+    async with SqliteStore(tmp_path / "s.db") as store:
+        bag = {f"p{i}": b'"' + b"x" * 600 + b'"' for i in range(100)}  # 60 KiB
+        await store.apply([_change(store, USER, **bag, count=b"1")])
+        assert store._conn is not None
+        before = store._conn.total_changes
+        await store.apply([_change(store, USER, count=b"2")])
+        assert store._conn.total_changes - before == 2  # the head and one property
+        [loaded] = await store.load([USER])
+        assert loaded.props == {**bag, "count": b"2"}
+
+
+_SCHEMA_1 = """
+CREATE TABLE records (key TEXT PRIMARY KEY, blob BLOB NOT NULL, expires INTEGER) WITHOUT ROWID;
+CREATE INDEX records_expires ON records(expires) WHERE expires IS NOT NULL;
+CREATE TABLE deletions (user TEXT PRIMARY KEY, stamp INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+INSERT INTO meta(name, value) VALUES ('schema', 1), ('node', 0);
+CREATE TABLE nodes (node INTEGER PRIMARY KEY, holder TEXT NOT NULL, expires INTEGER NOT NULL);
+"""
+
+
+async def test_a_file_of_schema_1_is_upgraded_and_reads_the_same(tmp_path: Path) -> None:
+    db = tmp_path / "old.db"
+    conv = RecordKey("conversation", "bot-1", "slack", "c1", "")
+    rec = Record()
+    rec.apply(Change(USER, {"name": b'"Ada"', "n": b"1"}, stamp=1 << 30))
+    rec.apply(Change(USER, {}, frozenset({"gone"}), stamp=(1 << 30) + 1))
+    text = Record()
+    text.replace("plain text", 1 << 31)
+    with sqlite3.connect(db) as old:
+        old.executescript(_SCHEMA_1)
+        old.execute("INSERT INTO records VALUES (?, ?, NULL)", (USER.encode(), rec.pack()))
+        old.execute("INSERT INTO records VALUES (?, ?, NULL)", (conv.encode(), text.pack()))
+    old.close()
+    async with SqliteStore(db) as store:
+        user, conversation = await store.load([USER, conv])
+        assert user == rec.view()
+        assert conversation == text.view()
+        # the tombstone came along: an older write of "gone" stays refused
+        late = Change(USER, {"gone": b"1"}, stamp=1 << 30)
+        assert await store.apply([late]) == [ApplyResult.STALE]
+    with sqlite3.connect(db) as upgraded:
+        assert upgraded.execute("SELECT value FROM meta WHERE name = 'schema'").fetchone() == (2,)
+        tables = {row[0] for row in upgraded.execute("SELECT name FROM sqlite_master")}
+        assert "records" not in tables
+    upgraded.close()
+
+
+async def test_a_file_from_a_newer_inline_state_is_refused(tmp_path: Path) -> None:
+    db = tmp_path / "new.db"
+    async with SqliteStore(db):
+        pass
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE meta SET value = 3 WHERE name = 'schema'")
+    conn.close()
+    with pytest.raises(StoreError, match=r"schema 3.*newer inline_state"):
+        async with SqliteStore(db):
+            pass

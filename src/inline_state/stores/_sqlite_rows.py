@@ -118,6 +118,8 @@ def read_record(conn: sqlite3.Connection, key: str, now_ms: int) -> Record | Non
     if expires is not None and expires < now_ms:
         return None
     rows = conn.execute(_READ_ROWS, (key,)).fetchall()
+    if any(type(row[1]) is str for row in rows):  # TEXT from another program: as bytes
+        rows = [(n, v.encode() if type(v) is str else v, s) for n, v, s in rows]
     return Record.from_rows(created, writes, clear, text, text_stamp, rows)
 
 
