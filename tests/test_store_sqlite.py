@@ -106,8 +106,9 @@ async def test_kill_9_under_concurrent_load_loses_no_acknowledged_write(tmp_path
 
 
 def test_urls() -> None:
-    store = open_store("sqlite:///relative/state.db?synchronous=full&timeout=2.5")
+    store = open_store("sqlite:///relative/state.db?synchronous=full&timeout=2.5&cache_bytes=9")
     assert isinstance(store, SqliteStore)
+    assert store.cache_bytes == 9
     assert store.path == Path("relative/state.db")
     assert store.synchronous == "FULL"
     assert store.timeout == 2.5

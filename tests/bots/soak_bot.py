@@ -32,16 +32,12 @@ def make_app(store_url: str) -> web.Application:
 
     async def sqlite_full(request: web.Request) -> web.Response:
         store = middleware.store
-        assert isinstance(store, SqliteStore) and store._writer is not None
+        assert isinstance(store, SqliteStore) and store._conn is not None
         on = request.query.get("on") == "1"
-
-        def limit(conn: sqlite3.Connection) -> int:
-            pages = conn.execute("PRAGMA page_count").fetchone()[0]
-            return int(
-                conn.execute(f"PRAGMA max_page_count = {pages if on else 1 << 30}").fetchone()[0]
-            )
-
-        return web.json_response({"max_page_count": await store._writer.submit(limit)})
+        conn: sqlite3.Connection = store._conn  # used on the loop, as the store does
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        limit = conn.execute(f"PRAGMA max_page_count = {pages if on else 1 << 30}").fetchone()[0]
+        return web.json_response({"max_page_count": int(limit)})
 
     app.router.add_post("/api/messages", messages)
     app.router.add_post("/fault/sqlite-full", sqlite_full)

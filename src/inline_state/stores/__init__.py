@@ -66,7 +66,11 @@ def _redis_store_class() -> type[RedisStore]:
     return RedisStore
 
 
-_SQLITE_OPTIONS: dict[str, Callable[[str], Any]] = {"synchronous": str.upper, "timeout": float}
+_SQLITE_OPTIONS: dict[str, Callable[[str], Any]] = {
+    "synchronous": str.upper,
+    "timeout": float,
+    "cache_bytes": int,
+}
 
 
 def open_store(url: str, **options: Any) -> Store:
@@ -74,7 +78,7 @@ def open_store(url: str, **options: Any) -> Store:
 
     - ``memory://``
     - ``sqlite:///relative/state.db``, ``sqlite:////absolute/state.db``
-      (query: ``synchronous=FULL``, ``timeout=<seconds>``)
+      (query: ``synchronous=FULL``, ``timeout=<seconds>``, ``cache_bytes=<bytes>``)
     - ``redis://[user:password@]host:port/db``, ``rediss://...`` (TLS),
       ``redis+cluster://host:port`` (query: ``prefix=...``, ``timeout=<seconds>``)
 
