@@ -8,9 +8,8 @@ transaction, when a store first opens the file; a process still running an older
 inline_state on it then fails its next operation ("no such table") instead of writing
 where nobody reads.
 
-``meta`` holds ``commits``: every transaction of an inline_state writer adds one, so
-a store can tell from one small read whether anyone else wrote since its own last
-commit (see ``sqlite.py``).
+A record's first write (a new record, or one written again after it expired or was
+emptied) rewrites all its rows, so rows an expired record left behind never come back.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ from collections.abc import Iterable
 
 from .._change import Change
 from .._errors import StoreError
-from ._record import Record
+from ._record import FormatError, Record
 
 __all__: list[str] = []
 
@@ -49,8 +48,6 @@ CREATE TABLE IF NOT EXISTS nodes (
 );
 """
 
-READ_COMMITS = "SELECT value FROM meta WHERE name = 'commits'"
-_WRITE_COMMITS = "UPDATE meta SET value = ? WHERE name = 'commits'"
 _READ_HEAD = "SELECT created, writes, clear, text, text_stamp, expires FROM heads WHERE key = ?"
 _READ_ROWS = "SELECT name, value, stamp FROM properties WHERE key = ?"
 _WRITE_HEAD = (
@@ -62,7 +59,13 @@ _WRITE_ROW = "INSERT OR REPLACE INTO properties(key, name, value, stamp) VALUES 
 
 def prepare(conn: sqlite3.Connection) -> None:
     """Create the schema in a new file, or upgrade an older one; raise StoreError for a
-    file written by a newer inline_state."""
+    file written by a newer inline_state. A file already at this schema is only read."""
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE name = 'schema'").fetchone()
+    except sqlite3.OperationalError:  # no meta table: a new file
+        row = None
+    if row is not None and int(row[0]) == SCHEMA_VERSION:
+        return
     conn.execute("BEGIN IMMEDIATE")
     try:
         conn.execute(
@@ -84,7 +87,6 @@ def prepare(conn: sqlite3.Connection) -> None:
         conn.execute(
             "INSERT OR REPLACE INTO meta(name, value) VALUES ('schema', ?)", (SCHEMA_VERSION,)
         )
-        conn.execute("INSERT OR IGNORE INTO meta(name, value) VALUES ('commits', 0)")
         conn.execute("INSERT OR IGNORE INTO meta(name, value) VALUES ('node', 0)")
         conn.execute("COMMIT")
     except BaseException:
@@ -93,20 +95,13 @@ def prepare(conn: sqlite3.Connection) -> None:
 
 
 def _upgrade_from_blobs(conn: sqlite3.Connection) -> None:
-    rows = conn.execute("SELECT key, blob, expires FROM records").fetchall()
-    for key, blob, expires in rows:
-        write_record(conn, key, Record.unpack(blob), expires)
+    for key, blob, expires in conn.execute("SELECT key, blob, expires FROM records"):
+        try:
+            rec = Record.unpack(blob)
+        except FormatError as exc:
+            raise StoreError(f"record {key!r}: {exc}") from None
+        write_record(conn, key, rec, expires)
     conn.execute("DROP TABLE records")
-
-
-def read_commits(conn: sqlite3.Connection) -> int:
-    """The file's commit counter."""
-    return int(conn.execute(READ_COMMITS).fetchall()[0][0])
-
-
-def write_commits(conn: sqlite3.Connection, commits: int) -> None:
-    """Set the commit counter (inside the writer's transaction)."""
-    conn.execute(_WRITE_COMMITS, (commits,))
 
 
 def read_record(conn: sqlite3.Connection, key: str, now_ms: int) -> Record | None:
@@ -146,7 +141,10 @@ def write_change(
     conn: sqlite3.Connection, key: str, rec: Record, change: Change, expires: int | None
 ) -> None:
     """Store what merging ``change`` (no ``replace``) changed in ``rec``: its head and
-    the rows of the entries the change won."""
+    the rows of the entries the change won (every row, on the record's first write)."""
+    if rec.writes == 1:
+        write_record(conn, key, rec, expires)
+        return
     _write_head(conn, key, rec, expires)
     stamp = change.stamp
     stamps, values = rec.stamps, rec.values

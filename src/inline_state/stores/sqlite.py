@@ -2,11 +2,13 @@
 
 The store's connection is used on the event loop's thread only. With WAL and no
 checkpoint on it, a statement on records in the page cache takes microseconds and a
-commit writes to the WAL without waiting for the disk (``synchronous=NORMAL``), so
-running them in place costs less than handing each to a thread: with the GIL, every
-statement another thread runs is a handover of the interpreter, which under load costs
-more than the statement. Checkpoints (the fsync of the database file) run on a thread of
-their own.
+commit with ``synchronous=NORMAL`` writes to the WAL without an fsync (except the WAL
+header's, about once per checkpoint), so running them in place costs less than handing
+each to a thread: with the GIL, every statement another thread runs is a handover of
+the interpreter, which under load costs more than the statement. Checkpoints (the fsync
+of the database file) run on a thread of their own. With ``synchronous=FULL`` the loop
+waits for the fsync of each group commit; a record not in the OS page cache is read on
+the loop too.
 
 Writes are committed in groups: every write queued while the loop runs one round of
 callbacks goes into one ``BEGIN IMMEDIATE`` transaction, each in a savepoint, and is
@@ -276,6 +278,7 @@ class SqliteStore(Store):
         # Writes waiting for the next group commit: (future, operation, deadline, refusable).
         self._queue: list[_Queued] = []
         self._flush_scheduled = False
+        self._retry: asyncio.TimerHandle | None = None
         self._retry_delay = _RETRY_FIRST
         self._commits = 0
         self._next_sweep_ms = 0
@@ -301,7 +304,9 @@ class SqliteStore(Store):
             conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
             if checkpoints:
                 return conn
-            conn.execute("PRAGMA journal_mode = WAL")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise StoreError(f"{self.path}: cannot use WAL journaling (got {mode!r})")
             conn.execute(f"PRAGMA synchronous = {self.synchronous}")
             conn.execute("PRAGMA wal_autocheckpoint = 0")  # the checkpointer's job
             try:
@@ -333,6 +338,9 @@ class SqliteStore(Store):
             return
         await self._stop_clock()
         while self._queue:
+            if self._retry is not None:
+                self._retry.cancel()
+                self._retry = None
             self._flush()
             if self._queue:
                 await asyncio.sleep(self._retry_delay)
@@ -378,6 +386,7 @@ class SqliteStore(Store):
     def _flush(self) -> None:
         """Run every queued write in one transaction and answer them after the COMMIT."""
         self._flush_scheduled = False
+        self._retry = None
         batch, self._queue = self._queue, []
         if batch:
             self._commit(batch, every_in_savepoint=False)
@@ -418,10 +427,16 @@ class SqliteStore(Store):
                 conn.execute("RELEASE op")
                 outcomes.append((future, result, None))
             conn.execute("COMMIT")
-        except Exception as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+        except BaseException as exc:
+            try:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            except sqlite3.Error:  # closing the connection rolls back, at the latest
+                logger.warning("inline_state: SQLite ROLLBACK failed", exc_info=True)
             self._forget()  # records changed in place by the rolled-back transaction
+            if not isinstance(exc, Exception):
+                _fail(batch, StoreUnavailable(f"SQLite: interrupted ({exc!r})"))
+                raise
             if not isinstance(exc, sqlite3.Error) and not every_in_savepoint:
                 # An operation without a savepoint failed (a bug): again, each in one.
                 self._commit(batch, every_in_savepoint=True)
@@ -442,9 +457,13 @@ class SqliteStore(Store):
 
     def _wait_and_retry(self, batch: list[_Queued], exc: sqlite3.Error) -> None:
         now = time.monotonic()
-        waiting = [item for item in batch if item[2] > now] if _busy(exc) else []
-        expired = [item for item in batch if item not in waiting]
+        busy = _busy(exc)
+        waiting: list[_Queued] = []
+        expired: list[_Queued] = []
+        for item in batch:
+            (waiting if busy and item[2] > now else expired).append(item)
         if expired:
+            self._retry_delay = _RETRY_FIRST
             reason = (
                 f"SQLite {self.path} stayed locked by another writer for {self.timeout} s"
                 if _busy(exc)
@@ -455,7 +474,7 @@ class SqliteStore(Store):
             self._queue[:0] = waiting
             self._flush_scheduled = True
             loop = waiting[0][0].get_loop()
-            loop.call_later(self._retry_delay, self._flush)
+            self._retry = loop.call_later(self._retry_delay, self._flush)
             self._retry_delay = min(self._retry_delay * 2, _RETRY_MOST)
 
     def _sweep(self, conn: sqlite3.Connection, now_ms: int) -> None:
@@ -465,7 +484,9 @@ class SqliteStore(Store):
                 "DELETE FROM properties WHERE key IN (SELECT key FROM heads WHERE expires < ?)",
                 (now_ms,),
             )
-            conn.execute("DELETE FROM heads WHERE expires < ?", (now_ms,))
+            swept = conn.execute("DELETE FROM heads WHERE expires < ?", (now_ms,)).rowcount
+            if swept:  # a record of a kind without a TTL now may be among them
+                self._forget()
 
     async def apply(self, changes: Sequence[Change]) -> list[ApplyResult]:
         """Apply stamped changes in the next group commit."""
@@ -559,21 +580,30 @@ class SqliteStore(Store):
         """
         conn = self._open_conn()
         entries = self._records.entries
-        try:
-            if all(key in entries for key in keys):
-                self._check_others(conn)
-                found = self._decoded(keys)
-                if found is not None:
-                    return found
-            self.reads += 1
-            conn.execute("BEGIN")  # one snapshot for the check and every record
+        deadline = time.monotonic() + self.timeout
+        delay = _RETRY_FIRST
+        while True:
             try:
-                self._check_others(conn)
-                found = _blob.load_records(_SqlTable(self, conn, self.clock.wall_ms()), keys)
-            finally:
-                conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(f"SQLite: {exc}") from None
+                if all(key in entries for key in keys):
+                    self._check_others(conn)
+                    decoded = self._decoded(keys)
+                    if decoded is not None:
+                        return decoded
+                self.reads += 1
+                conn.execute("BEGIN")  # one snapshot for the check and every record
+                try:
+                    self._check_others(conn)
+                    table = _SqlTable(self, conn, self.clock.wall_ms())
+                    found = _blob.load_records(table, keys)
+                finally:
+                    conn.execute("COMMIT")
+                break
+            except sqlite3.Error as exc:
+                if not _busy(exc) or time.monotonic() + delay > deadline:
+                    raise StoreUnavailable(f"SQLite: {exc}") from None
+            await asyncio.sleep(delay)  # the file is locked (a recovery, a VACUUM...)
+            delay = min(delay * 2, _RETRY_MOST)
+            conn = self._open_conn()
         if self.ttl_ms:
             touched = [
                 key.encode()
