@@ -124,8 +124,6 @@ class _SqlTable(_blob.RecordTable):
     """The store's tables in the running transaction (or read), through its decoded
     records; remembers which records it handed out, for a rollback to forget."""
 
-    __slots__ = ("conn", "now_ms", "store", "taken")
-
     def __init__(self, store: SqliteStore, conn: sqlite3.Connection, now_ms: int) -> None:
         self.store = store
         self.conn = conn
@@ -580,7 +578,7 @@ class SqliteStore(Store):
         """
         conn = self._open_conn()
         entries = self._records.entries
-        deadline = time.monotonic() + self.timeout
+        deadline = 0.0  # set when the file is first found locked
         delay = _RETRY_FIRST
         while True:
             try:
@@ -599,6 +597,8 @@ class SqliteStore(Store):
                     conn.execute("COMMIT")
                 break
             except sqlite3.Error as exc:
+                if not deadline:
+                    deadline = time.monotonic() + self.timeout
                 if not _busy(exc) or time.monotonic() + delay > deadline:
                     raise StoreUnavailable(f"SQLite: {exc}") from None
             await asyncio.sleep(delay)  # the file is locked (a recovery, a VACUUM...)
