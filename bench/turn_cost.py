@@ -22,6 +22,7 @@ import gc
 import json
 import pstats
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,8 @@ def make_target(name: str, bag_bytes: int = 0) -> web.Application:
     import inline
 
     args.api = "plain" if name == "memory-plain" else "fast"
+    if name == "sqlite":  # a fresh file, removed with the process's temporary directory
+        args.store = f"sqlite:///{tempfile.mkdtemp(prefix='inline_state-bench-')}/state.db"
     return inline.make_app(args)
 
 

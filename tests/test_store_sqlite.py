@@ -23,6 +23,7 @@ from inline_state import (
     StoreUnavailable,
     open_store,
 )
+from inline_state._clock import HybridClock
 from inline_state.stores._record import Record
 
 from .support import REPO, RunningBot, RunningProcess, v1_message
@@ -367,3 +368,25 @@ async def test_a_file_from_a_newer_inline_state_is_refused(tmp_path: Path) -> No
     with pytest.raises(StoreError, match=r"schema 3.*newer inline_state"):
         async with SqliteStore(db):
             pass
+
+
+async def test_an_expired_record_written_again_holds_only_the_new_write(tmp_path: Path) -> None:
+    from .test_store_contract import FakeTime, stamp
+
+    time = FakeTime()
+    other = RecordKey("user", "bot-1", None, "", "u2")
+    async with SqliteStore(
+        tmp_path / "s.db", clock=HybridClock(0, wall_ms=time), ttl={"user": 10.0}
+    ) as store:
+        await store.apply([Change(USER, {"a": b"1", "b": b"1"}, stamp=stamp(0))])
+        time.now += 9_000
+        await store.apply([Change(other, {"x": b"1"}, stamp=stamp(9_000))])  # a sweep ran
+        time.now += 1_500  # USER expired; the next sweep is not due yet
+        await store.apply([Change(USER, {"c": b"2"}, stamp=stamp(10_500))])
+        assert (await store.load([USER]))[0].props == {"c": b"2"}
+        time.now += 20_000
+        await store.apply([Change(other, {"x": b"2"}, stamp=stamp(30_500))])  # sweeps USER
+    with sqlite3.connect(tmp_path / "s.db") as conn:
+        names = {row[0] for row in conn.execute("SELECT key FROM properties")}
+    conn.close()
+    assert names == {other.encode()}, "the sweep took the expired record's rows too"
