@@ -21,6 +21,7 @@ from inline_state import (
     SqliteStore,
     StoreError,
     StoreUnavailable,
+    UserRef,
     open_store,
 )
 from inline_state._clock import HybridClock
@@ -390,3 +391,18 @@ async def test_an_expired_record_written_again_holds_only_the_new_write(tmp_path
         names = {row[0] for row in conn.execute("SELECT key FROM properties")}
     conn.close()
     assert names == {other.encode()}, "the sweep took the expired record's rows too"
+
+
+async def test_a_late_change_after_a_deletion_is_dropped_when_the_stamp_was_forgotten(
+    tmp_path: Path,
+) -> None:
+    async with SqliteStore(tmp_path / "s.db") as store:
+        await store.apply([_change(store, USER, n=b"1")])
+        base = (await store.load([USER]))[0].observed  # a turn saw this much ...
+        deleted = await store.delete_user(UserRef("bot-1", None, "u1"), store.clock.stamp())
+        assert (await store.load([USER]))[0].deleted == deleted  # decoded (empty) again
+        # ... and the remembered deletion stamps are dropped (as at their bound, 65,536)
+        store._deletions.clear()
+        late = Change(USER, {"n": b"2"}, stamp=store.clock.stamp(), base=base)
+        assert await store.apply([late]) == [ApplyResult.DROPPED]
+        assert (await store.load([USER]))[0].props == {}

@@ -56,6 +56,9 @@ from ._sqlite_rows import delete_record, prepare, read_record, write_change, wri
 
 __all__ = ["SqliteStore"]
 
+APPLIED, STALE = ApplyResult.APPLIED, ApplyResult.STALE
+_NOT_READ = 1 << 63  # a deletion stamp not read yet: above every base, so looked up
+
 T = TypeVar("T")
 DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
 _DELETIONS_KEPT = 65536  # deletion stamps remembered (a user's is read from the file once)
@@ -488,11 +491,42 @@ class SqliteStore(Store):
 
     async def apply(self, changes: Sequence[Change]) -> list[ApplyResult]:
         """Apply stamped changes in the next group commit."""
-        tombstone_ttl_ms = self.tombstone_ttl_ms
-        return await self._write(
-            lambda table: _blob.apply_changes(table, changes, table.now_ms, tombstone_ttl_ms),
-            refusable=False,
-        )
+        return await self._write(lambda table: self._merge(table, changes), refusable=False)
+
+    def _merge(self, table: _SqlTable, changes: Sequence[Change]) -> list[ApplyResult]:
+        # The common case inline: a decoded record without text or tombstones, whose
+        # owner's deletion stamp is known and below the change's base, and that the
+        # change cannot take past its limit (the rules are Record.apply's). Anything
+        # else takes the general path.
+        records, deletions, ttl_ms = self._records, self._deletions, self.ttl_ms
+        entries = records.entries
+        results: list[ApplyResult] = []
+        for change in changes:
+            key = change.key
+            rec = entries.get(key)
+            if (
+                rec is None
+                or rec.tombs
+                or rec.text is not None
+                or key.kind in ttl_ms
+                or (
+                    key.kind != "conversation"
+                    and change.base
+                    < deletions.get(UserRef(key.bot, key.channel, key.user), _NOT_READ)
+                )
+                or rec.may_exceed(change)
+            ):
+                results += _blob.apply_changes(
+                    table, (change,), table.now_ms, self.tombstone_ttl_ms
+                )
+            elif rec.apply(change):
+                table.taken.append(key)
+                write_change(table.conn, key.encode(), rec, change, None)
+                records.put(key, rec)
+                results.append(APPLIED)
+            else:
+                results.append(STALE)
+        return results
 
     async def compare_and_set(
         self,
