@@ -46,20 +46,24 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClu
 StoreFactory = Callable[..., Store]
 
 
-@pytest.fixture(params=["memory", "memory-cold", "sqlite", "redis", "redis-cluster"])
+@pytest.fixture(params=["memory", "memory-cold", "sqlite", "sqlite-cold", "redis", "redis-cluster"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
     """A factory of fresh, unopened stores of one backend.
 
     ``memory-cold`` is memory:// with a cache of one record, so nearly every operation
-    packs a record out and decodes one back in.
+    packs a record out and decodes one back in; ``sqlite-cold`` keeps no decoded record,
+    so every operation reads the file.
     """
     names = itertools.count()
     if request.param == "memory":
         return MemoryStore
     if request.param == "memory-cold":
         return lambda **options: MemoryStore(cache_bytes=0, **options)
-    if request.param == "sqlite":
-        return lambda **options: SqliteStore(tmp_path / f"state-{next(names)}.db", **options)
+    if request.param in ("sqlite", "sqlite-cold"):
+        cache = {"cache_bytes": 0} if request.param == "sqlite-cold" else {}
+        return lambda **options: SqliteStore(
+            tmp_path / f"state-{next(names)}.db", **cache, **options
+        )
     scheme, port = (
         ("redis", request.getfixturevalue("redis_server").port)
         if request.param == "redis"

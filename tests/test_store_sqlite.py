@@ -406,3 +406,25 @@ async def test_a_late_change_after_a_deletion_is_dropped_when_the_stamp_was_forg
         late = Change(USER, {"n": b"2"}, stamp=store.clock.stamp(), base=base)
         assert await store.apply([late]) == [ApplyResult.DROPPED]
         assert (await store.load([USER]))[0].props == {}
+
+
+async def test_close_with_writes_waiting_for_a_lock_ends_within_the_timeout(
+    tmp_path: Path,
+) -> None:
+    store = SqliteStore(tmp_path / "s.db", timeout=0.5)
+    await store.open()
+    holder = sqlite3.connect(tmp_path / "s.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        write = asyncio.create_task(store.apply([_change(store, USER, n=b"1")]))
+        await asyncio.sleep(0.05)  # queued, retrying
+        started = asyncio.get_running_loop().time()
+        await asyncio.wait_for(store.close(), 5)
+        assert asyncio.get_running_loop().time() - started < 2.0
+        with pytest.raises(StoreUnavailable, match="locked by another writer"):
+            await write
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    with pytest.raises(StoreUnavailable, match="not open"):
+        await store.load([USER])
