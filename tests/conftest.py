@@ -12,6 +12,7 @@ from aiohttp import web
 from pytest_aiohttp import AiohttpClient, AiohttpServer
 
 from inline_state import MemoryStore, SqliteStore, Store, open_store
+from inline_state.stores.sqlite import DEFAULT_CACHE_BYTES as DEFAULT_SQLITE_CACHE_BYTES
 
 from .redis_servers import RedisCluster, RedisServer
 from .support import Channel, Client
@@ -60,9 +61,9 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
     if request.param == "memory-cold":
         return lambda **options: MemoryStore(cache_bytes=0, **options)
     if request.param in ("sqlite", "sqlite-cold"):
-        cache = {"cache_bytes": 0} if request.param == "sqlite-cold" else {}
+        cache_bytes = 0 if request.param == "sqlite-cold" else DEFAULT_SQLITE_CACHE_BYTES
         return lambda **options: SqliteStore(
-            tmp_path / f"state-{next(names)}.db", **cache, **options
+            tmp_path / f"state-{next(names)}.db", cache_bytes=cache_bytes, **options
         )
     scheme, port = (
         ("redis", request.getfixturevalue("redis_server").port)
