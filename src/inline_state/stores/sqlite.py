@@ -170,8 +170,14 @@ class _SqlTable(_blob.RecordTable):
     def deletion_stamp(self, key: RecordKey) -> int:
         if key.kind == "conversation":
             return 0
+        store = self.store
+        if store._any_deleted is None:
+            row = self.conn.execute("SELECT EXISTS (SELECT 1 FROM deletions)").fetchone()
+            store._any_deleted = bool(row[0])
+        if not store._any_deleted:
+            return 0
         user = UserRef(key.bot, key.channel, key.user)
-        deletions = self.store._deletions
+        deletions = store._deletions
         known = deletions.get(user)
         if known is not None:
             return known
@@ -196,6 +202,7 @@ class _SqlTable(_blob.RecordTable):
         self.conn.execute(
             "INSERT OR REPLACE INTO deletions(user, stamp) VALUES (?, ?)", (user.encode(), stamp)
         )
+        self.store._any_deleted = True
         self.store._deletions[user] = stamp
 
 
@@ -275,6 +282,9 @@ class SqliteStore(Store):
         self._checkpointer: _Checkpointer | None = None
         self._records = _Records(cache_bytes)
         self._deletions: dict[UserRef, int] = {}
+        # Whether the file holds any deletion stamp (None: not known); while it holds
+        # none, no user's stamp is looked up.
+        self._any_deleted: bool | None = None
         self._data_version = -1  # PRAGMA data_version when the records were last trusted
         # Writes waiting for the next group commit: (future, operation, deadline, refusable).
         self._queue: list[_Queued] = []
@@ -361,7 +371,11 @@ class SqliteStore(Store):
 
     def _forget(self) -> None:
         self._records.clear()
+        self._forget_deletions()
+
+    def _forget_deletions(self) -> None:
         self._deletions.clear()
+        self._any_deleted = None
 
     def _check_others(self, conn: sqlite3.Connection) -> None:
         """Forget every decoded record if another connection committed since the last
@@ -422,7 +436,7 @@ class SqliteStore(Store):
                     conn.execute("RELEASE op")
                     for key in table.taken:  # possibly changed in place: read again
                         self._records.pop(key)
-                    self._deletions.clear()
+                    self._forget_deletions()
                     outcomes.append((future, None, exc))
                     continue
                 conn.execute("RELEASE op")
@@ -511,6 +525,7 @@ class SqliteStore(Store):
                 or key.kind in ttl_ms
                 or (
                     key.kind != "conversation"
+                    and self._any_deleted is not False
                     and change.base
                     < deletions.get(UserRef(key.bot, key.channel, key.user), _NOT_READ)
                 )
@@ -651,13 +666,14 @@ class SqliteStore(Store):
     def _decoded(self, keys: Sequence[RecordKey]) -> list[StoredRecord] | None:
         """The views of ``keys`` when every record and deletion stamp is decoded."""
         entries, deletions = self._records.entries, self._deletions
+        none_deleted = self._any_deleted is False
         out: list[StoredRecord] = []
         for key in keys:
             rec = entries.pop(key, None)
             if rec is None:
                 return None
             entries[key] = rec  # most recently used last
-            if key.kind == "conversation":
+            if none_deleted or key.kind == "conversation":
                 out.append(rec.view())
                 continue
             deleted = deletions.get(UserRef(key.bot, key.channel, key.user))
