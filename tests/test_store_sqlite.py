@@ -428,3 +428,66 @@ async def test_close_with_writes_waiting_for_a_lock_ends_within_the_timeout(
         holder.close()
     with pytest.raises(StoreUnavailable, match="not open"):
         await store.load([USER])
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_the_decoded_records_are_what_the_file_holds(tmp_path: Path, seed: int) -> None:
+    # A law over random operations of every kind: after each, the store that made it
+    # (answering from its decoded records) and a second store on the file (which
+    # must read the file, since the first one committed) load the same records.
+    import random
+
+    from .test_store_contract import FakeTime, stamp
+
+    rng = random.Random(seed)
+    time = FakeTime()
+    keys = [
+        RecordKey("user", "bot-1", None, "", "u1"),
+        RecordKey("private", "bot-1", None, "c1", "u1"),
+        RecordKey("conversation", "bot-1", None, "c1", ""),
+    ]
+    names = ["a", "b", "c", "d"]
+    clock = HybridClock(0, wall_ms=time)
+    async with (
+        SqliteStore(tmp_path / "s.db", clock=clock, tombstone_ttl=5) as store,
+        SqliteStore(tmp_path / "s.db", clock=HybridClock(0, wall_ms=time)) as reader,
+    ):
+        for step in range(150):
+            time.now += rng.choice([1, 10, 1_000, 6_000])
+            key = rng.choice(keys)
+            offset = time.now - FakeTime().now - rng.choice([0, 0, 0, 3_000, 9_000])
+            kind = rng.random()
+            if kind < 0.55:
+                sets = {n: str(rng.randint(0, 9)).encode() for n in rng.sample(names, 2)}
+                removes = frozenset(rng.sample(names, rng.randint(0, 1))) - set(sets)
+                replace = rng.random() < 0.2
+                change = Change(key, sets, removes, replace, stamp(offset), max_bytes=60)
+                await store.apply([change])
+            elif kind < 0.7:
+                data: dict[str, bytes] | str | None = rng.choice(
+                    [{"t": b'"x"'}, "plain text", None]
+                )
+                await store.compare_and_set(key, data, "*", max_bytes=1000)
+            elif kind < 0.75:
+                user = UserRef("bot-1", None, "u1")
+                await store.delete_user(user, stamp(offset))
+            mine = await store.load(keys)
+            theirs = await reader.load(keys)
+            assert mine == theirs, (step, mine, theirs)
+        assert store.cache_stats["hits"] > 50  # the first store did answer from memory
+
+
+async def test_a_tombstone_older_than_the_retention_is_not_kept(tmp_path: Path) -> None:
+    from .test_store_contract import FakeTime, stamp
+
+    time = FakeTime()
+    async with SqliteStore(
+        tmp_path / "s.db", clock=HybridClock(0, wall_ms=time), tombstone_ttl=1
+    ) as store:
+        await store.apply([Change(USER, {"a": b"1"}, stamp=stamp(0))])
+        await store.load([USER])  # decoded
+        time.now += 10_000
+        late = Change(USER, {}, frozenset({"b"}), stamp=stamp(1_000))
+        assert await store.apply([late]) == [ApplyResult.APPLIED]
+        [loaded] = await store.load([USER])
+        assert loaded.observed == stamp(0), "the late tombstone was pruned at once"

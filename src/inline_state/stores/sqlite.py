@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from .._change import Change
-from .._clock import MAX_NODES, HybridClock
+from .._clock import MAX_NODES, HybridClock, stamp_ms
 from .._errors import StoreError, StoreUnavailable
 from .._keys import RecordKey, UserRef, decode_key, namespace_prefix
 from .._message import Kind
@@ -310,6 +310,10 @@ class SqliteStore(Store):
         }
 
     def _connect(self, *, checkpoints: bool = False) -> sqlite3.Connection:
+        if sqlite3.sqlite_version_info < (3, 24):  # upserts
+            raise StoreError(
+                f"sqlite:// needs SQLite 3.24 or newer; Python uses {sqlite3.sqlite_version}"
+            )
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
@@ -508,18 +512,20 @@ class SqliteStore(Store):
         return await self._write(lambda table: self._merge(table, changes), refusable=False)
 
     def _merge(self, table: _SqlTable, changes: Sequence[Change]) -> list[ApplyResult]:
-        # The common case inline: a decoded record without text or tombstones, whose
-        # owner's deletion stamp is known and below the change's base, and that the
-        # change cannot take past its limit (the rules are Record.apply's). Anything
-        # else takes the general path.
+        # The common case inline: a change that does not replace the bag, to a decoded
+        # record without text or tombstones, whose owner has no deletion stamp above the
+        # change's base, and that the change cannot take past its limit (the rules are
+        # Record.apply's). Anything else takes the general path.
         records, deletions, ttl_ms = self._records, self._deletions, self.ttl_ms
         entries = records.entries
+        horizon_ms = table.now_ms - self.tombstone_ttl_ms
         results: list[ApplyResult] = []
         for change in changes:
             key = change.key
             rec = entries.get(key)
             if (
                 rec is None
+                or change.replace  # the record's rows are all rewritten
                 or rec.tombs
                 or rec.text is not None
                 or key.kind in ttl_ms
@@ -530,6 +536,7 @@ class SqliteStore(Store):
                     < deletions.get(UserRef(key.bot, key.channel, key.user), _NOT_READ)
                 )
                 or rec.may_exceed(change)
+                or (change.removes and stamp_ms(change.stamp) < horizon_ms)  # pruned at once
             ):
                 results += _blob.apply_changes(
                     table, (change,), table.now_ms, self.tombstone_ttl_ms
@@ -664,7 +671,8 @@ class SqliteStore(Store):
         return found
 
     def _decoded(self, keys: Sequence[RecordKey]) -> list[StoredRecord] | None:
-        """The views of ``keys`` when every record and deletion stamp is decoded."""
+        """The views of ``keys`` when every record is decoded and every owner's deletion
+        stamp known (or the file holds none)."""
         entries, deletions = self._records.entries, self._deletions
         none_deleted = self._any_deleted is False
         out: list[StoredRecord] = []
