@@ -15,7 +15,7 @@ import heapq
 from collections.abc import Mapping, Sequence
 
 from .._change import Change
-from .._clock import MAX_NODES, HybridClock
+from .._clock import MAX_NODES, HybridClock, stamp_ms
 from .._errors import StoreUnavailable
 from .._keys import RecordKey, UserRef, decode_key, namespace_prefix
 from .._message import Kind
@@ -261,6 +261,7 @@ class MemoryStore(Store):
                 or rec.text is not None
                 or (self._deleted and key.kind != "conversation")
                 or rec.may_exceed(change)
+                or (change.removes and self._past_retention(change.stamp))  # pruned at once
             ):
                 if slow is None:
                     slow = self._tables()
@@ -280,6 +281,9 @@ class MemoryStore(Store):
             else:
                 results.append(STALE)
         return results
+
+    def _past_retention(self, stamp: int) -> bool:
+        return stamp_ms(stamp) < self.clock.wall_ms() - self.tombstone_ttl_ms
 
     async def compare_and_set(
         self,
