@@ -83,9 +83,7 @@ def encode_bag(
             try:
                 data = encode_value(value, max_depth)
             except UnstorableValue as exc:
-                raise BagError(
-                    field_name, "unstorableValue", f"property {name!r}: {exc}", limit=limit
-                ) from None
+                raise _unstorable(field_name, name, str(exc), limit) from None
         try:
             size += len(encode_name(name)) + 2 + len(data)
         except UnstorableValue as exc:
@@ -118,6 +116,11 @@ def encode_bag(
             limit=limit,
         )
     return encoded
+
+
+def _unstorable(field_name: str, name: str, why: str, limit: int) -> BagError:
+    """The error for a property whose value cannot be stored."""
+    return BagError(field_name, "unstorableValue", f"property {name!r}: {why}", limit=limit)
 
 
 def _property_name(field_name: str, key: object, limit: int) -> str:
@@ -266,11 +269,8 @@ def _fold_bag(
             try:
                 data = string_json(value)
             except TypeError:
-                raise BagError(
-                    field_name,
-                    "unstorableValue",
-                    f"property {name!r}: a string holds a lone surrogate",
-                    limit=limit,
+                raise _unstorable(
+                    field_name, name, "a string holds a lone surrogate", limit
                 ) from None
         elif kind is int and value in _INT_RANGE:
             data = b"%d" % value
@@ -278,9 +278,7 @@ def _fold_bag(
             try:
                 data = encode_value(value, max_depth)
             except UnstorableValue as exc:
-                raise BagError(
-                    field_name, "unstorableValue", f"property {name!r}: {exc}", limit=limit
-                ) from None
+                raise _unstorable(field_name, name, str(exc), limit) from None
         value_bytes += len(data)
         if played.get(name) != data:
             sets[name] = data
