@@ -5,11 +5,19 @@ compare stamps and do HSET/HDEL only, never decoding values. A user's record, th
 per-conversation records, their deletion stamp and their index share one hash slot
 (the hash tag is the user), so deleting a user is one atomic script even on a cluster.
 Loading a turn's records is one pipelined round trip (one per node on a cluster).
+
+A store made from a ``redis://`` or ``rediss://`` URL (without redis-py query options)
+sends a turn's load and apply over one multiplexed connection of its own
+(``_redis_wire``): the commands of concurrent turns share writes and round trips. Both
+are safe to repeat (reads and PEXPIRE; stamped scripts and ZADD NX), so a command that
+lost its connection is sent once more, on a new connection, within the timeout; nothing
+else is retried. Everything else, and a store on a caller's client, uses redis-py.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 import uuid
 from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -28,7 +36,7 @@ from .._codec import encode_name
 from .._errors import PreconditionFailed, RecordTooLarge, StoreUnavailable
 from .._keys import RecordKey, UserRef, decode_key, escape_part, namespace_prefix
 from .._message import Kind
-from . import _redis_lua
+from . import _redis_lua, _redis_wire
 from ._base import (
     DEFAULT_TOMBSTONE_TTL,
     MISSING,
@@ -72,6 +80,7 @@ class RedisStore(Store):
         prefix: str = "inline_state",
         timeout: float = 1.0,
         owns_client: bool = False,
+        wire: _redis_wire.Connection | None = None,
         clock: HybridClock | None = None,
         ttl: Mapping[Kind, float] | None = None,
         tombstone_ttl: float = DEFAULT_TOMBSTONE_TTL,
@@ -85,6 +94,7 @@ class RedisStore(Store):
         self.prefix = prefix
         self.timeout = timeout
         self._owns_client = owns_client
+        self._wire = wire
         self._cluster = isinstance(client, RedisCluster)
         self._apply = client.register_script(_redis_lua.APPLY)
         self._cas = client.register_script(_redis_lua.COMPARE_AND_SET)
@@ -132,6 +142,22 @@ class RedisStore(Store):
             )
         elif parts.scheme in ("redis", "rediss"):
             client = Redis.from_url(urlunsplit(parts._replace(query=rest)), **common)
+            if not rest:  # the turn's commands over a connection of our own
+                kwargs = client.connection_pool.connection_kwargs
+                options.setdefault(
+                    "wire",
+                    _redis_wire.Connection(
+                        kwargs.get("host", "localhost"),
+                        int(kwargs.get("port", 6379)),
+                        username=kwargs.get("username"),
+                        password=kwargs.get("password"),
+                        db=int(kwargs.get("db", 0)),
+                        ssl_context=ssl.create_default_context()
+                        if parts.scheme == "rediss"
+                        else None,
+                        timeout=timeout,
+                    ),
+                )
         else:
             raise ValueError(f"not a Redis URL: {url!r}")
         return cls(client, owns_client=True, **options)
@@ -149,6 +175,8 @@ class RedisStore(Store):
     async def close(self) -> None:
         """Give the clock's node id back; close the client if this store created it."""
         await self._stop_clock()
+        if self._wire is not None:
+            self._wire.close()
         if self._owns_client:
             await self.client.aclose()
 
@@ -217,8 +245,26 @@ class RedisStore(Store):
         """End this instance's lease on a node id."""
         await self._guard(self._release_node(keys=[self._node_key(node_id)], args=[self._holder]))
 
+    async def _call_wire(
+        self, wire: _redis_wire.Connection, commands: list[list[Any]]
+    ) -> list[Any]:
+        """The commands' replies over the multiplexed connection, sent once more on a
+        new connection if the first one failed (callers send only repeatable commands)."""
+        try:
+            async with asyncio.timeout(self.timeout):  # both tries within it
+                try:
+                    return await wire.call(commands)
+                except ConnectionError:
+                    return await wire.call(commands)
+        except TimeoutError:
+            raise StoreUnavailable(f"Redis did not answer within {self.timeout} s") from None
+        except OSError as exc:
+            raise StoreUnavailable(f"Redis: {exc}") from None
+
     async def load(self, keys: Sequence[RecordKey]) -> list[StoredRecord]:
         """Read records (and refresh TTLs) in one pipelined round trip per node."""
+        if self._wire is not None:
+            return await self._load_wire(self._wire, keys)
         pipe = self.client.pipeline(transaction=False)
         for key in keys:
             script_keys = self._script_keys(key)
@@ -235,6 +281,29 @@ class RedisStore(Store):
             deleted = int(next(replies) or 0) if key.kind != "conversation" else 0
             if key.kind in self.ttl_ms:
                 next(replies)
+            out.append(_view(fields, deleted))
+        return out
+
+    async def _load_wire(
+        self, wire: _redis_wire.Connection, keys: Sequence[RecordKey]
+    ) -> list[StoredRecord]:
+        commands: list[list[Any]] = []
+        for key in keys:
+            script_keys = self._script_keys(key)
+            commands.append(["HGETALL", script_keys[0]])
+            if len(script_keys) > 1:
+                commands.append(["GET", script_keys[1]])
+            ttl = self.ttl_ms.get(key.kind)
+            if ttl is not None:
+                commands.append(["PEXPIRE", script_keys[0], ttl])
+        replies = iter(_checked(await self._call_wire(wire, commands)))
+        out: list[StoredRecord] = []
+        for key in keys:
+            flat: list[bytes] = next(replies)
+            deleted = int(next(replies) or 0) if key.kind != "conversation" else 0
+            if key.kind in self.ttl_ms:
+                next(replies)
+            fields = dict(zip(flat[::2], flat[1::2], strict=True)) if flat else {}
             out.append(_view(fields, deleted))
         return out
 
@@ -258,7 +327,9 @@ class RedisStore(Store):
         """Apply each change atomically to its record (one script per record)."""
         now_ms = self.clock.wall_ms()
         indexed = [(self._export_key(c.key.bot, c.key.channel), c.key.encode()) for c in changes]
-        if self._cluster:
+        if self._wire is not None:
+            replies = await self._apply_wire(self._wire, changes, indexed, now_ms)
+        elif self._cluster:
             # Scripts cannot join a cluster pipeline; run them side by side instead.
             calls: list[Awaitable[Any]] = [
                 self._apply(keys=self._script_keys(c.key), args=self._apply_args(c, now_ms))
@@ -269,6 +340,25 @@ class RedisStore(Store):
         else:
             replies = await self._guard(self._apply_pipelined(changes, indexed, now_ms))
         return [_RESULTS[reply] for reply in replies[: len(changes)]]
+
+    async def _apply_wire(
+        self,
+        wire: _redis_wire.Connection,
+        changes: Sequence[Change],
+        indexed: list[tuple[str, str]],
+        now_ms: int,
+    ) -> list[Any]:
+        commands: list[list[Any]] = []
+        for c in changes:
+            script_keys = self._script_keys(c.key)
+            args = self._apply_args(c, now_ms)
+            commands.append(["EVALSHA", self._apply.sha, len(script_keys), *script_keys, *args])
+        commands += [["ZADD", zkey, "NX", 0, member] for zkey, member in indexed]
+        replies = await self._call_wire(wire, commands)
+        if any(_no_script(r) for r in replies):  # Redis lost it (a restart, SCRIPT FLUSH)
+            _checked(await self._call_wire(wire, [["SCRIPT", "LOAD", _redis_lua.APPLY]]))
+            replies = await self._call_wire(wire, commands)  # stamped: safe to repeat
+        return _checked(replies)
 
     async def _apply_pipelined(
         self, changes: Sequence[Change], indexed: list[tuple[str, str]], now_ms: int
@@ -373,6 +463,18 @@ _RELEASE_NODE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+
+
+def _no_script(reply: Any) -> bool:
+    return isinstance(reply, _redis_wire.ReplyError) and str(reply).startswith("NOSCRIPT")
+
+
+def _checked(replies: list[Any]) -> list[Any]:
+    """The replies, or StoreUnavailable naming the first error reply."""
+    for reply in replies:
+        if isinstance(reply, _redis_wire.ReplyError):
+            raise StoreUnavailable(f"Redis: {reply}")
+    return replies
 
 
 def _view(fields: Mapping[bytes, bytes], deleted: int) -> StoredRecord:

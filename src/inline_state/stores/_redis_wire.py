@@ -1,0 +1,188 @@
+"""One multiplexed, auto-pipelined connection to Redis for a turn's commands.
+
+Every command queued while the event loop runs one round of callbacks goes out in one
+write; replies come back in order and hiredis parses them, so concurrent turns share
+round trips and the client costs a few microseconds per command. A waiter that goes
+away (its timeout fired, its handler was cancelled) keeps its place in the queue: its
+replies are read and dropped, so no reply ever reaches another waiter. When the
+connection is lost, every command in flight fails with ``ConnectionError`` and the next
+call connects again; a command whose reply has not arrived within the timeout makes the
+next call drop the connection the same way (Redis was paused, or the network is gone).
+
+Only what the hot path needs: AUTH (with or without an ACL user), SELECT, TLS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ssl
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import hiredis
+
+__all__: list[str] = []
+
+ReplyError = hiredis.ReplyError
+Arg = bytes | str | int
+
+
+def encode(command: Sequence[Arg]) -> bytes:
+    """A command in RESP: an array of bulk strings."""
+    parts = [b"*%d\r\n" % len(command)]
+    for arg in command:
+        if isinstance(arg, str):
+            data = arg.encode("utf-8", "surrogatepass")
+        elif isinstance(arg, int):
+            data = b"%d" % arg
+        else:
+            data = arg
+        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(parts)
+
+
+class _Waiter:
+    __slots__ = ("future", "replies", "sent_at", "wanted")
+
+    def __init__(self, future: asyncio.Future[list[Any]], wanted: int, sent_at: float) -> None:
+        self.future = future
+        self.wanted = wanted
+        self.replies: list[Any] = []
+        self.sent_at = sent_at
+
+
+class _Protocol(asyncio.Protocol):
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        self.reader = hiredis.Reader()
+
+    def data_received(self, data: bytes) -> None:
+        reader = self.reader
+        reader.feed(data)
+        waiting = self.connection._waiting
+        while True:
+            reply = reader.gets()
+            if reply is False:
+                return
+            if not waiting:  # a reply nobody asked for: the stream cannot be trusted
+                self.connection._drop(ConnectionError("Redis sent an unexpected reply"))
+                return
+            waiter = waiting[0]
+            waiter.replies.append(reply)
+            if len(waiter.replies) == waiter.wanted:
+                waiting.popleft()
+                if not waiter.future.done():
+                    waiter.future.set_result(waiter.replies)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.connection._drop(ConnectionError(f"the connection to Redis was lost: {exc}"))
+
+
+class Connection:
+    """A lazily (re)connecting, multiplexed connection; ``call`` sends commands."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        username: str | None = None,
+        password: str | None = None,
+        db: int = 0,
+        ssl_context: ssl.SSLContext | None = None,
+        timeout: float = 1.0,
+    ) -> None:
+        self.host, self.port = host, port
+        self._hello: list[list[Arg]] = []
+        if password is not None:
+            self._hello.append(["AUTH", username, password] if username else ["AUTH", password])
+        if db:
+            self._hello.append(["SELECT", db])
+        self._ssl = ssl_context
+        self.timeout = timeout
+        self._transport: asyncio.Transport | None = None
+        self._connecting: asyncio.Future[None] | None = None
+        self._waiting: collections.deque[_Waiter] = collections.deque()
+        self._buffer: list[bytes] = []
+        self._flush_scheduled = False
+
+    async def call(self, commands: Sequence[Sequence[Arg]]) -> list[Any]:
+        """Send commands (in one write with any others queued this round) and return
+        their replies in order; error replies come back as ``ReplyError`` values.
+
+        Raises ConnectionError when the connection fails before every reply arrived.
+        """
+        if not commands:  # no reply to wait for: a waiter would hold the queue's head
+            return []
+        if self._transport is None or self._stalled():
+            await self._connect()
+        return await self._send([encode(c) for c in commands])
+
+    def _stalled(self) -> bool:
+        if self._waiting and time.monotonic() - self._waiting[0].sent_at > self.timeout:
+            self._drop(ConnectionError(f"Redis did not answer within {self.timeout} s"))
+            return True
+        return False
+
+    def _send(self, encoded: list[bytes]) -> asyncio.Future[list[Any]]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[Any]] = loop.create_future()
+        self._waiting.append(_Waiter(future, len(encoded), time.monotonic()))
+        self._buffer += encoded
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
+        return future
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        data, self._buffer = b"".join(self._buffer), []
+        if self._transport is not None and data:
+            self._transport.write(data)
+
+    async def _connect(self) -> None:
+        if self._connecting is not None:  # another call is connecting: wait for it
+            await asyncio.shield(self._connecting)
+            return
+        loop = asyncio.get_running_loop()
+        self._connecting = loop.create_future()
+        try:
+            transport, _ = await loop.create_connection(
+                lambda: _Protocol(self),
+                self.host,
+                self.port,
+                ssl=self._ssl,
+                server_hostname=self.host if self._ssl is not None else None,
+            )
+            self._transport = transport
+            if self._hello:
+                for reply in await self._send([encode(c) for c in self._hello]):
+                    if isinstance(reply, ReplyError):
+                        self._drop(ConnectionError(f"Redis refused the connection: {reply}"))
+                        raise ConnectionError(f"Redis refused the connection: {reply}")
+            self._connecting.set_result(None)
+        except BaseException as exc:
+            self._connecting.set_exception(
+                exc if isinstance(exc, ConnectionError) else ConnectionError(str(exc))
+            )
+            self._connecting.exception()  # retrieved: waiters re-raise their own
+            raise
+        finally:
+            self._connecting = None
+
+    def _drop(self, error: ConnectionError) -> None:
+        """Close the connection and fail every command in flight with ``error``."""
+        transport, self._transport = self._transport, None
+        waiting, self._waiting = self._waiting, collections.deque()
+        self._buffer = []
+        if transport is not None:
+            transport.abort()
+        for waiter in waiting:
+            if not waiter.future.done():
+                waiter.future.set_exception(error)
+
+    def close(self) -> None:
+        """Drop the connection; commands in flight fail."""
+        self._drop(ConnectionError("the connection to Redis was closed"))
