@@ -30,7 +30,15 @@ Arg = bytes | str | int
 
 
 def encode(command: Sequence[Arg]) -> bytes:
-    """A command in RESP: an array of bulk strings."""
+    """A command in RESP: an array of bulk strings (hiredis packs it, in C)."""
+    try:
+        packed: bytes = hiredis.pack_command(tuple(command))  # type: ignore[arg-type]  # the stub takes one argument
+        return packed
+    except UnicodeEncodeError:  # a lone surrogate: sent as its surrogatepass bytes
+        return _encode(command)
+
+
+def _encode(command: Sequence[Arg]) -> bytes:
     parts = [b"*%d\r\n" % len(command)]
     for arg in command:
         if isinstance(arg, str):
