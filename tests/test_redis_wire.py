@@ -122,3 +122,22 @@ async def test_acl_user_password_and_database(tmp_path: Path) -> None:
             assert record.props == {}
     finally:
         server.stop()
+
+
+async def test_a_refused_select_never_leaves_commands_on_another_database(
+    redis_server: RedisServer,
+) -> None:
+    wire = Connection("127.0.0.1", redis_server.port, db=99, timeout=1.0)  # 16 databases
+    try:
+        for _ in range(2):  # refused each time, never sent to database 0 instead
+            with pytest.raises(ConnectionError, match="DB index is out of range"):
+                await wire.call([["SET", "stray", "1"]])
+    finally:
+        wire.close()
+    check = Connection("127.0.0.1", redis_server.port, timeout=1.0)
+    try:
+        assert await check.call([["EXISTS", "stray"]]) == [0]
+    finally:
+        check.close()
+    with pytest.raises(ConnectionError, match="closed"):
+        await wire.call([["PING"]])  # a closed connection stays closed

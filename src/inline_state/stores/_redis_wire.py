@@ -62,20 +62,37 @@ class _Waiter:
 
 
 class _Protocol(asyncio.Protocol):
+    """One transport's bytes; once its connection moved on to another, it is ignored."""
+
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
         self.reader = hiredis.Reader()
+        self.transport: asyncio.BaseTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def _current(self) -> bool:
+        return self.transport is not None and self.connection._transport is self.transport
 
     def data_received(self, data: bytes) -> None:
+        connection = self.connection
+        if not self._current():
+            return
+        connection._last_read = time.monotonic()
         reader = self.reader
         reader.feed(data)
-        waiting = self.connection._waiting
+        waiting = connection._waiting
         while True:
-            reply = reader.gets()
+            try:
+                reply = reader.gets()
+            except hiredis.ProtocolError as exc:
+                connection._drop(ConnectionError(f"Redis sent what is not RESP: {exc}"))
+                return
             if reply is False:
                 return
             if not waiting:  # a reply nobody asked for: the stream cannot be trusted
-                self.connection._drop(ConnectionError("Redis sent an unexpected reply"))
+                connection._drop(ConnectionError("Redis sent an unexpected reply"))
                 return
             waiter = waiting[0]
             waiter.replies.append(reply)
@@ -85,7 +102,8 @@ class _Protocol(asyncio.Protocol):
                     waiter.future.set_result(waiter.replies)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.connection._drop(ConnectionError(f"the connection to Redis was lost: {exc}"))
+        if self._current():
+            self.connection._drop(ConnectionError(f"the connection to Redis was lost: {exc}"))
 
 
 class Connection:
@@ -115,6 +133,8 @@ class Connection:
         self._waiting: collections.deque[_Waiter] = collections.deque()
         self._buffer: list[bytes] = []
         self._flush_scheduled = False
+        self._last_read = 0.0
+        self._closed = False
 
     async def call(self, commands: Sequence[Sequence[Arg]]) -> list[Any]:
         """Send commands (in one write with any others queued this round) and return
@@ -124,17 +144,25 @@ class Connection:
         """
         if not commands:  # no reply to wait for: a waiter would hold the queue's head
             return []
-        if self._transport is None or self._stalled():
+        encoded = [encode(c) for c in commands]
+        # Nothing is sent before a connection is up and its AUTH/SELECT succeeded; no
+        # await between this check and _send, so the waiter joins that connection.
+        while self._transport is None or self._connecting is not None or self._stalled():
             await self._connect()
-        return await self._send([encode(c) for c in commands])
+        return await self._send(encoded)
 
     def _stalled(self) -> bool:
-        if self._waiting and time.monotonic() - self._waiting[0].sent_at > self.timeout:
-            self._drop(ConnectionError(f"Redis did not answer within {self.timeout} s"))
-            return True
+        waiting = self._waiting
+        if waiting:
+            quiet = time.monotonic() - max(waiting[0].sent_at, self._last_read)
+            if quiet > self.timeout:  # nothing read for that long: Redis is paused or gone
+                self._drop(ConnectionError(f"Redis did not answer within {self.timeout} s"))
+                return True
         return False
 
     def _send(self, encoded: list[bytes]) -> asyncio.Future[list[Any]]:
+        if self._transport is None:
+            raise ConnectionError("the connection to Redis was lost")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[Any]] = loop.create_future()
         self._waiting.append(_Waiter(future, len(encoded), time.monotonic()))
@@ -151,11 +179,14 @@ class Connection:
             self._transport.write(data)
 
     async def _connect(self) -> None:
+        if self._closed:
+            raise ConnectionError("the connection to Redis was closed")
         if self._connecting is not None:  # another call is connecting: wait for it
             await asyncio.shield(self._connecting)
             return
         loop = asyncio.get_running_loop()
-        self._connecting = loop.create_future()
+        connecting = self._connecting = loop.create_future()
+        transport: asyncio.Transport | None = None
         try:
             transport, _ = await loop.create_connection(
                 lambda: _Protocol(self),
@@ -164,18 +195,27 @@ class Connection:
                 ssl=self._ssl,
                 server_hostname=self.host if self._ssl is not None else None,
             )
+            if self._closed:
+                raise ConnectionError("the connection to Redis was closed")
             self._transport = transport
+            self._waiting.clear()  # (empty: every earlier waiter failed with its connection)
+            self._last_read = time.monotonic()
             if self._hello:
                 for reply in await self._send([encode(c) for c in self._hello]):
                     if isinstance(reply, ReplyError):
-                        self._drop(ConnectionError(f"Redis refused the connection: {reply}"))
                         raise ConnectionError(f"Redis refused the connection: {reply}")
-            self._connecting.set_result(None)
+            connecting.set_result(None)
         except BaseException as exc:
-            self._connecting.set_exception(
-                exc if isinstance(exc, ConnectionError) else ConnectionError(str(exc))
+            if transport is not None:
+                if self._transport is transport:
+                    self._drop(ConnectionError(f"connecting to Redis failed: {exc!r}"))
+                else:
+                    transport.abort()
+            failure = exc if isinstance(exc, ConnectionError) else None
+            connecting.set_exception(
+                failure or ConnectionError(f"connecting to Redis failed: {exc!r}")
             )
-            self._connecting.exception()  # retrieved: waiters re-raise their own
+            connecting.exception()  # retrieved: waiters re-raise their own
             raise
         finally:
             self._connecting = None
@@ -192,5 +232,6 @@ class Connection:
                 waiter.future.set_exception(error)
 
     def close(self) -> None:
-        """Drop the connection; commands in flight fail."""
+        """Drop the connection for good; commands in flight fail, later ones too."""
+        self._closed = True
         self._drop(ConnectionError("the connection to Redis was closed"))

@@ -174,11 +174,13 @@ class RedisStore(Store):
 
     async def close(self) -> None:
         """Give the clock's node id back; close the client if this store created it."""
-        await self._stop_clock()
-        if self._wire is not None:
-            self._wire.close()
-        if self._owns_client:
-            await self.client.aclose()
+        try:
+            await self._stop_clock()
+        finally:
+            if self._wire is not None:
+                self._wire.close()
+            if self._owns_client:
+                await self.client.aclose()
 
     async def _guard(self, operation: Awaitable[T]) -> T:
         try:
@@ -354,10 +356,15 @@ class RedisStore(Store):
             args = self._apply_args(c, now_ms)
             commands.append(["EVALSHA", self._apply.sha, len(script_keys), *script_keys, *args])
         commands += [["ZADD", zkey, "NX", 0, member] for zkey, member in indexed]
-        replies = await self._call_wire(wire, commands)
-        if any(_no_script(r) for r in replies):  # Redis lost it (a restart, SCRIPT FLUSH)
-            _checked(await self._call_wire(wire, [["SCRIPT", "LOAD", _redis_lua.APPLY]]))
-            replies = await self._call_wire(wire, commands)  # stamped: safe to repeat
+        try:
+            async with asyncio.timeout(self.timeout):  # every step below within one bound
+                replies = await self._call_wire(wire, commands)
+                if any(_no_script(r) for r in replies):  # lost (a restart, SCRIPT FLUSH)
+                    loaded = await self._call_wire(wire, [["SCRIPT", "LOAD", _redis_lua.APPLY]])
+                    _checked(loaded)
+                    replies = await self._call_wire(wire, commands)  # stamped: repeatable
+        except TimeoutError:
+            raise StoreUnavailable(f"Redis did not answer within {self.timeout} s") from None
         return _checked(replies)
 
     async def _apply_pipelined(
