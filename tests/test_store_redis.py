@@ -12,12 +12,18 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster as ClusterClient
 
 import inline_state
-from inline_state import RecordKey, RedisStore, open_store
+from inline_state import ApplyResult, RecordKey, RedisStore, UserRef, open_store
+from inline_state._codec import encode_name, join_bag
+from inline_state.stores import _redis_lua
 
+from . import redis_layout_1 as layout_1
 from .redis_servers import RedisCluster, RedisServer
 from .support import REPO, Client, RunningBot, activity, post
 
@@ -203,3 +209,98 @@ async def test_apply_survives_a_script_flush(redis_server: RedisServer) -> None:
         assert results == [inline_state.ApplyResult.APPLIED]
         [record] = await store.load([key])
         assert record.props == {"a": b"2"}
+
+
+# -- record layouts -----------------------------------------------------------------------
+
+
+def _old_apply_args(change: inline_state.Change, ttl_ms: int = 0) -> list[Any]:
+    args: list[Any] = [change.stamp, change.base, 1 if change.replace else 0, change.max_bytes]
+    args += [ttl_ms, 30 * 86400 * 1000, len(change.sets), 0]
+    for name, value in change.sets.items():
+        args += (name.encode(), value, len(encode_name(name)) + 1 + len(value))
+    return args + [name.encode() for name in change.removes]
+
+
+async def test_layout_1_records_are_read_then_upgraded_on_write(
+    redis_server: RedisServer,
+) -> None:
+    """Records written by the previous layout's scripts read the same, keep their eTag
+    and expiry when a write upgrades them, and take part in CAS, deletion and export."""
+    prefix = f"t{uuid.uuid4().hex}"
+    clock = inline_state.HybridClock(5)
+    user = RecordKey("user", "b", "c", "", "u1")
+    private = RecordKey("private", "b", "c", "conv", "u1")
+    conversation = RecordKey("conversation", "b", "c", "conv", "")
+    async with open_store(url_of(redis_server, prefix)) as store:
+        assert isinstance(store, RedisStore)
+        raw = store.client
+        old_apply = raw.register_script(layout_1.APPLY_LAYOUT_1)
+        old_cas = raw.register_script(layout_1.COMPARE_AND_SET_LAYOUT_1)
+        write = [
+            inline_state.Change(user, {"a": b"1", 'q"\n': b'"x"'}, stamp=clock.stamp()),
+            inline_state.Change(user, {}, frozenset({"gone"}), stamp=clock.stamp()),
+            inline_state.Change(private, {"p": b"[1,2]"}, stamp=clock.stamp()),
+        ]
+        for change in write:
+            keys = store._script_keys(change.key)
+            assert await old_apply(keys=keys, args=_old_apply_args(change, 600_000)) == b"applied"
+        text_stamp = clock.stamp()
+        await old_cas(
+            keys=store._script_keys(conversation),
+            args=["*", text_stamp, 1000, 0, 1000, "text", b"c3RyaW5n", 10],
+        )
+        user_key = store._record_key(user)
+        assert await raw.hget(user_key, "f") == b"1", "written in layout 1"
+
+        before = await store.load([user, private, conversation])
+        assert [dict(r.props) for r in before] == [{"a": b"1", 'q"\n': b'"x"'}, {"p": b"[1,2]"}, {}]
+        assert before[2].text == "c3RyaW5n"
+        old_etag = await raw.hget(user_key, "e")
+        assert isinstance(old_etag, bytes) and before[0].etag == old_etag.decode()
+        assert before[0].observed == write[1].stamp, "the tombstone's stamp counts"
+
+        # A stale write upgrades the record without changing what it holds.
+        stale = inline_state.Change(user, {"gone": b"2"}, stamp=write[1].stamp - 256)
+        assert await store.apply([stale]) == [ApplyResult.STALE]
+        fields = await raw.hgetall(user_key)
+        assert b"\xff" in fields and b"f" not in fields and b"v:a" not in fields
+        assert 0 < await raw.pttl(user_key) <= 600_000, "the expiry survives the upgrade"
+        [after] = await store.load([user])
+        assert (after.props, after.etag, after.observed) == (
+            before[0].props,
+            before[0].etag,
+            before[0].observed,
+        )
+
+        # The size the old layout kept carries over exactly.
+        size = len(join_bag({**after.props, "z": b"1"}))
+        grow = inline_state.Change(user, {"z": b"1"}, stamp=clock.stamp(), max_bytes=size - 1)
+        assert await store.apply([grow]) == [ApplyResult.TOO_LARGE]
+        assert await store.apply([grow._replace(max_bytes=size)]) == [ApplyResult.APPLIED]
+
+        # CAS with the eTag the old layout issued, on a record still in that layout.
+        [old_private] = await store.load([private])
+        etag = await store.compare_and_set(private, {"p": b"3"}, old_private.etag, max_bytes=100)
+        assert etag != old_private.etag
+
+        page = await store.export("b", "c")
+        assert {key for key, _ in page.records} == {user, private, conversation}
+
+        deleted = await store.delete_user(UserRef("b", "c", "u1"), 1)
+        assert deleted > max(r.observed for r in before)
+        assert [r.exists for r in await store.load([user, private])] == [False, False]
+
+
+@given(name=st.text(st.characters(exclude_categories=["Cs"]), max_size=12))
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+def test_scripts_measure_a_name_as_the_bot_encodes_it(redis_server: RedisServer, name: str) -> None:
+    # The scripts count a removed or cleared name's JSON length themselves (``jlen``).
+    client = SyncRedis(host="127.0.0.1", port=redis_server.port)
+    try:
+        measured = client.eval(_redis_lua._PRELUDE + "return jlen(ARGV[1])", 0, name.encode())
+    finally:
+        client.close()
+    assert measured == len(encode_name(name))

@@ -280,7 +280,14 @@ class _StateApi:
                 raise ApiError(
                     400, "BadArgument", "continuationToken is not one this API issued"
                 ) from None
-        page = await self.store(request).export(bot, request.match_info["channelId"], cursor=cursor)
+        try:
+            page = await self.store(request).export(
+                bot, request.match_info["channelId"], cursor=cursor
+            )
+        except ValueError:  # a store that checks its cursors refused this one
+            raise ApiError(
+                400, "BadArgument", "continuationToken is not one this API issued"
+            ) from None
         items = []
         for key, record in page.records:
             data = (

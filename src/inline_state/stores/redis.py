@@ -4,7 +4,9 @@ A record is a Redis hash with one field per property (see ``_redis_lua``); Lua s
 compare stamps and do HSET/HDEL only, never decoding values. A user's record, their
 per-conversation records, their deletion stamp and their index share one hash slot
 (the hash tag is the user), so deleting a user is one atomic script even on a cluster.
-Loading a turn's records is one pipelined round trip (one per node on a cluster).
+Loading a turn's records is one pipelined round trip (one per node on a cluster). An
+export walks the keys with SCAN (each primary in turn on a cluster): no index is kept
+per record, so a turn writes nothing but its records.
 
 A store made from a ``redis://`` or ``rediss://`` URL (without redis-py query options)
 sends a turn's load and apply over one multiplexed connection of its own
@@ -17,6 +19,8 @@ else is retried. Everything else, and a store on a caller's client, uses redis-p
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import ssl
 import uuid
 from collections.abc import Awaitable, Mapping, Sequence
@@ -58,6 +62,7 @@ _RESULTS = {
     b"too_large": ApplyResult.TOO_LARGE,
 }
 _OUR_QUERY = ("prefix", "timeout")
+_HEAD, _TEXT = _redis_lua.HEAD, _redis_lua.TEXT
 
 
 def _member_len(name: str, value: bytes) -> int:
@@ -212,9 +217,6 @@ class RedisStore(Store):
             return [record, f"{tag}:d"]
         return [record, f"{tag}:d", f"{tag}:i"]
 
-    def _export_key(self, bot: str, channel: str | None) -> str:
-        return f"{self.prefix}:{{x/{namespace_prefix(bot, channel)}}}:x"
-
     # -- operations -----------------------------------------------------------------------
 
     def _node_key(self, node_id: int) -> str:
@@ -283,7 +285,7 @@ class RedisStore(Store):
             deleted = int(next(replies) or 0) if key.kind != "conversation" else 0
             if key.kind in self.ttl_ms:
                 next(replies)
-            out.append(_view(fields, deleted))
+            out.append(_view([part for field in fields.items() for part in field], deleted))
         return out
 
     async def _load_wire(
@@ -305,8 +307,7 @@ class RedisStore(Store):
             deleted = int(next(replies) or 0) if key.kind != "conversation" else 0
             if key.kind in self.ttl_ms:
                 next(replies)
-            fields = dict(zip(flat[::2], flat[1::2], strict=True)) if flat else {}
-            out.append(_view(fields, deleted))
+            out.append(_view(flat, deleted))
         return out
 
     def _apply_args(self, change: Change, now_ms: int) -> list[Any]:
@@ -328,26 +329,23 @@ class RedisStore(Store):
     async def apply(self, changes: Sequence[Change]) -> list[ApplyResult]:
         """Apply each change atomically to its record (one script per record)."""
         now_ms = self.clock.wall_ms()
-        indexed = [(self._export_key(c.key.bot, c.key.channel), c.key.encode()) for c in changes]
         if self._wire is not None:
-            replies = await self._apply_wire(self._wire, changes, indexed, now_ms)
+            replies = await self._apply_wire(self._wire, changes, now_ms)
         elif self._cluster:
             # Scripts cannot join a cluster pipeline; run them side by side instead.
-            calls: list[Awaitable[Any]] = [
+            calls = [
                 self._apply(keys=self._script_keys(c.key), args=self._apply_args(c, now_ms))
                 for c in changes
             ]
-            calls += [self.client.zadd(zkey, {member: 0}, nx=True) for zkey, member in indexed]
             replies = await self._guard(asyncio.gather(*calls))
         else:
-            replies = await self._guard(self._apply_pipelined(changes, indexed, now_ms))
-        return [_RESULTS[reply] for reply in replies[: len(changes)]]
+            replies = await self._guard(self._apply_pipelined(changes, now_ms))
+        return [_RESULTS[reply] for reply in replies]
 
     async def _apply_wire(
         self,
         wire: _redis_wire.Connection,
         changes: Sequence[Change],
-        indexed: list[tuple[str, str]],
         now_ms: int,
     ) -> list[Any]:
         commands: list[list[Any]] = []
@@ -355,7 +353,6 @@ class RedisStore(Store):
             script_keys = self._script_keys(c.key)
             args = self._apply_args(c, now_ms)
             commands.append(["EVALSHA", self._apply.sha, len(script_keys), *script_keys, *args])
-        commands += [["ZADD", zkey, "NX", 0, member] for zkey, member in indexed]
         try:
             async with asyncio.timeout(self.timeout):  # every step below within one bound
                 replies = await self._call_wire(wire, commands)
@@ -367,9 +364,7 @@ class RedisStore(Store):
             raise StoreUnavailable(f"Redis did not answer within {self.timeout} s") from None
         return _checked(replies)
 
-    async def _apply_pipelined(
-        self, changes: Sequence[Change], indexed: list[tuple[str, str]], now_ms: int
-    ) -> list[Any]:
+    async def _apply_pipelined(self, changes: Sequence[Change], now_ms: int) -> list[Any]:
         # EVALSHA straight into the pipeline: a script registered on a pipeline makes
         # redis-py send SCRIPT EXISTS first, an extra round trip on every turn. If Redis
         # lost the script (a restart, SCRIPT FLUSH), load it and run the pipeline again:
@@ -381,8 +376,6 @@ class RedisStore(Store):
                 pipe.evalsha(
                     self._apply.sha, len(script_keys), *script_keys, *self._apply_args(c, now_ms)
                 )
-            for zkey, member in indexed:
-                pipe.zadd(zkey, {member: 0}, nx=True)
             try:
                 replies: list[Any] = await pipe.execute()
                 return replies
@@ -425,9 +418,6 @@ class RedisStore(Store):
             raise PreconditionFailed(detail)
         if outcome == b"too_large":
             raise RecordTooLarge(key, int(detail), max_bytes)
-        if data is not None:
-            index = self._export_key(key.bot, key.channel)
-            await self._guard(self.client.zadd(index, {key.encode(): 0}, nx=True))
         return detail
 
     async def delete_user(self, user: UserRef, stamp: int) -> int:
@@ -441,23 +431,95 @@ class RedisStore(Store):
     async def export(
         self, bot: str, channel: str | None, *, cursor: str | None = None, limit: int = 100
     ) -> ExportPage:
-        """A page of live records in key order, from the namespace's index."""
+        """A page of live records, found by walking the keys with SCAN (each primary of a
+        cluster in turn; the work per page is bounded, so a page may be short or empty
+        before the export is done).
+
+        A record that exists for the whole export is in exactly one page, unless Redis
+        shrinks its key table meanwhile (after most keys were deleted) or, on a cluster,
+        its slot moves to another primary: then it can be repeated or, for a moved slot,
+        missed. Records written during the export may or may not be in it.
+        """
         if limit <= 0:
             raise ValueError("limit must be positive")
-        zkey = self._export_key(bot, channel)
-        start = b"(" + cursor.encode() if cursor else b"-"
-        members: list[bytes] = await self._guard(
-            self.client.zrange(zkey, start, b"+", bylex=True, offset=0, num=limit + 1)  # type: ignore[arg-type]
+        node, position, found = _export_position(bot, channel, cursor)
+        nodes = self._scan_nodes()
+        pattern = _glob_escape(f"{self.prefix}:{{{namespace_prefix(bot, channel)}") + "*"
+        for _ in range(_SCANS_PER_PAGE):
+            if len(found) >= limit or node >= len(nodes):
+                break
+            position, names = await self._scan(nodes[node], position, pattern, limit)
+            found += [key for name in names if (key := self._record_of(name)) is not None]
+            if position == 0:
+                node += 1
+        page, rest = found[:limit], found[limit:]
+        records = await self.load(page) if page else []
+        token = None
+        if node < len(nodes) or rest:
+            token = json.dumps([node, position, [key.encode() for key in rest]])
+        return ExportPage([(k, r) for k, r in zip(page, records, strict=True) if r.exists], token)
+
+    def _scan_nodes(self) -> list[Any]:
+        if isinstance(self.client, RedisCluster):
+            return sorted(self.client.get_primaries(), key=lambda n: str(n.name))
+        return [None]
+
+    async def _scan(
+        self, node: Any, position: int, pattern: str, count: int
+    ) -> tuple[int, list[Any]]:
+        scan: Any = self.client.scan
+        if node is None:
+            plain: tuple[int, list[Any]] = await self._guard(
+                scan(position, match=pattern, count=count, _type="HASH")
+            )
+            return plain
+        # With target_nodes, redis-py answers ({node name: cursor}, keys).
+        cursors, names = await self._guard(
+            scan(position, match=pattern, count=count, _type="HASH", target_nodes=node)
         )
-        more = len(members) > limit
-        members = members[:limit]
-        keys = [decode_key(m.decode()) for m in members]
-        records = await self.load(keys) if keys else []
-        page = [(k, r) for k, r in zip(keys, records, strict=True) if r.exists]
-        gone = [m for m, r in zip(members, records, strict=True) if not r.exists and not r.observed]
-        if gone:  # expired or deleted records leave the index lazily
-            await self._guard(self.client.zrem(zkey, *gone))
-        return ExportPage(page, members[-1].decode() if more else None)
+        return int(next(iter(cursors.values()))), names
+
+    def _record_of(self, name: Any) -> RecordKey | None:
+        """The record a key found by SCAN holds, or None for a key that is not a record."""
+        try:
+            text = name.decode()
+            tag, _, suffix = text[len(self.prefix) + 2 :].partition("}")
+            if suffix == ":r":
+                return decode_key(tag)
+            if suffix.startswith(":p/"):
+                namespace, letter, user = tag.rsplit("/", 2)
+                if letter == "u":
+                    return decode_key(f"{namespace}/p/{user}/{suffix[3:]}")
+        except (ValueError, KeyError, IndexError):  # UnicodeDecodeError is a ValueError
+            pass
+        return None
+
+
+_SCANS_PER_PAGE = 64
+_GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
+
+
+def _glob_escape(text: str) -> str:
+    return _GLOB_SPECIAL.sub(r"\\\1", text)
+
+
+def _export_position(
+    bot: str, channel: str | None, cursor: str | None
+) -> tuple[int, int, list[RecordKey]]:
+    """Where an export goes on: the node, its SCAN cursor, and keys found but not yet
+    returned. A cursor is input from the network: anything else is refused."""
+    if cursor is None:
+        return 0, 0, []
+    try:
+        node, position, pending = json.loads(cursor)
+        if not (isinstance(node, int) and isinstance(position, int)) or min(node, position) < 0:
+            raise ValueError
+        keys = [decode_key(encoded) for encoded in pending]
+    except (ValueError, TypeError, KeyError, IndexError):  # JSONDecodeError is a ValueError
+        raise ValueError("not an export cursor this store issued") from None
+    if any(key.bot != bot or key.channel != channel for key in keys):
+        raise ValueError("the export cursor belongs to another bot or channel")
+    return node, position, keys
 
 
 _RENEW_NODE = """
@@ -484,9 +546,48 @@ def _checked(replies: list[Any]) -> list[Any]:
     return replies
 
 
-def _view(fields: Mapping[bytes, bytes], deleted: int) -> StoredRecord:
-    if not fields:
+def _view(flat: list[bytes], deleted: int) -> StoredRecord:
+    """A record from its hash fields as HGETALL lists them, of either layout (see
+    ``_redis_lua``)."""
+    if not flat:
         return StoredRecord(deleted=deleted) if deleted else MISSING
+    props: dict[str, bytes] = {}
+    newest = observed = text_stamp = 0
+    head = text = None
+    pairs = iter(flat)
+    for name, value in zip(pairs, pairs, strict=True):
+        if name == _HEAD:
+            head = value
+            continue
+        if name == _TEXT:
+            text_stamp = int.from_bytes(value[:8])
+            text = value[8:]
+            continue
+        stamp = int.from_bytes(value[:8])
+        if stamp > observed:
+            observed = stamp
+        if len(value) > 8:
+            props[name.decode()] = value[8:]
+            if stamp > newest:
+                newest = stamp
+    if head is None:
+        return _view_layout_1(dict(zip(flat[::2], flat[1::2], strict=True)), deleted)
+    parts = head.split(b",")
+    etag = parts[1]
+    observed = max(observed, int(parts[3]) if len(parts) > 3 else 0, text_stamp)
+    if not props and text is None:
+        return StoredRecord(observed=observed, deleted=deleted)
+    return StoredRecord(
+        props=props,
+        text=text.decode("utf-8", "surrogatepass") if text is not None else None,
+        etag=etag.decode(),
+        observed=observed,
+        deleted=deleted,
+        modified_ms=stamp_ms(newest if props else text_stamp),
+    )
+
+
+def _view_layout_1(fields: Mapping[bytes, bytes], deleted: int) -> StoredRecord:
     props: dict[str, bytes] = {}
     stamps: dict[bytes, int] = {}
     for name, value in fields.items():
