@@ -110,6 +110,18 @@ class Redis:
             s.sendall(b"FLUSHALL\r\n")
             s.recv(16)
 
+    def used_memory(self) -> int:
+        """``used_memory`` from ``INFO memory``: what Redis's allocator holds for data."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
+            s.sendall(b"INFO memory\r\n")
+            reply = b""
+            while not reply.endswith(b"\r\n") or reply.count(b"\r\n") < 2:
+                reply += s.recv(65536)
+        for line in reply.split(b"\r\n"):
+            if line.startswith(b"used_memory:"):
+                return int(line.split(b":")[1])
+        raise RuntimeError("INFO memory has no used_memory")
+
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(10)
@@ -306,7 +318,11 @@ def one_run(name: str, a: argparse.Namespace, workdir: Path, redis: Redis | None
 
 def mem_run(name: str, a: argparse.Namespace, workdir: Path, redis: Redis | None) -> dict[str, Any]:
     server = Server(command(name, a, workdir, redis), a.server_cpu, workdir / f"{name}-mem.log")
+    on_redis = redis is not None and name.startswith("redis")
     try:
+        if on_redis:
+            assert redis is not None
+            redis_before = redis.used_memory()
         before = rss_kib(server.proc.pid)
         saved = a.users, a.convs
         a.users, a.convs = a.mem_users, 0
@@ -317,8 +333,12 @@ def mem_run(name: str, a: argparse.Namespace, workdir: Path, redis: Redis | None
             a.users, a.convs = saved
         time.sleep(1)
         after = rss_kib(server.proc.pid)
-        return {"rss_start_kib": before, "rss_kib": after, "requests": result["requests"],
-                "errors": result["errors"], "bytes_per_user": (after - before) * 1024 / a.mem_users}
+        out = {"rss_start_kib": before, "rss_kib": after, "requests": result["requests"],
+               "errors": result["errors"], "bytes_per_user": (after - before) * 1024 / a.mem_users}
+        if on_redis:
+            assert redis is not None
+            out["redis_bytes_per_user"] = (redis.used_memory() - redis_before) / a.mem_users
+        return out
     finally:
         server.stop()
 
@@ -408,9 +428,12 @@ def main() -> None:
                   f" {median(runs[n], 'rate_p99_us') / 1e3:.2f} |"
                   f" {median(runs[n], 'rate_p99_us') / max(median(runs[ref], 'rate_p99_us'), 1):.2f}x |")
     if mem:
-        print(f"\nRSS growth after touching {a.mem_users} users:\n\n| target | bytes/user |\n|---|---|")
+        print(f"\nMemory growth after touching {a.mem_users} users (bot process RSS; for redis"
+              " targets also Redis's used_memory from INFO memory):\n\n"
+              "| target | bot RSS bytes/user | Redis bytes/user |\n|---|---|---|")
         for n, m in mem.items():
-            print(f"| {n} | {m['bytes_per_user']:.0f} |")
+            in_redis = f"{m['redis_bytes_per_user']:.0f}" if "redis_bytes_per_user" in m else "-"
+            print(f"| {n} | {m['bytes_per_user']:.0f} | {in_redis} |")
     errors = sum(r["errors"] for rs in runs.values() for r in rs)
     out = Path(a.json)
     out.parent.mkdir(parents=True, exist_ok=True)
