@@ -3,11 +3,12 @@
 Every command queued while the event loop runs one round of callbacks goes out in one
 write; replies come back in order and hiredis parses them, so concurrent turns share
 round trips and the client costs a few microseconds per command. A waiter that goes
-away (its timeout fired, its handler was cancelled) keeps its place in the queue: its
-replies are read and dropped, so no reply ever reaches another waiter. When the
-connection is lost, every command in flight fails with ``ConnectionError`` and the next
-call connects again; a command whose reply has not arrived within the timeout makes the
-next call drop the connection the same way (Redis was paused, or the network is gone).
+away (its deadline passed, its handler was cancelled) keeps its place in the queue: its
+replies are read and dropped, so no reply ever reaches another waiter. Deadlines are
+kept by one timer per connection, not one per call. When the connection is lost, every
+command in flight fails with ``ConnectionError`` and the next call connects again; a
+command whose reply has not arrived within the timeout drops the connection the same
+way (Redis was paused, or the network is gone).
 
 Only what the hot path needs: AUTH (with or without an ACL user), SELECT, TLS.
 """
@@ -52,13 +53,16 @@ def _encode(command: Sequence[Arg]) -> bytes:
 
 
 class _Waiter:
-    __slots__ = ("future", "replies", "sent_at", "wanted")
+    __slots__ = ("deadline", "future", "replies", "sent_at", "wanted")
 
-    def __init__(self, future: asyncio.Future[list[Any]], wanted: int, sent_at: float) -> None:
+    def __init__(
+        self, future: asyncio.Future[list[Any]], wanted: int, sent_at: float, deadline: float
+    ) -> None:
         self.future = future
         self.wanted = wanted
         self.replies: list[Any] = []
         self.sent_at = sent_at
+        self.deadline = deadline
 
 
 class _Protocol(asyncio.Protocol):
@@ -135,21 +139,32 @@ class Connection:
         self._flush_scheduled = False
         self._last_read = 0.0
         self._closed = False
+        self._sweep: asyncio.TimerHandle | None = None
 
-    async def call(self, commands: Sequence[Sequence[Arg]]) -> list[Any]:
+    async def call(
+        self, commands: Sequence[Sequence[Arg]], deadline: float | None = None
+    ) -> list[Any]:
         """Send commands (in one write with any others queued this round) and return
         their replies in order; error replies come back as ``ReplyError`` values.
 
-        Raises ConnectionError when the connection fails before every reply arrived.
+        ``deadline`` is a ``loop.time()`` (default: ``timeout`` from now). Raises
+        TimeoutError past it, ConnectionError when the connection fails first.
         """
-        if not commands:  # no reply to wait for: a waiter would hold the queue's head
+        return await self.call_encoded([encode(c) for c in commands], deadline)
+
+    async def call_encoded(self, encoded: list[bytes], deadline: float | None = None) -> list[Any]:
+        """``call`` for commands already in RESP (see ``encode``)."""
+        if not encoded:  # no reply to wait for: a waiter would hold the queue's head
             return []
-        encoded = [encode(c) for c in commands]
+        loop = asyncio.get_running_loop()
+        if deadline is None:
+            deadline = loop.time() + self.timeout
         # Nothing is sent before a connection is up and its AUTH/SELECT succeeded; no
         # await between this check and _send, so the waiter joins that connection.
         while self._transport is None or self._connecting is not None or self._stalled():
-            await self._connect()
-        return await self._send(encoded)
+            async with asyncio.timeout_at(deadline):
+                await self._connect()
+        return await self._send(encoded, deadline)
 
     def _stalled(self) -> bool:
         waiting = self._waiting
@@ -160,17 +175,41 @@ class Connection:
                 return True
         return False
 
-    def _send(self, encoded: list[bytes]) -> asyncio.Future[list[Any]]:
+    def _send(self, encoded: list[bytes], deadline: float) -> asyncio.Future[list[Any]]:
         if self._transport is None:
             raise ConnectionError("the connection to Redis was lost")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[Any]] = loop.create_future()
-        self._waiting.append(_Waiter(future, len(encoded), time.monotonic()))
+        self._waiting.append(_Waiter(future, len(encoded), time.monotonic(), deadline))
         self._buffer += encoded
         if not self._flush_scheduled:
             self._flush_scheduled = True
             loop.call_soon(self._flush)
+        sweep = self._sweep
+        if sweep is None or deadline < sweep.when():
+            if sweep is not None:
+                sweep.cancel()
+            self._sweep = loop.call_at(deadline, self._expire)
         return future
+
+    def _expire(self) -> None:
+        """Fail the waiters whose deadline passed (their replies are still read and
+        dropped); drop the connection if Redis went quiet; wake again for the next."""
+        self._sweep = None
+        if self._stalled():
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        upcoming = None
+        for waiter in self._waiting:
+            if waiter.future.done():
+                continue
+            if waiter.deadline <= now:
+                waiter.future.set_exception(TimeoutError())
+            elif upcoming is None or waiter.deadline < upcoming:
+                upcoming = waiter.deadline
+        if upcoming is not None:
+            self._sweep = loop.call_at(upcoming, self._expire)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -201,7 +240,8 @@ class Connection:
             self._waiting.clear()  # (empty: every earlier waiter failed with its connection)
             self._last_read = time.monotonic()
             if self._hello:
-                for reply in await self._send([encode(c) for c in self._hello]):
+                hello = [encode(c) for c in self._hello]
+                for reply in await self._send(hello, loop.time() + self.timeout):
                     if isinstance(reply, ReplyError):
                         raise ConnectionError(f"Redis refused the connection: {reply}")
             connecting.set_result(None)
@@ -225,6 +265,9 @@ class Connection:
         transport, self._transport = self._transport, None
         waiting, self._waiting = self._waiting, collections.deque()
         self._buffer = []
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
         if transport is not None:
             transport.abort()
         for waiter in waiting:

@@ -24,7 +24,7 @@ import re
 import ssl
 import uuid
 from collections.abc import Awaitable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from redis.asyncio import Redis
@@ -62,6 +62,18 @@ _RESULTS = {
     b"too_large": ApplyResult.TOO_LARGE,
 }
 _OUR_QUERY = ("prefix", "timeout")
+_SPELLINGS_KEPT = 4096
+
+
+class _Spelled(NamedTuple):
+    """A record's Redis keys, and its load's commands already in RESP."""
+
+    keys: list[str]
+    hgetall: bytes
+    deleted: str | None  # the owner's deletion stamp key
+    get_deleted: bytes
+
+
 _HEAD, _TEXT = _redis_lua.HEAD, _redis_lua.TEXT
 
 
@@ -107,6 +119,8 @@ class RedisStore(Store):
         self._renew_node = client.register_script(_RENEW_NODE)
         self._release_node = client.register_script(_RELEASE_NODE)
         self._holder = uuid.uuid4().hex  # whose node id leases these are
+        # A turn's keys are spelled for its load and again for its apply.
+        self._spellings: dict[RecordKey, _Spelled] = {}
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisStore:
@@ -202,20 +216,34 @@ class RedisStore(Store):
         return f"{self.prefix}:{{{user.encode()}}}"
 
     def _record_key(self, key: RecordKey) -> str:
-        if key.kind == "conversation":
-            return f"{self.prefix}:{{{key.encode()}}}:r"
-        tag = self._user_tag(UserRef(key.bot, key.channel, key.user))
-        return f"{tag}:r" if key.kind == "user" else f"{tag}:p/{escape_part(key.conversation)}"
+        return self._spelled(key).keys[0]
 
     def _script_keys(self, key: RecordKey) -> list[str]:
         """The record, then (for user-owned records) the deletion stamp and the index."""
-        record = self._record_key(key)
+        return self._spelled(key).keys
+
+    def _spelled(self, key: RecordKey) -> _Spelled:
+        spelled = self._spellings.get(key)
+        if spelled is None:
+            if len(self._spellings) >= _SPELLINGS_KEPT:
+                self._spellings.clear()
+            spelled = self._spellings[key] = self._spell(key)
+        return spelled
+
+    def _spell(self, key: RecordKey) -> _Spelled:
         if key.kind == "conversation":
-            return [record]
-        tag = self._user_tag(UserRef(key.bot, key.channel, key.user))
+            keys = [f"{self.prefix}:{{{key.encode()}}}:r"]
+            return _Spelled(keys, _redis_wire.encode(("HGETALL", keys[0])), None, b"")
+        # The owner's tag is the encoding of their user record's key (an encoding cached).
+        owner = key if key.kind == "user" else RecordKey("user", key.bot, key.channel, "", key.user)
+        tag = f"{self.prefix}:{{{owner.encode()}}}"
+        deleted = f"{tag}:d"
         if key.kind == "user":
-            return [record, f"{tag}:d"]
-        return [record, f"{tag}:d", f"{tag}:i"]
+            keys = [f"{tag}:r", deleted]
+        else:
+            keys = [f"{tag}:p/{escape_part(key.conversation)}", deleted, f"{tag}:i"]
+        hgetall = _redis_wire.encode(("HGETALL", keys[0]))
+        return _Spelled(keys, hgetall, deleted, _redis_wire.encode(("GET", deleted)))
 
     # -- operations -----------------------------------------------------------------------
 
@@ -250,16 +278,16 @@ class RedisStore(Store):
         await self._guard(self._release_node(keys=[self._node_key(node_id)], args=[self._holder]))
 
     async def _call_wire(
-        self, wire: _redis_wire.Connection, commands: list[list[Any]]
+        self, wire: _redis_wire.Connection, encoded: list[bytes], deadline: float
     ) -> list[Any]:
         """The commands' replies over the multiplexed connection, sent once more on a
-        new connection if the first one failed (callers send only repeatable commands)."""
+        new connection if the first one failed (callers send only repeatable commands),
+        both before ``deadline`` (a ``loop.time()``)."""
         try:
-            async with asyncio.timeout(self.timeout):  # both tries within it
-                try:
-                    return await wire.call(commands)
-                except ConnectionError:
-                    return await wire.call(commands)
+            try:
+                return await wire.call_encoded(encoded, deadline)
+            except ConnectionError:
+                return await wire.call_encoded(encoded, deadline)
         except TimeoutError:
             raise StoreUnavailable(f"Redis did not answer within {self.timeout} s") from None
         except OSError as exc:
@@ -291,24 +319,31 @@ class RedisStore(Store):
     async def _load_wire(
         self, wire: _redis_wire.Connection, keys: Sequence[RecordKey]
     ) -> list[StoredRecord]:
-        commands: list[list[Any]] = []
+        # One GET per owner's deletion stamp, however many of their records are read.
+        encoded: list[bytes] = []
+        stamps: dict[str, int] = {}
+        where: list[tuple[int, int]] = []
+        ttl_ms = self.ttl_ms
         for key in keys:
-            script_keys = self._script_keys(key)
-            commands.append(["HGETALL", script_keys[0]])
-            if len(script_keys) > 1:
-                commands.append(["GET", script_keys[1]])
-            ttl = self.ttl_ms.get(key.kind)
+            spelled = self._spelled(key)
+            at = len(encoded)
+            encoded.append(spelled.hgetall)
+            stamp_at = -1
+            if spelled.deleted is not None:
+                stamp_at = stamps.get(spelled.deleted, -1)
+                if stamp_at < 0:
+                    stamp_at = stamps[spelled.deleted] = len(encoded)
+                    encoded.append(spelled.get_deleted)
+            ttl = ttl_ms.get(key.kind)
             if ttl is not None:
-                commands.append(["PEXPIRE", script_keys[0], ttl])
-        replies = iter(_checked(await self._call_wire(wire, commands)))
-        out: list[StoredRecord] = []
-        for key in keys:
-            flat: list[bytes] = next(replies)
-            deleted = int(next(replies) or 0) if key.kind != "conversation" else 0
-            if key.kind in self.ttl_ms:
-                next(replies)
-            out.append(_view(flat, deleted))
-        return out
+                encoded.append(_redis_wire.encode(("PEXPIRE", spelled.keys[0], ttl)))
+            where.append((at, stamp_at))
+        deadline = asyncio.get_running_loop().time() + self.timeout
+        replies = _checked(await self._call_wire(wire, encoded, deadline))
+        return [
+            _view(replies[at], int(replies[stamp_at] or 0) if stamp_at >= 0 else 0)
+            for at, stamp_at in where
+        ]
 
     def _apply_args(self, change: Change, now_ms: int) -> list[Any]:
         args: list[Any] = [
@@ -348,20 +383,20 @@ class RedisStore(Store):
         changes: Sequence[Change],
         now_ms: int,
     ) -> list[Any]:
-        commands: list[list[Any]] = []
+        sha = self._apply.sha
+        encoded: list[bytes] = []
         for c in changes:
             script_keys = self._script_keys(c.key)
             args = self._apply_args(c, now_ms)
-            commands.append(["EVALSHA", self._apply.sha, len(script_keys), *script_keys, *args])
-        try:
-            async with asyncio.timeout(self.timeout):  # every step below within one bound
-                replies = await self._call_wire(wire, commands)
-                if any(_no_script(r) for r in replies):  # lost (a restart, SCRIPT FLUSH)
-                    loaded = await self._call_wire(wire, [["SCRIPT", "LOAD", _redis_lua.APPLY]])
-                    _checked(loaded)
-                    replies = await self._call_wire(wire, commands)  # stamped: repeatable
-        except TimeoutError:
-            raise StoreUnavailable(f"Redis did not answer within {self.timeout} s") from None
+            encoded.append(
+                _redis_wire.encode(("EVALSHA", sha, len(script_keys), *script_keys, *args))
+            )
+        deadline = asyncio.get_running_loop().time() + self.timeout  # every step within it
+        replies = await self._call_wire(wire, encoded, deadline)
+        if any(_no_script(r) for r in replies):  # lost (a restart, SCRIPT FLUSH)
+            load = [_redis_wire.encode(("SCRIPT", "LOAD", _redis_lua.APPLY))]
+            _checked(await self._call_wire(wire, load, deadline))
+            replies = await self._call_wire(wire, encoded, deadline)  # stamped: repeatable
         return _checked(replies)
 
     async def _apply_pipelined(self, changes: Sequence[Change], now_ms: int) -> list[Any]:
@@ -554,16 +589,15 @@ def _view(flat: list[bytes], deleted: int) -> StoredRecord:
     props: dict[str, bytes] = {}
     newest = observed = text_stamp = 0
     head = text = None
-    pairs = iter(flat)
-    for name, value in zip(pairs, pairs, strict=True):
+    for i in range(0, len(flat), 2):
+        name, value = flat[i], flat[i + 1]
         if name == _HEAD:
             head = value
             continue
-        if name == _TEXT:
-            text_stamp = int.from_bytes(value[:8])
-            text = value[8:]
-            continue
         stamp = int.from_bytes(value[:8])
+        if name == _TEXT:
+            text_stamp, text = stamp, value[8:]
+            continue
         if stamp > observed:
             observed = stamp
         if len(value) > 8:
