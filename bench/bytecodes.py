@@ -7,6 +7,7 @@ not; ``instructions.sh`` turns the same turns into machine instructions.
 
     .venv/bin/python bench/bytecodes.py memory [--turns 200] [--top 40]
     .venv/bin/python bench/bytecodes.py memory --lines _diff.py:_fold_bag
+    .venv/bin/python bench/bytecodes.py redis --concurrency 64 --redis-url redis://127.0.0.1:6379/0
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=200)
     parser.add_argument("--top", type=int, default=40)
     parser.add_argument("--lines", help="file:function whose lines to count instead")
+    parser.add_argument("--concurrency", type=int, default=1, help="turns run at a time")
+    parser.add_argument("--redis-url", help="the redis target's server (its database is flushed)")
     a = parser.parse_args()
 
     by_function: collections.Counter[tuple[str, str]] = collections.Counter()
@@ -65,16 +68,16 @@ def main() -> None:
         frame.f_trace_opcodes = True
         return opcode
 
-    app = turn_cost.make_target(a.target)
+    app = turn_cost.make_target(a.target, redis_url=a.redis_url)
     bodies = [turn_cost.activity(i, 200) for i in range(WARMUP + a.turns)]
     loop = asyncio.new_event_loop()
     runner = web.AppRunner(app)
     loop.run_until_complete(runner.setup())
     requests = loop.run_until_complete(turn_cost._requests(app, bodies))
-    loop.run_until_complete(turn_cost._turns(app, requests[:WARMUP]))
+    loop.run_until_complete(turn_cost._turns(app, requests[:WARMUP], a.concurrency))
     sys.settrace(call)
     try:
-        loop.run_until_complete(turn_cost._turns(app, requests[WARMUP:]))
+        loop.run_until_complete(turn_cost._turns(app, requests[WARMUP:], a.concurrency))
     finally:
         sys.settrace(None)
     loop.run_until_complete(runner.cleanup())

@@ -7,6 +7,10 @@ out (the HTTP parser, the socket, the response writer) is the same for every tar
 differences between targets are what the middleware and the bot cost.
 
     .venv/bin/python bench/turn_cost.py [--turns 20000] [--profile memory]
+    .venv/bin/python bench/turn_cost.py --targets memory,redis --concurrency 64 \
+        --redis-url redis://127.0.0.1:6379/0    # a redis-server of yours, flushed first
+
+``--concurrency N`` runs N turns at a time (a remote store batches their commands).
 
 Instructions instead of seconds (repeatable on a noisy machine): ``bench/instructions.sh``
 runs it under ``valgrind --tool=callgrind --collect-atstart=no
@@ -51,10 +55,17 @@ def activity(i: int, users: int) -> bytes:
     ).encode()
 
 
-def make_target(name: str, bag_bytes: int = 0) -> web.Application:
+def make_target(name: str, bag_bytes: int = 0, redis_url: str | None = None) -> web.Application:
     args = argparse.Namespace(
         store="memory://", bag_bytes=bag_bytes, seed_users=0, api="fast", cache_bytes=None
     )
+    if name == "redis":
+        if not redis_url:
+            raise SystemExit("the redis target needs --redis-url redis://host:port/db")
+        import redis
+
+        redis.Redis.from_url(redis_url).flushdb()
+        args.store = redis_url
     if name == "baseline":
         import baseline
 
@@ -77,7 +88,10 @@ def make_target(name: str, bag_bytes: int = 0) -> web.Application:
 
 
 def drive(
-    app: web.Application, bodies: list[bytes], profile: cProfile.Profile | None = None
+    app: web.Application,
+    bodies: list[bytes],
+    profile: cProfile.Profile | None = None,
+    concurrency: int = 1,
 ) -> float:
     """Run every body through the app once; CPU seconds of the turns alone."""
     loop = asyncio.new_event_loop()
@@ -91,7 +105,7 @@ def drive(
         started = time.process_time()
         # The turns run inside sys.call_tracing, a C function nothing else calls: under
         # callgrind, --toggle-collect=sys_call_tracing counts these instructions only.
-        sys.call_tracing(loop.run_until_complete, (_turns(app, requests),))
+        sys.call_tracing(loop.run_until_complete, (_turns(app, requests, concurrency),))
         elapsed = time.process_time() - started
         if profile is not None:
             profile.disable()
@@ -127,12 +141,20 @@ async def _requests(app: web.Application, bodies: list[bytes]) -> list[web.Reque
     return requests
 
 
-async def _turns(app: web.Application, requests: list[web.Request]) -> None:
+async def _turns(app: web.Application, requests: list[web.Request], concurrency: int) -> None:
     handler = app._handle
-    for request in requests:
+
+    async def turn(request: web.Request) -> None:
         response = await handler(request)
         if isinstance(response, web.Response) and hasattr(response, "encode"):
             response.encode()  # a ReplyResponse is serialized when sent
+
+    if concurrency == 1:
+        for request in requests:
+            await turn(request)
+        return
+    for start in range(0, len(requests), concurrency):
+        await asyncio.gather(*(turn(r) for r in requests[start : start + concurrency]))
 
 
 def main() -> None:
@@ -145,19 +167,22 @@ def main() -> None:
     parser.add_argument("--lines", type=int, default=45)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--bag-bytes", type=int, default=0, help="inline targets: user bag padding")
+    parser.add_argument("--concurrency", type=int, default=1, help="turns run at a time")
+    parser.add_argument("--redis-url", help="the redis target's server (its database is flushed)")
     a = parser.parse_args()
     bodies = [activity(i, a.users) for i in range(a.turns)]
     if a.profile:
-        app = make_target(a.profile, a.bag_bytes)
+        app = make_target(a.profile, a.bag_bytes, a.redis_url)
         profile = cProfile.Profile()
-        drive(app, bodies, profile)
+        drive(app, bodies, profile, a.concurrency)
         stats = pstats.Stats(profile)
         stats.sort_stats(a.sort).print_stats(a.lines)
         return
     for name in a.targets.split(","):
         costs = []
         for _ in range(a.repeat):
-            costs.append(drive(make_target(name, a.bag_bytes), bodies) / a.turns * 1e6)
+            app = make_target(name, a.bag_bytes, a.redis_url)
+            costs.append(drive(app, bodies, concurrency=a.concurrency) / a.turns * 1e6)
         runs = ", ".join(f"{c:.1f}" for c in costs)
         print(f"{name:16} {min(costs):7.1f} us/turn (best of {a.repeat}; runs {runs})")
 

@@ -55,6 +55,38 @@ async def test_every_reply_reaches_its_own_waiter_through_cancellations(
         wire.close()
 
 
+BUSY = """
+local start = redis.call('TIME')
+local function elapsed()
+  local now = redis.call('TIME')
+  return (now[1] - start[1]) + (now[2] - start[2]) / 1e6
+end
+while elapsed() < tonumber(ARGV[1]) do end
+return 'done'
+"""
+
+
+async def test_a_deadline_fails_its_own_call_and_leaves_the_connection_in_step(
+    redis_server: RedisServer,
+) -> None:
+    # Redis busy in a script for 0.6 s: a call with a 0.2 s deadline fails on time, by the
+    # connection's one timer; the busy call (1 s timeout) and later calls get their own.
+    wire = Connection("127.0.0.1", redis_server.port, timeout=1.0)
+    loop = asyncio.get_running_loop()
+    try:
+        assert await wire.call([["PING"]]) == [b"PONG"]
+        busy = asyncio.create_task(wire.call([["EVAL", BUSY, 0, "0.6"]]))
+        await asyncio.sleep(0.05)
+        started = loop.time()
+        with pytest.raises(TimeoutError):
+            await wire.call([["ECHO", "late"]], started + 0.2)
+        assert 0.19 <= loop.time() - started < 0.45
+        assert await busy == [b"done"]
+        assert await wire.call([["ECHO", "after"]]) == [b"after"]
+    finally:
+        wire.close()
+
+
 async def test_a_killed_redis_fails_the_commands_in_flight_then_reconnects(
     own_redis: RedisServer,
 ) -> None:

@@ -39,6 +39,18 @@ def encode(command: Sequence[Arg]) -> bytes:
         return _encode(command)
 
 
+def bulk(text: str) -> bytes:
+    """One bulk string of RESP."""
+    data = text.encode("utf-8", "surrogatepass")
+    return b"$%d\r\n%s\r\n" % (len(data), data)
+
+
+def bulks(args: Sequence[Arg]) -> bytes:
+    """Arguments as bulk strings, to follow an array header and bulks of one's own."""
+    packed = encode(args)
+    return packed[packed.index(b"\r\n") + 2 :]
+
+
 def _encode(command: Sequence[Arg]) -> bytes:
     parts = [b"*%d\r\n" % len(command)]
     for arg in command:
@@ -161,7 +173,11 @@ class Connection:
             deadline = loop.time() + self.timeout
         # Nothing is sent before a connection is up and its AUTH/SELECT succeeded; no
         # await between this check and _send, so the waiter joins that connection.
-        while self._transport is None or self._connecting is not None or self._stalled():
+        while (
+            self._transport is None
+            or self._connecting is not None
+            or (self._waiting and self._stalled())
+        ):
             async with asyncio.timeout_at(deadline):
                 await self._connect()
         return await self._send(encoded, deadline)
@@ -170,7 +186,7 @@ class Connection:
         waiting = self._waiting
         if waiting:
             quiet = time.monotonic() - max(waiting[0].sent_at, self._last_read)
-            if quiet > self.timeout:  # nothing read for that long: Redis is paused or gone
+            if quiet >= self.timeout:  # nothing read for that long: Redis is paused or gone
                 self._drop(ConnectionError(f"Redis did not answer within {self.timeout} s"))
                 return True
         return False

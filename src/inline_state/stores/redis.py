@@ -38,7 +38,7 @@ from .._change import Change
 from .._clock import MAX_NODES, HybridClock, stamp_ms
 from .._codec import encode_name
 from .._errors import PreconditionFailed, RecordTooLarge, StoreUnavailable
-from .._keys import RecordKey, UserRef, decode_key, escape_part, namespace_prefix
+from .._keys import RecordKey, UserRef, decode_key, namespace_prefix
 from .._message import Kind
 from . import _redis_lua, _redis_wire
 from ._base import (
@@ -72,6 +72,7 @@ class _Spelled(NamedTuple):
     hgetall: bytes
     deleted: str | None  # the owner's deletion stamp key
     get_deleted: bytes
+    evalsha: bytes  # EVALSHA, the script, the keys: the array without its header
 
 
 _HEAD, _TEXT = _redis_lua.HEAD, _redis_lua.TEXT
@@ -119,6 +120,7 @@ class RedisStore(Store):
         self._renew_node = client.register_script(_RENEW_NODE)
         self._release_node = client.register_script(_RELEASE_NODE)
         self._holder = uuid.uuid4().hex  # whose node id leases these are
+        self._evalsha = _redis_wire.bulk("EVALSHA") + _redis_wire.bulk(self._apply.sha)
         # A turn's keys are spelled for its load and again for its apply.
         self._spellings: dict[RecordKey, _Spelled] = {}
 
@@ -231,19 +233,26 @@ class RedisStore(Store):
         return spelled
 
     def _spell(self, key: RecordKey) -> _Spelled:
+        # Every user-owned key shares the owner's tag: the encoding of their user record's
+        # key. Escaped ids hold no "/", so the encoding splits back into its parts.
+        encoded = key.encode()
         if key.kind == "conversation":
-            keys = [f"{self.prefix}:{{{key.encode()}}}:r"]
-            return _Spelled(keys, _redis_wire.encode(("HGETALL", keys[0])), None, b"")
-        # The owner's tag is the encoding of their user record's key (an encoding cached).
-        owner = key if key.kind == "user" else RecordKey("user", key.bot, key.channel, "", key.user)
-        tag = f"{self.prefix}:{{{owner.encode()}}}"
-        deleted = f"{tag}:d"
-        if key.kind == "user":
-            keys = [f"{tag}:r", deleted]
+            keys = [f"{self.prefix}:{{{encoded}}}:r"]
+        elif key.kind == "user":
+            tag = f"{self.prefix}:{{{encoded}}}"
+            keys = [f"{tag}:r", f"{tag}:d"]
         else:
-            keys = [f"{tag}:p/{escape_part(key.conversation)}", deleted, f"{tag}:i"]
-        hgetall = _redis_wire.encode(("HGETALL", keys[0]))
-        return _Spelled(keys, hgetall, deleted, _redis_wire.encode(("GET", deleted)))
+            namespace, _, user, conversation = encoded.rsplit("/", 3)
+            tag = f"{self.prefix}:{{{namespace}/u/{user}}}"
+            keys = [f"{tag}:p/{conversation}", f"{tag}:d", f"{tag}:i"]
+        bulks = [_redis_wire.bulk(k) for k in keys]
+        return _Spelled(
+            keys,
+            b"*2\r\n$7\r\nHGETALL\r\n" + bulks[0],
+            keys[1] if len(keys) > 1 else None,
+            b"*2\r\n$3\r\nGET\r\n" + bulks[1] if len(keys) > 1 else b"",
+            b"".join([self._evalsha, _redis_wire.bulk(str(len(keys))), *bulks]),
+        )
 
     # -- operations -----------------------------------------------------------------------
 
@@ -383,14 +392,12 @@ class RedisStore(Store):
         changes: Sequence[Change],
         now_ms: int,
     ) -> list[Any]:
-        sha = self._apply.sha
         encoded: list[bytes] = []
         for c in changes:
-            script_keys = self._script_keys(c.key)
+            spelled = self._spelled(c.key)
             args = self._apply_args(c, now_ms)
-            encoded.append(
-                _redis_wire.encode(("EVALSHA", sha, len(script_keys), *script_keys, *args))
-            )
+            count = 3 + len(spelled.keys) + len(args)
+            encoded.append(b"*%d\r\n%s%s" % (count, spelled.evalsha, _redis_wire.bulks(args)))
         deadline = asyncio.get_running_loop().time() + self.timeout  # every step within it
         replies = await self._call_wire(wire, encoded, deadline)
         if any(_no_script(r) for r in replies):  # lost (a restart, SCRIPT FLUSH)
