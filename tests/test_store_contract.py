@@ -181,6 +181,23 @@ async def test_compare_and_set_beats_earlier_cookie_stamps(store: Store) -> None
     assert await props(store, USER) == {"b": b"2"}
 
 
+async def test_every_accepted_write_changes_the_etag(store: Store) -> None:
+    # A compare-and-set raises its stamp above what the record holds (here a write from a
+    # clock far ahead): the store's clock must never issue that stamp again, and a turn
+    # that already holds it (another task, the same node) must still change the eTag, or
+    # a PUT with the old eTag would overwrite the turn's write.
+    await store.apply([change(USER, stamp(10**6, node=2), {"a": b"1"})])
+    first = await store.compare_and_set(USER, {"a": b"2"}, "*", max_bytes=1000)
+    [record] = await store.load([USER])
+    raised = record.observed
+    assert store.clock.stamp() > raised
+    assert await store.apply([change(USER, raised, {"b": b"3"})]) == [ApplyResult.APPLIED]
+    [after] = await store.load([USER])
+    assert dict(after.props) == {"a": b"2", "b": b"3"} and after.etag != first
+    with pytest.raises(PreconditionFailed):
+        await store.compare_and_set(USER, {"a": b"4"}, first, max_bytes=1000)
+
+
 async def test_string_records(store: Store) -> None:
     etag = await store.compare_and_set(CONV, "H4sIAAAA", "", max_bytes=1000)
     [record] = await store.load([CONV])

@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster as ClusterClient
 
 import inline_state
-from inline_state import ApplyResult, RecordKey, RedisStore, UserRef, open_store
+from inline_state import ApplyResult, InvalidCursor, RecordKey, RedisStore, UserRef, open_store
 from inline_state._codec import encode_name, join_bag
 from inline_state.stores import _redis_lua
 
@@ -304,3 +304,27 @@ def test_scripts_measure_a_name_as_the_bot_encodes_it(redis_server: RedisServer,
     finally:
         client.close()
     assert measured == len(encode_name(name))
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        "not json",
+        "{}",
+        "[0, 0]",
+        "[0, 0, [1]]",
+        "[0, 0, [null]]",
+        "[true, 0, []]",
+        "[0, -1, []]",
+        "[0, 99999999999999999999999, []]",
+        '[0, 0, "v3/bot/chan/u/x"]',
+        '[0, 0, ["v3/bot"]]',
+        '[0, 0, ["v3/other/chan/u/x"]]',
+    ],
+)
+async def test_an_export_cursor_it_did_not_issue_is_refused(
+    redis_server: RedisServer, cursor: str
+) -> None:
+    async with open_store(url_of(redis_server, f"t{uuid.uuid4().hex}")) as store:
+        with pytest.raises(InvalidCursor):
+            await store.export("bot", "chan", cursor=cursor)

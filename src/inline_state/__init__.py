@@ -14,6 +14,7 @@ from ._engine import Engine
 from ._errors import (
     BagError,
     IdTooLong,
+    InvalidCursor,
     PreconditionFailed,
     RecordTooLarge,
     StoreError,
@@ -61,6 +62,7 @@ __all__ = [
     "IdTooLong",
     "InlineStateClientMiddleware",
     "InlineStateMiddleware",
+    "InvalidCursor",
     "MemoryStore",
     "PreconditionFailed",
     "RecordKey",

@@ -14,6 +14,7 @@ from ._keys import RecordKey
 __all__ = [
     "BagError",
     "IdTooLong",
+    "InvalidCursor",
     "PreconditionFailed",
     "RecordTooLarge",
     "StoreError",
@@ -28,6 +29,10 @@ class StoreError(Exception):
 
 class StoreUnavailable(StoreError):
     """The backing store cannot be reached or did not answer in time (HTTP 503)."""
+
+
+class InvalidCursor(StoreError, ValueError):
+    """An export cursor the store did not issue (HTTP 400 on the REST API)."""
 
 
 class PreconditionFailed(StoreError):

@@ -24,7 +24,7 @@ from ._change import DEFAULT_MAX_BAG_BYTES, DEFAULT_MAX_PROPERTIES
 from ._codec import DEFAULT_MAX_DEPTH, join_bag
 from ._diff import encode_bag
 from ._engine import DEFAULT_MAX_ID_LENGTH, id_too_long
-from ._errors import BagError
+from ._errors import BagError, InvalidCursor
 from ._http import STORE_KEY, log_internal_error, read_body
 from ._keys import RecordKey, UserRef
 from ._message import Kind
@@ -284,7 +284,7 @@ class _StateApi:
             page = await self.store(request).export(
                 bot, request.match_info["channelId"], cursor=cursor
             )
-        except ValueError:  # a store that checks its cursors refused this one
+        except InvalidCursor:
             raise ApiError(
                 400, "BadArgument", "continuationToken is not one this API issued"
             ) from None

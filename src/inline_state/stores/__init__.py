@@ -9,7 +9,13 @@ from urllib.parse import parse_qsl, urlsplit
 
 from .._change import Change
 from .._clock import HybridClock
-from .._errors import PreconditionFailed, RecordTooLarge, StoreError, StoreUnavailable
+from .._errors import (
+    InvalidCursor,
+    PreconditionFailed,
+    RecordTooLarge,
+    StoreError,
+    StoreUnavailable,
+)
 from .._keys import RecordKey, UserRef
 from .._message import Kind
 from ._base import DEFAULT_TOMBSTONE_TTL, ApplyResult, ExportPage, Store, StoredRecord
@@ -26,6 +32,7 @@ __all__ = [
     "Change",
     "ExportPage",
     "HybridClock",
+    "InvalidCursor",
     "MemoryStore",
     "PreconditionFailed",
     "RecordKey",

@@ -245,7 +245,8 @@ class Store(abc.ABC):
     ) -> ExportPage:
         """A page of the live records of one bot on one channel, in a stable order.
 
-        Pass the returned cursor to get the next page; None means the export is done.
+        Pass the returned cursor to get the next page; None means the export is done. A
+        store that checks cursors raises InvalidCursor for one it did not issue.
         """
 
     async def delete(self, key: RecordKey) -> None:

@@ -16,8 +16,10 @@ needs: a set passes its member length.
 Layout 1 (one field each for value, stamp and length per property, plus n, sz, clear, t,
 created, writes, e, f) is still read; the first write to such a record rewrites it as
 layout 2, keeping its eTag and its expiry. Stamps are below 2**53, so Lua's doubles hold
-them exactly; an eTag of layout 2 is the hex stamp of the last accepted write, unique
-across the record's whole history.
+them exactly. The eTag is "created.writes" (hex) in both layouts: the stamp that made
+the record live, and a count of accepted writes since, so every accepted write changes
+it (stamps alone would not do: a compare-and-set may raise its stamp to one a turn of
+the same node also holds).
 """
 
 from __future__ import annotations
@@ -44,6 +46,15 @@ end
 local function read_head(h)
   local bag, etag, tombs, clear = string.match(h, '^(%d+),([^,]*),?(%d*),?(%d*)$')
   return tonumber(bag), tonumber(tombs) or 0, tonumber(clear) or 0, etag
+end
+-- The eTag after an accepted write that leaves the record live.
+local function next_etag(etag, was_live, stamp)
+  local created, writes = stamp, 0
+  if was_live then
+    local c, w = string.match(etag, '^(%x+)%.(%x+)$')
+    if c then created, writes = tonumber(c, 16), tonumber(w, 16) end
+  end
+  return string.format('%x.%x', created, writes + 1)
 end
 -- The length of a name as a JSON string literal, as the bot's encoder (orjson) writes it.
 local function jlen(name)
@@ -201,7 +212,7 @@ local size = 2
 if bag > 0 then size = 1 + bag end
 if size > max_bytes then return 'too_large' end
 local live = bag > 0 or text ~= false
-etag = live and string.format('%x', stamp) or ''
+etag = live and next_etag(etag, was_live, stamp) or ''
 -- HDEL first: a field both cleared and rewritten must end up written.
 if #hdel > 0 then redis.call('HDEL', rk, unpack(hdel)) end
 push(hset, HEAD, head(bag, tombs, clear, etag))
@@ -271,7 +282,7 @@ end
 if kind ~= 'none' and size > max_bytes then return {'too_large', tostring(size)} end
 local now_live = bag > 0 or kind == 'text'
 local new_etag = ''
-if now_live then new_etag = string.format('%x', stamp) end
+if now_live then new_etag = next_etag(current, live, stamp) end
 hset[#hset + 1] = HEAD; hset[#hset + 1] = head(bag, 0, stamp, new_etag)
 redis.call('DEL', rk)
 redis.call('HSET', rk, unpack(hset))
@@ -281,7 +292,7 @@ if now_live then
 else
   redis.call('PEXPIRE', rk, math.max(ttl, tomb_ttl))
 end
-return {'ok', new_etag}
+return {'ok', new_etag, S(stamp)}
 """
 )
 

@@ -27,6 +27,7 @@ import hiredis
 __all__: list[str] = []
 
 ReplyError = hiredis.ReplyError
+_CLOCK_RESOLUTION = time.get_clock_info("monotonic").resolution
 Arg = bytes | str | int
 
 
@@ -209,13 +210,12 @@ class Connection:
         return future
 
     def _expire(self) -> None:
-        """Fail the waiters whose deadline passed (their replies are still read and
-        dropped); drop the connection if Redis went quiet; wake again for the next."""
+        """Fail the waiters whose deadline passed with TimeoutError (their replies are
+        still read and dropped), then drop the connection if Redis went quiet; wake
+        again for the next deadline."""
         self._sweep = None
-        if self._stalled():
-            return
         loop = asyncio.get_running_loop()
-        now = loop.time()
+        now = loop.time() + _CLOCK_RESOLUTION  # the loop runs timers that early
         upcoming = None
         for waiter in self._waiting:
             if waiter.future.done():
@@ -224,6 +224,8 @@ class Connection:
                 waiter.future.set_exception(TimeoutError())
             elif upcoming is None or waiter.deadline < upcoming:
                 upcoming = waiter.deadline
+        if self._stalled():
+            return
         if upcoming is not None:
             self._sweep = loop.call_at(upcoming, self._expire)
 

@@ -11,7 +11,7 @@ per record, so a turn writes nothing but its records.
 A store made from a ``redis://`` or ``rediss://`` URL (without redis-py query options)
 sends a turn's load and apply over one multiplexed connection of its own
 (``_redis_wire``): the commands of concurrent turns share writes and round trips. Both
-are safe to repeat (reads and PEXPIRE; stamped scripts and ZADD NX), so a command that
+are safe to repeat (reads and PEXPIRE; stamped scripts), so a command that
 lost its connection is sent once more, on a new connection, within the timeout; nothing
 else is retried. Everything else, and a store on a caller's client, uses redis-py.
 """
@@ -37,7 +37,7 @@ from redis.maint_notifications import MaintNotificationsConfig
 from .._change import Change
 from .._clock import MAX_NODES, HybridClock, stamp_ms
 from .._codec import encode_name
-from .._errors import PreconditionFailed, RecordTooLarge, StoreUnavailable
+from .._errors import InvalidCursor, PreconditionFailed, RecordTooLarge, StoreUnavailable
 from .._keys import RecordKey, UserRef, decode_key, namespace_prefix
 from .._message import Kind
 from . import _redis_lua, _redis_wire
@@ -296,6 +296,8 @@ class RedisStore(Store):
             try:
                 return await wire.call_encoded(encoded, deadline)
             except ConnectionError:
+                if asyncio.get_running_loop().time() >= deadline:
+                    raise TimeoutError from None
                 return await wire.call_encoded(encoded, deadline)
         except TimeoutError:
             raise StoreUnavailable(f"Redis did not answer within {self.timeout} s") from None
@@ -456,6 +458,8 @@ class RedisStore(Store):
         reply = await self._guard(self._cas(keys=self._script_keys(key), args=args))
         outcome: bytes = reply[0]
         detail: str = reply[1].decode()
+        if outcome == b"ok":  # the script may have raised the stamp: never issue it again
+            self.clock.observe(int(reply[2]))
         if outcome == b"conflict":
             raise PreconditionFailed(detail)
         if outcome == b"too_large":
@@ -479,8 +483,9 @@ class RedisStore(Store):
 
         A record that exists for the whole export is in exactly one page, unless Redis
         shrinks its key table meanwhile (after most keys were deleted) or, on a cluster,
-        its slot moves to another primary: then it can be repeated or, for a moved slot,
-        missed. Records written during the export may or may not be in it.
+        its slot moves to another primary or the primaries change (a failover renames
+        one, and the cursor counts primaries in name order): then records can be
+        repeated or missed. Records written during the export may or may not be in it.
         """
         if limit <= 0:
             raise ValueError("limit must be positive")
@@ -538,6 +543,7 @@ class RedisStore(Store):
 
 
 _SCANS_PER_PAGE = 64
+_PENDING_KEPT = 10_000  # keys found by one SCAN beyond a page: at most a few in practice
 _GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
 
 
@@ -554,13 +560,20 @@ def _export_position(
         return 0, 0, []
     try:
         node, position, pending = json.loads(cursor)
-        if not (isinstance(node, int) and isinstance(position, int)) or min(node, position) < 0:
+        if (
+            type(node) is not int
+            or type(position) is not int
+            or not (0 <= node < 1 << 16 and 0 <= position < 1 << 64)  # SCAN's cursor: 64 bits
+            or type(pending) is not list
+            or len(pending) > _PENDING_KEPT
+            or not all(type(encoded) is str for encoded in pending)
+        ):
             raise ValueError
         keys = [decode_key(encoded) for encoded in pending]
     except (ValueError, TypeError, KeyError, IndexError):  # JSONDecodeError is a ValueError
-        raise ValueError("not an export cursor this store issued") from None
+        raise InvalidCursor("not an export cursor this store issued") from None
     if any(key.bot != bot or key.channel != channel for key in keys):
-        raise ValueError("the export cursor belongs to another bot or channel")
+        raise InvalidCursor("the export cursor belongs to another bot or channel")
     return node, position, keys
 
 
