@@ -1,4 +1,5 @@
-"""Real redis-server processes on free loopback ports: one node, or a 3-node cluster."""
+"""Real redis-server processes on free loopback ports: one node, or a cluster of three
+masters (with a replica each if asked)."""
 
 from __future__ import annotations
 
@@ -84,9 +85,11 @@ class RedisServer:
 
 
 class RedisCluster:
-    """Three masters, no replicas, created with ``redis-cli --cluster create``."""
+    """Three masters and ``replicas`` replicas of each, created with ``redis-cli --cluster
+    create``."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, replicas: int = 0) -> None:
+        self.replicas = replicas
         self.nodes = [
             RedisServer(
                 directory / f"node{i}",
@@ -99,7 +102,7 @@ class RedisCluster:
                 "--cluster-port",
                 str(free_port()),
             )
-            for i in range(3)
+            for i in range(3 * (1 + replicas))
         ]
 
     @property
@@ -116,7 +119,7 @@ class RedisCluster:
                 "create",
                 *(f"127.0.0.1:{node.port}" for node in self.nodes),
                 "--cluster-replicas",
-                "0",
+                str(self.replicas),
                 "--cluster-yes",
             ],
             check=True,
@@ -134,10 +137,55 @@ class RedisCluster:
                 ).stdout
                 for node in self.nodes
             ]
-            if all("cluster_state:ok" in state for state in states):
+            if all("cluster_state:ok" in state for state in states) and self._replicas_in_sync():
                 return self
             time.sleep(0.1)
         raise RuntimeError("the Redis cluster did not reach cluster_state:ok")
+
+    def cli(self, port: int, *args: str) -> str:
+        """What ``redis-cli -p port args...`` prints."""
+        return subprocess.run(
+            [_binary("redis-cli"), "-p", str(port), *args],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
+
+    def _replicas_in_sync(self) -> bool:
+        replicas = [
+            n for n in self.nodes if "role:slave" in self.cli(n.port, "info", "replication")
+        ]
+        if len(replicas) != 3 * self.replicas:
+            return False
+        return all(
+            "master_link_status:up" in self.cli(n.port, "info", "replication") for n in replicas
+        )
+
+    def master_of_slot(self, slot: int) -> RedisServer:
+        """The node that serves ``slot`` now."""
+        for line in self.cli(self.port, "cluster", "nodes").splitlines():
+            fields = line.split()
+            if "master" not in fields[2] or "fail" in fields[2]:
+                continue
+            for part in fields[8:]:
+                low, _, high = part.partition("-")
+                if not low.isdigit():
+                    continue
+                if int(low) <= slot <= int(high or low):
+                    port = int(fields[1].split("@")[0].rsplit(":", 1)[1])
+                    return next(n for n in self.nodes if n.port == port)
+        raise LookupError(f"no master serves slot {slot}")
+
+    def replica_of(self, master: RedisServer) -> RedisServer:
+        """A replica of ``master``."""
+        master_id = self.cli(master.port, "cluster", "myid").strip()
+        for line in self.cli(self.port, "cluster", "nodes").splitlines():
+            fields = line.split()
+            if "slave" in fields[2] and fields[3] == master_id:
+                port = int(fields[1].split("@")[0].rsplit(":", 1)[1])
+                return next(n for n in self.nodes if n.port == port)
+        raise LookupError(f"no replica of the node on port {master.port}")
 
     def stop(self) -> None:
         for node in self.nodes:

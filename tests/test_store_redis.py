@@ -328,3 +328,124 @@ async def test_an_export_cursor_it_did_not_issue_is_refused(
     async with open_store(url_of(redis_server, f"t{uuid.uuid4().hex}")) as store:
         with pytest.raises(InvalidCursor):
             await store.export("bot", "chan", cursor=cursor)
+
+
+# -- a cluster that changes under load ---------------------------------------------------
+
+
+@pytest.fixture
+def cluster_with_replicas(tmp_path: Path) -> Iterator[RedisCluster]:
+    """Three masters with a replica each, for tests that fail one over."""
+    cluster = RedisCluster(tmp_path / "cluster", replicas=1).start()
+    yield cluster
+    cluster.stop()
+
+
+async def _ledger_until(
+    store: RedisStore, users: list[RecordKey], stop: asyncio.Event
+) -> tuple[list[tuple[RecordKey, str, float]], list[float]]:
+    """Eight writers, each turn setting a property of its own name on one of the users:
+    the acknowledged (APPLIED) ones with their loop time, and how long each failed turn
+    took to fail (StoreUnavailable; anything else escapes), until ``stop``."""
+    acknowledged: list[tuple[RecordKey, str, float]] = []
+    failed: list[float] = []
+    loop = asyncio.get_running_loop()
+
+    async def writer(w: int) -> None:
+        n = 0
+        while not stop.is_set():
+            key, name = users[(w + n) % len(users)], f"w{w}-{n}"
+            n += 1
+            started = loop.time()
+            try:
+                change = inline_state.Change(key, {name: b"1"}, stamp=store.clock.stamp())
+                if await store.apply([change]) == [ApplyResult.APPLIED]:
+                    acknowledged.append((key, name, loop.time()))
+            except inline_state.StoreUnavailable:
+                failed.append(loop.time() - started)
+                await asyncio.sleep(0.01)
+
+    await asyncio.gather(*(writer(w) for w in range(8)))
+    return acknowledged, failed
+
+
+async def test_a_failover_under_load_loses_no_acknowledged_write(
+    cluster_with_replicas: RedisCluster,
+) -> None:
+    cluster = cluster_with_replicas
+    url = f"redis+cluster://127.0.0.1:{cluster.port}?prefix=t{uuid.uuid4().hex}&timeout=2"
+    async with open_store(url) as store:
+        assert isinstance(store, RedisStore)
+        users = [RecordKey("user", "b", "c", "", f"u{i}") for i in range(6)]
+        slot = int(cluster.cli(cluster.port, "cluster", "keyslot", store._record_key(users[0])))
+        master = cluster.master_of_slot(slot)
+        replica = cluster.replica_of(master)
+        stop = asyncio.Event()
+        load = asyncio.create_task(_ledger_until(store, users, stop))
+        await asyncio.sleep(1.0)
+        assert "OK" in cluster.cli(replica.port, "cluster", "failover")
+        for _ in range(100):
+            if cluster.master_of_slot(slot) is replica:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("the replica did not take over the slot within 10 s")
+        switched = asyncio.get_running_loop().time()
+        await asyncio.sleep(1.5)
+        stop.set()
+        acknowledged, failed = await load
+        records = await store.load(users)
+    stored = {
+        (key, name) for key, record in zip(users, records, strict=True) for name in record.props
+    }
+    lost = [(key, name) for key, name, _ in acknowledged if (key, name) not in stored]
+    assert not lost, f"{len(lost)} of {len(acknowledged)} acknowledged writes lost: {lost[:3]}"
+    after = [name for key, name, at in acknowledged if key == users[0] and at > switched]
+    assert len(after) > 20, f"the failed-over slot's turns go on after the switch: {len(after)}"
+    assert len(failed) < len(acknowledged) / 10, (len(failed), len(acknowledged))
+
+
+async def test_a_killed_master_fails_its_slots_within_the_bound_then_recovers(
+    cluster_with_replicas: RedisCluster,
+) -> None:
+    cluster = cluster_with_replicas
+    timeout = 1.0
+    url = f"redis+cluster://127.0.0.1:{cluster.port}?prefix=t{uuid.uuid4().hex}&timeout={timeout}"
+    async with open_store(url) as store:
+        assert isinstance(store, RedisStore)
+        candidates = [RecordKey("user", "b", "c", "", f"u{i}") for i in range(40)]
+
+        def master_of(key: RecordKey) -> RedisServer:
+            slot = int(cluster.cli(cluster.port, "cluster", "keyslot", store._record_key(key)))
+            return cluster.master_of_slot(slot)
+
+        # The busy user on a master other than the node the URL names (kept up, for the
+        # test's own cluster queries); three users on each of the other masters.
+        masters = {key: master_of(key) for key in candidates}
+        busy = next(k for k in candidates if masters[k] is not cluster.nodes[0])
+        master = masters[busy]
+        elsewhere = [k for k in candidates if masters[k] is not master][:3]
+        users = [busy, *elsewhere]
+        replica = cluster.replica_of(master)
+        stop = asyncio.Event()
+        load = asyncio.create_task(_ledger_until(store, users, stop))
+        await asyncio.sleep(0.5)
+        killed = asyncio.get_running_loop().time()
+        assert master.process is not None
+        master.process.kill()
+        for _ in range(150):  # cluster-node-timeout is 2 s; promotion follows
+            await asyncio.sleep(0.1)
+            if "role:master" in cluster.cli(replica.port, "info", "replication"):
+                break
+        else:
+            raise AssertionError("the replica was not promoted within 15 s")
+        promoted = asyncio.get_running_loop().time()
+        await asyncio.sleep(2.0)
+        stop.set()
+        acknowledged, failed = await load
+    assert failed, "turns on the dead master's slots fail"
+    assert max(failed) <= 2 * timeout + 0.5, f"each fails within the bound: {max(failed):.2f} s"
+    after = [name for key, name, at in acknowledged if key == busy and at > promoted]
+    assert len(after) > 20, f"turns on its slots succeed once the replica took over: {len(after)}"
+    meanwhile = [name for key, name, at in acknowledged if key != busy and killed < at < promoted]
+    assert meanwhile, "the other masters' slots kept working meanwhile"
