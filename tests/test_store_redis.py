@@ -449,3 +449,55 @@ async def test_a_killed_master_fails_its_slots_within_the_bound_then_recovers(
     assert len(after) > 20, f"turns on its slots succeed once the replica took over: {len(after)}"
     meanwhile = [name for key, name, at in acknowledged if key != busy and killed < at < promoted]
     assert meanwhile, "the other masters' slots kept working meanwhile"
+
+
+async def test_a_slot_migration_under_load_loses_no_acknowledged_write(
+    redis_cluster: RedisCluster,
+) -> None:
+    # The busy user's slot moves to another master key by key (MIGRATE, then CLUSTER
+    # SETSLOT NODE), as redis-cli --cluster reshard does: ASK while it moves, MOVED after.
+    cluster = redis_cluster
+    url = f"redis+cluster://127.0.0.1:{cluster.port}?prefix=t{uuid.uuid4().hex}&timeout=2"
+    async with open_store(url) as store:
+        assert isinstance(store, RedisStore)
+        busy = RecordKey("user", "b", "c", "", "busy")
+        # The busy user's per-conversation records and their index share the slot: the
+        # slot holds a dozen keys, and a script may find some moved and some not.
+        privates = [RecordKey("private", "b", "c", f"c{i}", "busy") for i in range(10)]
+        others = [RecordKey("user", "b", "c", "", f"u{i}") for i in range(3)]
+        users = [busy, *privates, *others]
+        slot = int(cluster.cli(cluster.port, "cluster", "keyslot", store._record_key(busy)))
+        source = cluster.master_of_slot(slot)
+        target = next(n for n in cluster.nodes if n is not source)
+        source_id = cluster.cli(source.port, "cluster", "myid").strip()
+        target_id = cluster.cli(target.port, "cluster", "myid").strip()
+        stop = asyncio.Event()
+        load = asyncio.create_task(_ledger_until(store, users, stop))
+        await asyncio.sleep(0.5)
+        cluster.cli(target.port, "cluster", "setslot", str(slot), "importing", source_id)
+        cluster.cli(source.port, "cluster", "setslot", str(slot), "migrating", target_id)
+        moved = 0
+        while True:  # a few keys at a time, with turns running in between
+            keys = cluster.cli(source.port, "cluster", "getkeysinslot", str(slot), "2").split()
+            if not keys:
+                break
+            migrate = ["migrate", "127.0.0.1", str(target.port), "", "0", "5000", "keys", *keys]
+            assert "OK" in cluster.cli(source.port, *migrate)
+            moved += len(keys)
+            await asyncio.sleep(0.05)
+        for node in cluster.nodes:
+            cluster.cli(node.port, "cluster", "setslot", str(slot), "node", target_id)
+        done = asyncio.get_running_loop().time()
+        await asyncio.sleep(1.0)
+        stop.set()
+        acknowledged, failed = await load
+        records = await store.load(users)
+    assert moved >= 10 and cluster.master_of_slot(slot) is target
+    stored = {
+        (key, name) for key, record in zip(users, records, strict=True) for name in record.props
+    }
+    lost = [(key, name) for key, name, _ in acknowledged if (key, name) not in stored]
+    assert not lost, f"{len(lost)} of {len(acknowledged)} acknowledged writes lost: {lost[:3]}"
+    in_slot = {busy, *privates}
+    after = [name for key, name, at in acknowledged if key in in_slot and at > done]
+    assert len(after) > 20, f"the moved slot's turns go on: {len(after)} ({len(failed)} failed)"
