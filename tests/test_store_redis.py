@@ -369,6 +369,18 @@ async def _ledger_until(
     return acknowledged, failed
 
 
+def _assert_none_lost(
+    acknowledged: list[tuple[RecordKey, str, float]],
+    keys: list[RecordKey],
+    records: list[inline_state.StoredRecord],
+) -> None:
+    stored = {
+        (key, name) for key, record in zip(keys, records, strict=True) for name in record.props
+    }
+    lost = [(key, name) for key, name, _ in acknowledged if (key, name) not in stored]
+    assert not lost, f"{len(lost)} of {len(acknowledged)} acknowledged writes lost: {lost[:3]}"
+
+
 async def test_a_failover_under_load_loses_no_acknowledged_write(
     cluster_with_replicas: RedisCluster,
 ) -> None:
@@ -395,11 +407,7 @@ async def test_a_failover_under_load_loses_no_acknowledged_write(
         stop.set()
         acknowledged, failed = await load
         records = await store.load(users)
-    stored = {
-        (key, name) for key, record in zip(users, records, strict=True) for name in record.props
-    }
-    lost = [(key, name) for key, name, _ in acknowledged if (key, name) not in stored]
-    assert not lost, f"{len(lost)} of {len(acknowledged)} acknowledged writes lost: {lost[:3]}"
+    _assert_none_lost(acknowledged, users, records)
     after = [name for key, name, at in acknowledged if key == users[0] and at > switched]
     assert len(after) > 20, f"the failed-over slot's turns go on after the switch: {len(after)}"
     assert len(failed) < len(acknowledged) / 10, (len(failed), len(acknowledged))
@@ -493,11 +501,7 @@ async def test_a_slot_migration_under_load_loses_no_acknowledged_write(
         acknowledged, failed = await load
         records = await store.load(users)
     assert moved >= 10 and cluster.master_of_slot(slot) is target
-    stored = {
-        (key, name) for key, record in zip(users, records, strict=True) for name in record.props
-    }
-    lost = [(key, name) for key, name, _ in acknowledged if (key, name) not in stored]
-    assert not lost, f"{len(lost)} of {len(acknowledged)} acknowledged writes lost: {lost[:3]}"
+    _assert_none_lost(acknowledged, users, records)
     in_slot = {busy, *privates}
     after = [name for key, name, at in acknowledged if key in in_slot and at > done]
     assert len(after) > 20, f"the moved slot's turns go on: {len(after)} ({len(failed)} failed)"
