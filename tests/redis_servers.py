@@ -110,6 +110,13 @@ class RedisCluster:
         return self.nodes[0].port
 
     def start(self) -> RedisCluster:
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()  # no redis-server outlives a cluster that did not come up
+            raise
+
+    def _start(self) -> RedisCluster:
         for node in self.nodes:
             node.start()
         subprocess.run(

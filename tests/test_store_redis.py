@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -320,6 +321,9 @@ def test_scripts_measure_a_name_as_the_bot_encodes_it(redis_server: RedisServer,
         '[0, 0, "v3/bot/chan/u/x"]',
         '[0, 0, ["v3/bot"]]',
         '[0, 0, ["v3/other/chan/u/x"]]',
+        "[" * 3000 + "]" * 3000,
+        "[0, 0, " + "[" * 3000 + "]" * 3000 + "]",
+        "[0, 0, []]" + " " * (1 << 20),
     ],
 )
 async def test_an_export_cursor_it_did_not_issue_is_refused(
@@ -394,18 +398,20 @@ async def test_a_failover_under_load_loses_no_acknowledged_write(
         replica = cluster.replica_of(master)
         stop = asyncio.Event()
         load = asyncio.create_task(_ledger_until(store, users, stop))
-        await asyncio.sleep(1.0)
-        assert "OK" in cluster.cli(replica.port, "cluster", "failover")
-        for _ in range(100):
-            if cluster.master_of_slot(slot) is replica:
-                break
-            await asyncio.sleep(0.1)
-        else:
-            raise AssertionError("the replica did not take over the slot within 10 s")
-        switched = asyncio.get_running_loop().time()
-        await asyncio.sleep(1.5)
-        stop.set()
-        acknowledged, failed = await load
+        try:
+            await asyncio.sleep(1.0)
+            assert "OK" in await asyncio.to_thread(cluster.cli, replica.port, "cluster", "failover")
+            for _ in range(100):
+                if await asyncio.to_thread(cluster.master_of_slot, slot) is replica:
+                    break
+                await asyncio.sleep(0.1)
+            else:
+                raise AssertionError("the replica did not take over the slot within 10 s")
+            switched = asyncio.get_running_loop().time()
+            await asyncio.sleep(1.5)
+        finally:
+            stop.set()
+            acknowledged, failed = await load
         records = await store.load(users)
     _assert_none_lost(acknowledged, users, records)
     after = [name for key, name, at in acknowledged if key == users[0] and at > switched]
@@ -413,9 +419,11 @@ async def test_a_failover_under_load_loses_no_acknowledged_write(
     assert len(failed) < len(acknowledged) / 10, (len(failed), len(acknowledged))
 
 
-async def test_a_killed_master_fails_its_slots_within_the_bound_then_recovers(
+async def test_a_stopped_master_fails_its_slots_within_the_bound_then_recovers(
     cluster_with_replicas: RedisCluster,
 ) -> None:
+    # SIGSTOP, not SIGKILL: a killed master refuses connections at once, a stopped one
+    # never answers, so every turn on its slots meets the store's timeout.
     cluster = cluster_with_replicas
     timeout = 1.0
     url = f"redis+cluster://127.0.0.1:{cluster.port}?prefix=t{uuid.uuid4().hex}&timeout={timeout}"
@@ -428,34 +436,40 @@ async def test_a_killed_master_fails_its_slots_within_the_bound_then_recovers(
             return cluster.master_of_slot(slot)
 
         # The busy user on a master other than the node the URL names (kept up, for the
-        # test's own cluster queries); three users on each of the other masters.
+        # test's own cluster queries); three users on the other masters.
         masters = {key: master_of(key) for key in candidates}
         busy = next(k for k in candidates if masters[k] is not cluster.nodes[0])
         master = masters[busy]
         elsewhere = [k for k in candidates if masters[k] is not master][:3]
         users = [busy, *elsewhere]
         replica = cluster.replica_of(master)
+        assert master.process is not None
         stop = asyncio.Event()
         load = asyncio.create_task(_ledger_until(store, users, stop))
-        await asyncio.sleep(0.5)
-        killed = asyncio.get_running_loop().time()
-        assert master.process is not None
-        master.process.kill()
-        for _ in range(150):  # cluster-node-timeout is 2 s; promotion follows
-            await asyncio.sleep(0.1)
-            if "role:master" in cluster.cli(replica.port, "info", "replication"):
-                break
-        else:
-            raise AssertionError("the replica was not promoted within 15 s")
-        promoted = asyncio.get_running_loop().time()
-        await asyncio.sleep(2.0)
-        stop.set()
-        acknowledged, failed = await load
-    assert failed, "turns on the dead master's slots fail"
-    assert max(failed) <= 2 * timeout + 0.5, f"each fails within the bound: {max(failed):.2f} s"
+        try:
+            await asyncio.sleep(0.5)
+            stopped = asyncio.get_running_loop().time()
+            master.process.send_signal(signal.SIGSTOP)
+            for _ in range(150):  # cluster-node-timeout is 2 s; promotion follows
+                await asyncio.sleep(0.1)
+                replication = await asyncio.to_thread(
+                    cluster.cli, replica.port, "info", "replication"
+                )
+                if "role:master" in replication:
+                    break
+            else:
+                raise AssertionError("the replica was not promoted within 15 s")
+            promoted = asyncio.get_running_loop().time()
+            await asyncio.sleep(2.0)
+        finally:
+            master.process.send_signal(signal.SIGCONT)
+            stop.set()
+            acknowledged, failed = await load
+    assert failed, "turns on the stopped master's slots fail"
+    assert max(failed) <= timeout + 0.5, f"each fails within the bound: {max(failed):.2f} s"
     after = [name for key, name, at in acknowledged if key == busy and at > promoted]
     assert len(after) > 20, f"turns on its slots succeed once the replica took over: {len(after)}"
-    meanwhile = [name for key, name, at in acknowledged if key != busy and killed < at < promoted]
+    meanwhile = [name for key, name, at in acknowledged if key != busy and stopped < at < promoted]
     assert meanwhile, "the other masters' slots kept working meanwhile"
 
 
@@ -463,45 +477,57 @@ async def test_a_slot_migration_under_load_loses_no_acknowledged_write(
     redis_cluster: RedisCluster,
 ) -> None:
     # The busy user's slot moves to another master key by key (MIGRATE, then CLUSTER
-    # SETSLOT NODE), as redis-cli --cluster reshard does: ASK while it moves, MOVED after.
+    # SETSLOT NODE), as redis-cli --cluster reshard does. While it moves, a script whose
+    # keys are split between the two nodes (or not all there yet) gets TRYAGAIN: those
+    # turns fail with a 503, none may be acknowledged and lost, and after the move the
+    # slot's turns go on (MOVED).
     cluster = redis_cluster
     url = f"redis+cluster://127.0.0.1:{cluster.port}?prefix=t{uuid.uuid4().hex}&timeout=2"
+
+    def cli(port: int, *args: str) -> Awaitable[str]:  # off the loop: the writers run on
+        return asyncio.to_thread(cluster.cli, port, *args)
+
     async with open_store(url) as store:
         assert isinstance(store, RedisStore)
         busy = RecordKey("user", "b", "c", "", "busy")
         # The busy user's per-conversation records and their index share the slot: the
-        # slot holds a dozen keys, and a script may find some moved and some not.
+        # slot holds a dozen keys.
         privates = [RecordKey("private", "b", "c", f"c{i}", "busy") for i in range(10)]
         others = [RecordKey("user", "b", "c", "", f"u{i}") for i in range(3)]
         users = [busy, *privates, *others]
-        slot = int(cluster.cli(cluster.port, "cluster", "keyslot", store._record_key(busy)))
+        slot = int(await cli(cluster.port, "cluster", "keyslot", store._record_key(busy)))
         source = cluster.master_of_slot(slot)
         target = next(n for n in cluster.nodes if n is not source)
-        source_id = cluster.cli(source.port, "cluster", "myid").strip()
-        target_id = cluster.cli(target.port, "cluster", "myid").strip()
+        source_id = (await cli(source.port, "cluster", "myid")).strip()
+        target_id = (await cli(target.port, "cluster", "myid")).strip()
         stop = asyncio.Event()
         load = asyncio.create_task(_ledger_until(store, users, stop))
-        await asyncio.sleep(0.5)
-        cluster.cli(target.port, "cluster", "setslot", str(slot), "importing", source_id)
-        cluster.cli(source.port, "cluster", "setslot", str(slot), "migrating", target_id)
         moved = 0
-        while True:  # a few keys at a time, with turns running in between
-            keys = cluster.cli(source.port, "cluster", "getkeysinslot", str(slot), "2").split()
-            if not keys:
-                break
-            migrate = ["migrate", "127.0.0.1", str(target.port), "", "0", "5000", "keys", *keys]
-            assert "OK" in cluster.cli(source.port, *migrate)
-            moved += len(keys)
-            await asyncio.sleep(0.05)
-        for node in cluster.nodes:
-            cluster.cli(node.port, "cluster", "setslot", str(slot), "node", target_id)
+        try:
+            await asyncio.sleep(0.5)
+            await cli(target.port, "cluster", "setslot", str(slot), "importing", source_id)
+            await cli(source.port, "cluster", "setslot", str(slot), "migrating", target_id)
+            while True:  # a few keys at a time, with turns running in between
+                listed = await cli(source.port, "cluster", "getkeysinslot", str(slot), "2")
+                if not listed.split():
+                    break
+                migrate = ["migrate", "127.0.0.1", str(target.port), "", "0", "5000", "keys"]
+                assert "OK" in await cli(source.port, *migrate, *listed.split())
+                moved += len(listed.split())
+                await asyncio.sleep(0.05)
+        finally:  # the session's cluster ends with the slot on one node, whatever happened
+            for node in cluster.nodes:
+                await cli(node.port, "cluster", "setslot", str(slot), "node", target_id)
         done = asyncio.get_running_loop().time()
-        await asyncio.sleep(1.0)
-        stop.set()
-        acknowledged, failed = await load
+        try:
+            await asyncio.sleep(1.0)
+        finally:
+            stop.set()
+            acknowledged, failed = await load
         records = await store.load(users)
     assert moved >= 10 and cluster.master_of_slot(slot) is target
     _assert_none_lost(acknowledged, users, records)
     in_slot = {busy, *privates}
     after = [name for key, name, at in acknowledged if key in in_slot and at > done]
     assert len(after) > 20, f"the moved slot's turns go on: {len(after)} ({len(failed)} failed)"
+    assert len(failed) < len(acknowledged) / 10, (len(failed), len(acknowledged))

@@ -5,10 +5,11 @@ write; replies come back in order and hiredis parses them, so concurrent turns s
 round trips and the client costs a few microseconds per command. A waiter that goes
 away (its deadline passed, its handler was cancelled) keeps its place in the queue: its
 replies are read and dropped, so no reply ever reaches another waiter. Deadlines are
-kept by one timer per connection, not one per call. When the connection is lost, every
-command in flight fails with ``ConnectionError`` and the next call connects again; a
-command whose reply has not arrived within the timeout drops the connection the same
-way (Redis was paused, or the network is gone).
+kept by one timer per connection, not one per call: a call past its deadline fails with
+``TimeoutError``. When the connection is lost, every command in flight fails with
+``ConnectionError`` and the next call connects again; a command whose reply has not
+arrived within the timeout drops the connection the same way, failing the others (Redis
+was paused, or the network is gone).
 
 Only what the hot path needs: AUTH (with or without an ACL user), SELECT, TLS.
 """

@@ -495,7 +495,8 @@ class RedisStore(Store):
         for _ in range(_SCANS_PER_PAGE):
             if len(found) >= limit or node >= len(nodes):
                 break
-            position, names = await self._scan(nodes[node], position, pattern, limit)
+            count = min(limit, _SCAN_COUNT)  # what a cursor carries stays near this
+            position, names = await self._scan(nodes[node], position, pattern, count)
             found += [key for name in names if (key := self._record_of(name)) is not None]
             if position == 0:
                 node += 1
@@ -543,6 +544,8 @@ class RedisStore(Store):
 
 
 _SCANS_PER_PAGE = 64
+_SCAN_COUNT = 1000
+_CURSOR_CHARS = 1 << 20
 _PENDING_KEPT = 10_000  # keys found by one SCAN beyond a page: at most a few in practice
 _GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
 
@@ -558,6 +561,8 @@ def _export_position(
     returned. A cursor is input from the network: anything else is refused."""
     if cursor is None:
         return 0, 0, []
+    if len(cursor) > _CURSOR_CHARS:
+        raise InvalidCursor("not an export cursor this store issued (too long)")
     try:
         node, position, pending = json.loads(cursor)
         if (
@@ -570,7 +575,7 @@ def _export_position(
         ):
             raise ValueError
         keys = [decode_key(encoded) for encoded in pending]
-    except (ValueError, TypeError, KeyError, IndexError):  # JSONDecodeError is a ValueError
+    except (ValueError, TypeError, KeyError, IndexError, RecursionError):  # deep nesting
         raise InvalidCursor("not an export cursor this store issued") from None
     if any(key.bot != bot or key.channel != channel for key in keys):
         raise InvalidCursor("the export cursor belongs to another bot or channel")
