@@ -68,10 +68,9 @@ _SPELLINGS_KEPT = 4096
 class _Spelled(NamedTuple):
     """A record's Redis keys, and its load's commands already in RESP."""
 
-    keys: list[str]
+    keys: list[str]  # the record, then for a user's records their deletion stamp, index
     hgetall: bytes
-    deleted: str | None  # the owner's deletion stamp key
-    get_deleted: bytes
+    get_deleted: bytes  # b"" for a conversation record
     evalsha: bytes  # EVALSHA, the script, the keys: the array without its header
 
 
@@ -215,7 +214,12 @@ class RedisStore(Store):
     # -- keys ---------------------------------------------------------------------------
 
     def _user_tag(self, user: UserRef) -> str:
-        return f"{self.prefix}:{{{user.encode()}}}"
+        return self._tag(user.encode())
+
+    def _tag(self, encoded: str) -> str:
+        """The key part every Redis key of one owner (a user or a conversation) starts
+        with: the prefix and the owner's hash tag."""
+        return f"{self.prefix}:{{{encoded}}}"
 
     def _record_key(self, key: RecordKey) -> str:
         return self._spelled(key).keys[0]
@@ -237,19 +241,18 @@ class RedisStore(Store):
         # key. Escaped ids hold no "/", so the encoding splits back into its parts.
         encoded = key.encode()
         if key.kind == "conversation":
-            keys = [f"{self.prefix}:{{{encoded}}}:r"]
+            keys = [f"{self._tag(encoded)}:r"]
         elif key.kind == "user":
-            tag = f"{self.prefix}:{{{encoded}}}"
+            tag = self._tag(encoded)
             keys = [f"{tag}:r", f"{tag}:d"]
         else:
             namespace, _, user, conversation = encoded.rsplit("/", 3)
-            tag = f"{self.prefix}:{{{namespace}/u/{user}}}"
+            tag = self._tag(f"{namespace}/u/{user}")
             keys = [f"{tag}:p/{conversation}", f"{tag}:d", f"{tag}:i"]
         bulks = [_redis_wire.bulk(k) for k in keys]
         return _Spelled(
             keys,
             b"*2\r\n$7\r\nHGETALL\r\n" + bulks[0],
-            keys[1] if len(keys) > 1 else None,
             b"*2\r\n$3\r\nGET\r\n" + bulks[1] if len(keys) > 1 else b"",
             b"".join([self._evalsha, _redis_wire.bulk(str(len(keys))), *bulks]),
         )
@@ -340,10 +343,11 @@ class RedisStore(Store):
             at = len(encoded)
             encoded.append(spelled.hgetall)
             stamp_at = -1
-            if spelled.deleted is not None:
-                stamp_at = stamps.get(spelled.deleted, -1)
+            if spelled.get_deleted:
+                deleted = spelled.keys[1]
+                stamp_at = stamps.get(deleted, -1)
                 if stamp_at < 0:
-                    stamp_at = stamps[spelled.deleted] = len(encoded)
+                    stamp_at = stamps[deleted] = len(encoded)
                     encoded.append(spelled.get_deleted)
             ttl = ttl_ms.get(key.kind)
             if ttl is not None:
