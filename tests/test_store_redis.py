@@ -144,6 +144,7 @@ async def test_a_users_records_share_one_hash_slot(redis_cluster: RedisCluster) 
         private = [user._replace(kind="private", conversation=f"conv/{i}") for i in range(20)]
         slots = {cluster.keyslot(k) for key in [user, *private] for k in store._script_keys(key)}
         assert len(slots) == 1
+        assert {store._spelled(key).slot for key in [user, *private]} == slots  # the hot path's
         conversations = {
             cluster.keyslot(store._record_key(RecordKey("conversation", "b", "c", f"{i}", "")))
             for i in range(20)
@@ -416,7 +417,8 @@ async def test_a_failover_under_load_loses_no_acknowledged_write(
     _assert_none_lost(acknowledged, users, records)
     after = [name for key, name, at in acknowledged if key == users[0] and at > switched]
     assert len(after) > 20, f"the failed-over slot's turns go on after the switch: {len(after)}"
-    assert len(failed) < len(acknowledged) / 10, (len(failed), len(acknowledged))
+    # MOVED sends a turn on to the new master: none fails.
+    assert not failed, f"{len(failed)} of {len(failed) + len(acknowledged)} turns failed"
 
 
 async def test_a_stopped_master_fails_its_slots_within_the_bound_then_recovers(
@@ -477,10 +479,10 @@ async def test_a_slot_migration_under_load_loses_no_acknowledged_write(
     redis_cluster: RedisCluster,
 ) -> None:
     # The busy user's slot moves to another master key by key (MIGRATE, then CLUSTER
-    # SETSLOT NODE), as redis-cli --cluster reshard does. While it moves, a script whose
-    # keys are split between the two nodes (or not all there yet) gets TRYAGAIN: those
-    # turns fail with a 503, none may be acknowledged and lost, and after the move the
-    # slot's turns go on (MOVED).
+    # SETSLOT NODE), as redis-cli --cluster reshard does. While it moves, a key already
+    # gone answers ASK (sent on, behind ASKING), and a script whose keys are split
+    # between the two nodes (or not all there yet) TRYAGAIN (sent again after a pause);
+    # after the move the slot's turns go on (MOVED).
     cluster = redis_cluster
     url = f"redis+cluster://127.0.0.1:{cluster.port}?prefix=t{uuid.uuid4().hex}&timeout=2"
 
@@ -530,4 +532,5 @@ async def test_a_slot_migration_under_load_loses_no_acknowledged_write(
     in_slot = {busy, *privates}
     after = [name for key, name, at in acknowledged if key in in_slot and at > done]
     assert len(after) > 20, f"the moved slot's turns go on: {len(after)} ({len(failed)} failed)"
-    assert len(failed) < len(acknowledged) / 10, (len(failed), len(acknowledged))
+    # ASK and TRYAGAIN are followed within the timeout, MOVED afterwards: none fails.
+    assert not failed, f"{len(failed)} of {len(failed) + len(acknowledged)} turns failed"

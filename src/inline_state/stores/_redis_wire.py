@@ -170,19 +170,27 @@ class Connection:
         """``call`` for commands already in RESP (see ``encode``)."""
         if not encoded:  # no reply to wait for: a waiter would hold the queue's head
             return []
-        loop = asyncio.get_running_loop()
         if deadline is None:
-            deadline = loop.time() + self.timeout
+            deadline = asyncio.get_running_loop().time() + self.timeout
         # Nothing is sent before a connection is up and its AUTH/SELECT succeeded; no
         # await between this check and _send, so the waiter joins that connection.
-        while (
-            self._transport is None
-            or self._connecting is not None
-            or (self._waiting and self._stalled())
-        ):
+        while not self._ready():
             async with asyncio.timeout_at(deadline):
                 await self._connect()
         return await self._send(encoded, deadline)
+
+    def send_now(self, encoded: list[bytes], deadline: float) -> asyncio.Future[list[Any]] | None:
+        """Queue commands (at least one) if the connection is up, and return the future
+        of their replies (as ``call_encoded`` returns them); None if it must connect
+        first (then use ``call_encoded``)."""
+        return self._send(encoded, deadline) if self._ready() else None
+
+    def _ready(self) -> bool:
+        return not (
+            self._transport is None
+            or self._connecting is not None
+            or (self._waiting and self._stalled())
+        )
 
     def _stalled(self) -> bool:
         waiting = self._waiting

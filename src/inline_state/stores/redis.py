@@ -40,7 +40,7 @@ from .._codec import encode_name
 from .._errors import InvalidCursor, PreconditionFailed, RecordTooLarge, StoreUnavailable
 from .._keys import RecordKey, UserRef, decode_key, namespace_prefix
 from .._message import Kind
-from . import _redis_lua, _redis_wire
+from . import _redis_cluster, _redis_lua, _redis_wire
 from ._base import (
     DEFAULT_TOMBSTONE_TTL,
     MISSING,
@@ -72,6 +72,7 @@ class _Spelled(NamedTuple):
     hgetall: bytes
     get_deleted: bytes  # b"" for a conversation record
     evalsha: bytes  # EVALSHA, the script, the keys: the array without its header
+    slot: int  # the keys' hash slot, on a cluster (else 0)
 
 
 _HEAD, _TEXT = _redis_lua.HEAD, _redis_lua.TEXT
@@ -97,7 +98,7 @@ class RedisStore(Store):
         prefix: str = "inline_state",
         timeout: float = 1.0,
         owns_client: bool = False,
-        wire: _redis_wire.Connection | None = None,
+        wire: _redis_wire.Connection | _redis_cluster.Cluster | None = None,
         clock: HybridClock | None = None,
         ttl: Mapping[Kind, float] | None = None,
         tombstone_ttl: float = DEFAULT_TOMBSTONE_TTL,
@@ -112,6 +113,7 @@ class RedisStore(Store):
         self.timeout = timeout
         self._owns_client = owns_client
         self._wire = wire
+        self._routed = isinstance(wire, _redis_cluster.Cluster)  # commands go by hash slot
         self._cluster = isinstance(client, RedisCluster)
         self._apply = client.register_script(_redis_lua.APPLY)
         self._cas = client.register_script(_redis_lua.COMPARE_AND_SET)
@@ -150,6 +152,16 @@ class RedisStore(Store):
         if parts.scheme == "redis+cluster":
             if not parts.hostname:
                 raise ValueError(f"expected redis+cluster://host:port, got {url!r}")
+            if not rest:  # the turn's commands over connections of our own, by hash slot
+                options.setdefault(
+                    "wire",
+                    _redis_cluster.Cluster(
+                        [(parts.hostname, parts.port or 6379)],
+                        username=parts.username,
+                        password=parts.password,
+                        timeout=timeout,
+                    ),
+                )
             client = RedisCluster(
                 host=parts.hostname,
                 port=parts.port or 6379,
@@ -190,6 +202,8 @@ class RedisStore(Store):
         """
         if isinstance(self.client, RedisCluster):
             await self._guard(self.client.initialize())
+        if isinstance(self._wire, _redis_cluster.Cluster):
+            await self._guard(self._wire.refresh())
         await self._start_clock()
 
     async def close(self) -> None:
@@ -255,6 +269,9 @@ class RedisStore(Store):
             b"*2\r\n$7\r\nHGETALL\r\n" + bulks[0],
             b"*2\r\n$3\r\nGET\r\n" + bulks[1] if len(keys) > 1 else b"",
             b"".join([self._evalsha, _redis_wire.bulk(str(len(keys))), *bulks]),
+            _redis_cluster.key_slot(keys[0].encode("utf-8", "surrogatepass"))
+            if self._routed
+            else 0,
         )
 
     # -- operations -----------------------------------------------------------------------
@@ -290,12 +307,19 @@ class RedisStore(Store):
         await self._guard(self._release_node(keys=[self._node_key(node_id)], args=[self._holder]))
 
     async def _call_wire(
-        self, wire: _redis_wire.Connection, encoded: list[bytes], deadline: float
+        self,
+        wire: _redis_wire.Connection | _redis_cluster.Cluster,
+        encoded: list[bytes],
+        slots: list[int],
+        deadline: float,
     ) -> list[Any]:
-        """The commands' replies over the multiplexed connection, sent once more on a
-        new connection if the first one failed (callers send only repeatable commands),
-        both before ``deadline`` (a ``loop.time()``)."""
+        """The commands' replies over the multiplexed connection (on a cluster, each
+        command to its slot's master), sent once more on a new connection if the first
+        one failed (callers send only repeatable commands), both before ``deadline`` (a
+        ``loop.time()``)."""
         try:
+            if isinstance(wire, _redis_cluster.Cluster):  # (NOSCRIPT: loaded on that node)
+                return await wire.call(encoded, slots, deadline, _LOAD_APPLY)
             try:
                 return await wire.call_encoded(encoded, deadline)
             except ConnectionError:
@@ -331,10 +355,11 @@ class RedisStore(Store):
         return out
 
     async def _load_wire(
-        self, wire: _redis_wire.Connection, keys: Sequence[RecordKey]
+        self, wire: _redis_wire.Connection | _redis_cluster.Cluster, keys: Sequence[RecordKey]
     ) -> list[StoredRecord]:
         # One GET per owner's deletion stamp, however many of their records are read.
         encoded: list[bytes] = []
+        slots: list[int] = []
         stamps: dict[str, int] = {}
         where: list[tuple[int, int]] = []
         ttl_ms = self.ttl_ms
@@ -352,9 +377,10 @@ class RedisStore(Store):
             ttl = ttl_ms.get(key.kind)
             if ttl is not None:
                 encoded.append(_redis_wire.encode(("PEXPIRE", spelled.keys[0], ttl)))
+            slots += [spelled.slot] * (len(encoded) - len(slots))
             where.append((at, stamp_at))
         deadline = asyncio.get_running_loop().time() + self.timeout
-        replies = _checked(await self._call_wire(wire, encoded, deadline))
+        replies = _checked(await self._call_wire(wire, encoded, slots, deadline))
         return [
             _view(replies[at], int(replies[stamp_at] or 0) if stamp_at >= 0 else 0)
             for at, stamp_at in where
@@ -394,22 +420,23 @@ class RedisStore(Store):
 
     async def _apply_wire(
         self,
-        wire: _redis_wire.Connection,
+        wire: _redis_wire.Connection | _redis_cluster.Cluster,
         changes: Sequence[Change],
         now_ms: int,
     ) -> list[Any]:
         encoded: list[bytes] = []
+        slots: list[int] = []
         for c in changes:
             spelled = self._spelled(c.key)
             args = self._apply_args(c, now_ms)
             count = 3 + len(spelled.keys) + len(args)
             encoded.append(b"*%d\r\n%s%s" % (count, spelled.evalsha, _redis_wire.bulks(args)))
+            slots.append(spelled.slot)
         deadline = asyncio.get_running_loop().time() + self.timeout  # every step within it
-        replies = await self._call_wire(wire, encoded, deadline)
+        replies = await self._call_wire(wire, encoded, slots, deadline)
         if any(_no_script(r) for r in replies):  # lost (a restart, SCRIPT FLUSH)
-            load = [_redis_wire.encode(("SCRIPT", "LOAD", _redis_lua.APPLY))]
-            _checked(await self._call_wire(wire, load, deadline))
-            replies = await self._call_wire(wire, encoded, deadline)  # stamped: repeatable
+            _checked(await self._call_wire(wire, [_LOAD_APPLY], [0], deadline))
+            replies = await self._call_wire(wire, encoded, slots, deadline)  # stamped: repeatable
         return _checked(replies)
 
     async def _apply_pipelined(self, changes: Sequence[Change], now_ms: int) -> list[Any]:
@@ -596,6 +623,9 @@ _RELEASE_NODE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+
+
+_LOAD_APPLY = _redis_wire.encode(("SCRIPT", "LOAD", _redis_lua.APPLY))
 
 
 def _no_script(reply: Any) -> bool:
