@@ -10,11 +10,12 @@ first target as a markdown table, and writes all raw results as JSON.
 
 Targets: baseline (dict state, no middleware), memory, sqlite, redis (a redis-server
 this script starts, pinned with wrk to CPU 1; SQLite's writer thread runs in the server
-process on CPU 0), agents (Microsoft 365 Agents SDK 1.9.0 with its own state;
+process on CPU 0), redis-cluster (a cluster of three masters this script starts, pinned
+the same way), agents (Microsoft 365 Agents SDK 1.9.0 with its own state;
 agents-inline: the same bot with its counters in inline state, memory://) and
 botbuilder (botbuilder-python 4.17.1's UserState/ConversationState; -patched with the
 msrest hotspot fixed); the SDKs run from venvs this script creates under bench/.venvs.
-Needs wrk and taskset; redis-server for the redis target.
+Needs wrk and taskset; redis-server (and redis-cli) for the redis targets.
 
     python bench/run.py                       # the full run
     python bench/run.py --smoke               # one short round: baseline and memory
@@ -41,7 +42,7 @@ HERE = Path(__file__).resolve().parent
 LUA = HERE / "wrk" / "messages.lua"
 KNOWN = (
     "baseline", "baseline-orjson", "floor", "memory", "memory-plain", "memory-cold", "sqlite",
-    "redis",
+    "redis", "redis-cluster",
     "agents", "agents-inline", "botbuilder",
     "botbuilder-patched",
 )
@@ -81,50 +82,79 @@ def pinned(cpu: str | None, cmd: list[str]) -> list[str]:
     return ["taskset", "-c", cpu, *cmd] if cpu else cmd
 
 
-class Redis:
-    """A throwaway redis-server for the redis target."""
+def redis_command(port: int, command: bytes) -> bytes:
+    """One inline command's reply (enough of it for FLUSHALL, INFO, CLUSTER INFO)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(command + b"\r\n")
+        reply = s.recv(65536)
+        if reply.startswith(b"$"):  # a bulk string: read all of it
+            size = int(reply[1:reply.index(b"\r\n")])
+            while len(reply) < reply.index(b"\r\n") + 2 + size:
+                reply += s.recv(65536)
+        return reply
 
-    def __init__(self, cpu: str | None, workdir: Path) -> None:
+
+class Redis:
+    """Throwaway redis-servers: one for the redis target, a cluster of three masters for
+    redis-cluster (every node pinned with wrk to CPU 1)."""
+
+    def __init__(self, cpu: str | None, workdir: Path, masters: int = 0) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
-            sys.exit("the redis target needs redis-server (apt-get install redis-server)")
-        self.port = free_port()
-        self.proc = subprocess.Popen(
-            pinned(cpu, [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                         "--appendonly", "no", "--dir", str(workdir), "--loglevel", "warning"]),
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        deadline = time.time() + 10
+            sys.exit("the redis targets need redis-server (apt-get install redis-server)")
+        self.ports = [free_port() for _ in range(max(masters, 1))]
+        self.procs = []
+        for port in self.ports:
+            directory = workdir / f"redis-{port}"
+            directory.mkdir()
+            cluster = ["--cluster-enabled", "yes", "--cluster-port", str(free_port())] if masters else []
+            self.procs.append(subprocess.Popen(
+                pinned(cpu, [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", str(directory), "--loglevel", "warning",
+                             *cluster]),
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            ))
+        for port in self.ports:
+            self._wait(port, lambda: redis_command(port, b"PING").startswith(b"+PONG"))
+        if masters:
+            subprocess.run(["redis-cli", "--cluster", "create",
+                            *(f"127.0.0.1:{p}" for p in self.ports), "--cluster-yes"],
+                           check=True, capture_output=True, timeout=60)
+            for port in self.ports:
+                self._wait(port, lambda: b"cluster_state:ok" in redis_command(port, b"CLUSTER INFO"))
+        self.url = f"{'redis+cluster' if masters else 'redis'}://127.0.0.1:{self.ports[0]}"
+
+    @staticmethod
+    def _wait(port: int, ready: Any) -> None:
+        deadline = time.time() + 20
         while time.time() < deadline:
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
-                    s.sendall(b"FLUSHALL\r\n")
-                    if s.recv(16).startswith(b"+OK"):
-                        return
+                if ready():
+                    return
             except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"redis-server on port {port} did not come up")
 
     def flush(self) -> None:
-        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
-            s.sendall(b"FLUSHALL\r\n")
-            s.recv(16)
+        for port in self.ports:
+            redis_command(port, b"FLUSHALL")
 
     def used_memory(self) -> int:
-        """``used_memory`` from ``INFO memory``: what Redis's allocator holds for data."""
-        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
-            s.sendall(b"INFO memory\r\n")
-            reply = b""
-            while not reply.endswith(b"\r\n") or reply.count(b"\r\n") < 2:
-                reply += s.recv(65536)
-        for line in reply.split(b"\r\n"):
-            if line.startswith(b"used_memory:"):
-                return int(line.split(b":")[1])
-        raise RuntimeError("INFO memory has no used_memory")
+        """``used_memory`` from ``INFO memory`` (summed over a cluster's nodes): what
+        Redis's allocator holds for data."""
+        total = 0
+        for port in self.ports:
+            reply = redis_command(port, b"INFO memory")
+            line = next(x for x in reply.split(b"\r\n") if x.startswith(b"used_memory:"))
+            total += int(line.split(b":")[1])
+        return total
 
     def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
+        for proc in self.procs:
+            proc.terminate()
+        for proc in self.procs:
+            proc.wait(10)
 
 
 def sdk_python(sdk: str) -> str:
@@ -143,6 +173,7 @@ def sdk_python(sdk: str) -> str:
 
 
 def command(name: str, a: argparse.Namespace, workdir: Path, redis: Redis | None) -> list[str]:
+    """The target's command line (``redis``: the servers of this target, if it has any)."""
     py = sys.executable
     if name.startswith("agents"):
         inline = ["--inline-state"] if name == "agents-inline" else []
@@ -173,10 +204,10 @@ def command(name: str, a: argparse.Namespace, workdir: Path, redis: Redis | None
     if name == "sqlite":
         db = workdir / f"bench-{time.monotonic_ns()}.db"
         return [*inline, "--store", f"sqlite:///{db}"]
-    if name == "redis":
+    if name.startswith("redis"):
         assert redis is not None
         redis.flush()
-        return [*inline, "--store", f"redis://127.0.0.1:{redis.port}"]
+        return [*inline, "--store", redis.url]
     raise ValueError(name)
 
 
@@ -318,7 +349,7 @@ def one_run(name: str, a: argparse.Namespace, workdir: Path, redis: Redis | None
 
 def mem_run(name: str, a: argparse.Namespace, workdir: Path, redis: Redis | None) -> dict[str, Any]:
     server = Server(command(name, a, workdir, redis), a.server_cpu, workdir / f"{name}-mem.log")
-    on_redis = redis is not None and name.startswith("redis")
+    on_redis = redis is not None
     try:
         if on_redis:
             assert redis is not None
@@ -390,19 +421,23 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="inline-state-bench-") as tmp:
         workdir = Path(tmp)
-        redis = Redis(a.wrk_cpu, workdir) if "redis" in names else None
+        servers: dict[str, Redis] = {}
         try:
+            if "redis" in names:
+                servers["redis"] = Redis(a.wrk_cpu, workdir)
+            if "redis-cluster" in names:
+                servers["redis-cluster"] = Redis(a.wrk_cpu, workdir, masters=3)
             runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
             for rnd in range(1, a.rounds + 1):
                 for name in names:
-                    r = one_run(name, a, workdir, redis)
+                    r = one_run(name, a, workdir, servers.get(name))
                     runs[name].append(r)
                     print(f"round {rnd} {name:10s} {r['rps']:8.0f} req/s  p99 {r['p99_us'] / 1e3:6.2f} ms"
                           f"  cpu/turn {r['cpu_us_per_turn']:6.0f} us  errors {r['errors']}", flush=True)
-            mem = {n: mem_run(n, a, workdir, redis) for n in names} if a.mem_users else {}
+            mem = {n: mem_run(n, a, workdir, servers.get(n)) for n in names} if a.mem_users else {}
         finally:
-            if redis is not None:
-                redis.stop()
+            for server in servers.values():
+                server.stop()
 
     ref = names[0]
     print(f"\nMedians of {a.rounds} round(s): {a.duration:g} s per run, {a.connections} connections,"

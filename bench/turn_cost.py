@@ -30,6 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import streams, web
 from aiohttp.test_utils import make_mocked_request
@@ -61,10 +62,17 @@ def make_target(name: str, bag_bytes: int = 0, redis_url: str | None = None) -> 
     )
     if name == "redis":
         if not redis_url:
-            raise SystemExit("the redis target needs --redis-url redis://host:port/db")
+            raise SystemExit(
+                "the redis target needs --redis-url redis://host:port/db (or redis+cluster://)"
+            )
         import redis
+        from redis.cluster import RedisCluster
 
-        redis.Redis.from_url(redis_url).flushdb()
+        if redis_url.startswith("redis+cluster://"):  # every master's keys
+            where = urlsplit(redis_url)
+            RedisCluster(host=where.hostname, port=where.port or 6379).flushall()
+        else:
+            redis.Redis.from_url(redis_url).flushdb()
         args.store = redis_url
     if name == "baseline":
         import baseline

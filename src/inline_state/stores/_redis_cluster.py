@@ -39,6 +39,7 @@ _REFRESH_EVERY = 0.1  # seconds between background map reads while the cluster c
 _SHARDS = _redis_wire.encode(("CLUSTER", "SHARDS"))
 _SLOTS = _redis_wire.encode(("CLUSTER", "SLOTS"))
 _ASKING = _redis_wire.encode(("ASKING",))
+_ReplyError = _redis_wire.ReplyError
 
 
 def key_slot(key: bytes) -> int:
@@ -223,22 +224,59 @@ class Cluster:
         past ``deadline`` (a ``loop.time()``), ConnectionError if a node's connection
         failed twice."""
         owners = self._owners
-        if owners[slots[0]] is None:  # not opened yet, or a slot nobody serves
-            await self._refresh_within(deadline)
-            owners = self._owners
-        replies: list[Any] = [None] * len(encoded)
-        route = [owners[slot] for slot in slots]
-        if route[0] is not None and all(r is route[0] for r in route):
-            # One node, as every user-owned command is: no grouping on the way out.
-            groups = [(route[0], list(range(len(encoded))), encoded)]
+        by_node: dict[_redis_wire.Connection, list[int]] = {}
+        for i, slot in enumerate(slots):
+            owner = owners[slot]
+            if owner is None:  # not opened yet, or a slot nobody serves
+                await self._refresh_within(deadline)
+                return await self._follow(encoded, slots, deadline, reload, None)
+            indices = by_node.get(owner)
+            if indices is None:
+                by_node[owner] = [i]
+            else:
+                indices.append(i)
+        groups: list[_Group]
+        if len(by_node) == 1:  # as every user-owned command is: no regrouping
+            groups = [(next(iter(by_node)), list(range(len(encoded))), encoded)]
         else:
+            groups = [(c, indices, [encoded[i] for i in indices]) for c, indices in by_node.items()]
+        outcomes = await _gather(groups, deadline)
+        for outcome in outcomes:
+            if type(outcome) is not list or _ReplyError in map(type, outcome):
+                # Maybe a redirection, a lost connection: the slow path from here.
+                return await self._follow(encoded, slots, deadline, reload, (groups, outcomes))
+        if len(groups) == 1:
+            return outcomes[0]  # type: ignore[return-value]  # (a list: checked above)
+        replies: list[Any] = [None] * len(encoded)
+        for (_, indices, _), outcome in zip(groups, outcomes, strict=True):
+            for i, reply in zip(indices, outcome, strict=True):  # type: ignore[arg-type]
+                replies[i] = reply
+        return replies
+
+    async def _follow(
+        self,
+        encoded: list[bytes],
+        slots: list[int],
+        deadline: float,
+        reload: bytes,
+        first: tuple[list[_Group], list[list[Any] | BaseException]] | None,
+    ) -> list[Any]:
+        """``call`` from its first round's outcomes (if it got that far) on: every
+        redirection and retry followed until the deadline."""
+        replies: list[Any] = [None] * len(encoded)
+        route = [self._owners[slot] for slot in slots]
+        if first is None:
             groups = _groups(encoded, range(len(encoded)), route, {}, replies)
         # A command sent again to the node that answered, behind what it needs first:
         # ASKING (to the node an ASK named), the script (to one that answered NOSCRIPT).
         behind: dict[int, list[bytes]] = {}
         lost_once = False
         for round_ in range(_MAX_ROUNDS):
-            outcomes = await _gather(groups, deadline)
+            if first is not None:
+                groups, outcomes = first
+                first = None
+            else:
+                outcomes = await _gather(groups, deadline)
             pending: list[int] = []
             pause = lost = False
             for (connection, indices, commands), outcome in zip(groups, outcomes, strict=True):
@@ -320,16 +358,19 @@ class Cluster:
             connection.close()
 
 
+_Group = tuple[_redis_wire.Connection, list[int], list[bytes]]  # a node, what goes there
+
+
 def _groups(
     encoded: list[bytes],
     indices: Iterable[int],
     route: list[_redis_wire.Connection | None],
     behind: dict[int, list[bytes]],
     replies: list[Any],
-) -> list[tuple[_redis_wire.Connection, list[int], list[bytes]]]:
+) -> list[_Group]:
     """The commands per node, each right behind what it needs first; a command whose
     slot nobody serves gets that as its reply."""
-    by_node: dict[int, tuple[_redis_wire.Connection, list[int], list[bytes]]] = {}
+    by_node: dict[int, _Group] = {}
     for i in indices:
         connection = route[i]
         if connection is None:
@@ -344,30 +385,24 @@ def _groups(
     return list(by_node.values())
 
 
-async def _gather(
-    groups: list[tuple[_redis_wire.Connection, list[int], list[bytes]]], deadline: float
-) -> list[list[Any] | BaseException]:
+async def _gather(groups: list[_Group], deadline: float) -> list[list[Any] | BaseException]:
     """Each group's replies, or what its connection raised; all groups are sent before
     any is awaited, so they take one round trip together."""
-    waits = []
+    waits: list[asyncio.Future[list[Any]]] = []
     for connection, _, commands in groups:
         future = connection.send_now(commands, deadline)
-        waits.append(future if future is not None else connection.call_encoded(commands, deadline))
-    if len(waits) == 1:
-        try:
-            return [await waits[0]]
-        except (ConnectionError, OSError, TimeoutError) as exc:
-            return [exc]
-    started = [asyncio.ensure_future(w) for w in waits]
+        if future is None:  # connecting first
+            future = asyncio.ensure_future(connection.call_encoded(commands, deadline))
+        waits.append(future)
     outcomes: list[list[Any] | BaseException] = []
     try:
-        for wait in started:
+        for wait in waits:  # (all sent: awaiting one after the other costs no round trip)
             try:
                 outcomes.append(await wait)
             except (ConnectionError, OSError, TimeoutError) as exc:
                 outcomes.append(exc)
     except BaseException:  # cancelled: nothing is left waiting with nobody to read it
-        for wait in started:
+        for wait in waits:
             wait.cancel()
         raise
     return outcomes
