@@ -21,7 +21,7 @@ from . import _body
 from ._body import NOT_JSON, BodyError
 from ._engine import Engine
 from ._errors import BagError, StoreUnavailable
-from ._message import may_hide_bags, strip_bags
+from ._message import lift_bags, may_hide_bags, strip_bags
 from ._posted import PendingWrite, has_bags, posted_target
 from ._turn import current_turn
 
@@ -106,6 +106,8 @@ class InlineStateClientMiddleware:
                 limit=engine.max_bag_bytes,
             )
         target = posted_target(request.url.raw_path) if isinstance(msg, dict) else None
+        if target is not None:
+            lift_bags(msg)  # channelData.inlineState
         if target is not None and has_bags(msg):
             changes = await engine.posted_changes(msg, target, current_turn())
         elif _strip_nested(msg, dry_run=True):
@@ -144,6 +146,7 @@ def _strip_nested(value: Any, *, dry_run: bool) -> bool:
         return found
     if not isinstance(value, dict):
         return False
+    lift_bags(value)
     found = has_bags(value)
     if found and not dry_run:
         strip_bags(value)

@@ -31,6 +31,15 @@ _KIND_OF_LOWERED: dict[str, Kind] = {
     "botperuserconversationdata": "private",
 }
 
+#: Where a bot whose SDK drops unknown activity fields puts its bags instead (every SDK
+#: keeps ``channelData`` as it is): ``{"channelData": {"inlineState": {"botUserData":
+#: ...}}}``. ``lift_bags`` moves them to the top under this prefix, so a bag given in both
+#: places is two spellings of one bag.
+CHANNEL_DATA, NAMESPACE = "channelData", "inlineState"
+LIFTED_PREFIX = f"{CHANNEL_DATA}.{NAMESPACE}."
+_FIELD_KINDS = dict(_KIND_OF_LOWERED)  # the names under channelData.inlineState
+_KIND_OF_LOWERED.update({LIFTED_PREFIX.lower() + name: k for name, k in _FIELD_KINDS.items()})
+
 # Lowercase substrings that any spelling of a bag field contains. Used to skip parsing
 # reply bodies that cannot carry a bag (JSON escapes are checked separately).
 BAG_MARKERS: tuple[bytes, ...] = (b"botuserdata", b"botconversationdata", b"botperuser")
@@ -104,8 +113,8 @@ def bag_field_names(msg: dict[Any, Any]) -> Sequence[tuple[str, Kind]]:
     for name in rest:
         if not isinstance(name, str):
             continue
-        # Every spelling starts with b/B; most fields can skip the lower() call.
-        kind = _KIND_OF_LOWERED.get(name.lower()) if name[:1] in "bB" else None
+        # Every spelling starts with b/B (c when lifted); most fields skip the lower() call.
+        kind = _KIND_OF_LOWERED.get(name.lower()) if name[:1] in "bBc" else None
         if kind is not None:
             found.append((name, kind))
         elif type(name) is str and len(_PLAIN_KEYS) < _PLAIN_KEYS_LIMIT:
@@ -113,8 +122,37 @@ def bag_field_names(msg: dict[Any, Any]) -> Sequence[tuple[str, Kind]]:
     return found
 
 
+def lift_bags(msg: dict[str, Any]) -> None:
+    """Move the bags under ``channelData.inlineState`` to the top of ``msg``, each named
+    ``LIFTED_PREFIX`` + its field. Other names there stay; an ``inlineState`` left empty
+    is removed, then a ``channelData`` left empty. The message's ``channelData`` is
+    replaced by a copy, never changed in place (a bot may share it between replies); one
+    that is not an object is left alone."""
+    data = msg.get(CHANNEL_DATA)
+    if type(data) is not dict:
+        return
+    spaced = data.get(NAMESPACE)
+    if type(spaced) is not dict:
+        return
+    bags = [name for name in spaced if isinstance(name, str) and name.lower() in _FIELD_KINDS]
+    if not bags:
+        return
+    rest = {name: value for name, value in spaced.items() if name not in bags}
+    for name in bags:
+        msg[LIFTED_PREFIX + name] = spaced[name]
+    data = {name: value for name, value in data.items() if name != NAMESPACE}
+    if rest:
+        data[NAMESPACE] = rest
+    if data:
+        msg[CHANNEL_DATA] = data
+    else:
+        del msg[CHANNEL_DATA]
+
+
 def strip_bags(msg: dict[str, Any]) -> bool:
-    """Remove every spelling of the three fields; True if anything was removed."""
+    """Remove every spelling of the three fields, those under ``channelData.inlineState``
+    too; True if anything was removed."""
+    lift_bags(msg)
     found = bag_field_names(msg)
     for name, _ in found:
         del msg[name]

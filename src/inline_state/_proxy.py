@@ -33,7 +33,7 @@ from ._http import (
     turn_error_response,
     unavailable_response,
 )
-from ._message import Shape, strip_bags
+from ._message import Shape, lift_bags, strip_bags
 from ._posted import PendingWrite, PostedTarget, has_bags
 from ._server import InlineStateMiddleware, get_turn
 from ._turn import Turn
@@ -156,6 +156,7 @@ class _Proxy:
             return json_error(400, "BadSyntax", "the reply is not valid JSON in its charset")
         if not isinstance(msg, dict):
             return json_error(400, "BadArgument", "the reply must be a JSON object")
+        lift_bags(msg)  # channelData.inlineState
         info = request.match_info
         if "conversationId" in info:
             target = PostedTarget(Shape.V3, info["conversationId"], info.get("activityId"))

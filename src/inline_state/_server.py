@@ -32,6 +32,7 @@ from ._http import (
 from ._message import (
     FIELD_OF_KIND,
     detect_shape,
+    lift_bags,
     may_carry_bags,
     may_hide_bags,
     reply_messages,
@@ -298,6 +299,8 @@ class InlineStateMiddleware:
         replies = reply_messages(parsed)
         if replies is None:
             return None
+        for reply in replies:
+            lift_bags(reply)  # channelData.inlineState
         await engine.commit(engine.reply_changes(turn, replies))
         stripped = not engine.keep_fields and any([strip_bags(reply) for reply in replies])
         if reply_objects:
