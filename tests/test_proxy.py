@@ -235,6 +235,138 @@ async def test_v1_later_reply_matches_its_turn(
     assert user.props == {"n": b"1", "m": b"2"}
 
 
+class AnyCall:
+    """A channel on loopback that answers every method and records each call."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, bytes, str | None]] = []
+
+    def app(self) -> web.Application:
+        async def handle(request: web.Request) -> web.Response:
+            body = await request.read()
+            self.calls.append(
+                (request.method, request.path_qs, body, request.headers.get("Authorization"))
+            )
+            if request.method == "DELETE":
+                return web.Response(status=204)
+            return web.json_response({"members": [{"id": "user-1"}]}, status=201)
+
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", handle)
+        return app
+
+
+async def test_every_other_connector_call_is_forwarded_to_the_channel(
+    aiohttp_server: AiohttpServer, client_for: StartFn
+) -> None:
+    channel = AnyCall()
+    channel_server = await aiohttp_server(channel.app())
+    store = MemoryStore()
+    proxy = await client_for(
+        inline_state.proxy_app(
+            upstream="http://127.0.0.1:9/api/messages",
+            store=store,
+            channel=str(channel_server.make_url("")).rstrip("/"),
+        )
+    )
+    auth = {"Authorization": "Bearer bot-token"}
+    members = await proxy.get("/v3/conversations/c%2F1/members?pageSize=5", headers=auth)
+    assert (members.status, await members.json()) == (201, {"members": [{"id": "user-1"}]})
+    create = {"isGroup": False, "activity": {"type": "message", "botUserData": {"x": 1}}}
+    created = await proxy.post("/v3/conversations", json=create, headers=auth)
+    assert created.status == 201
+    deleted = await proxy.delete("/v3/conversations/c1/activities/a1", headers=auth)
+    assert deleted.status == 204
+    assert [(m, path, a) for m, path, _, a in channel.calls] == [
+        ("GET", "/v3/conversations/c%2F1/members?pageSize=5", "Bearer bot-token"),
+        ("POST", "/v3/conversations", "Bearer bot-token"),
+        ("DELETE", "/v3/conversations/c1/activities/a1", "Bearer bot-token"),
+    ]
+    sent = json.loads(channel.calls[1][2])
+    assert sent == {"isGroup": False, "activity": {"type": "message"}}, "bags never leave"
+    [user] = await store.load([RecordKey("user", "bot-1", "test", "", "user-1")])
+    assert not user.exists, "and are not stored: they belong to no turn"
+
+
+async def test_a_call_without_a_channel_url_goes_where_its_conversation_came_from(
+    aiohttp_server: AiohttpServer, client_for: StartFn, plain_bot: RunningBot
+) -> None:
+    channel, trap = AnyCall(), AnyCall()
+    channel_server = await aiohttp_server(channel.app())
+    trap_server = await aiohttp_server(trap.app())
+    service_url = str(channel_server.make_url("/"))
+    proxy = await client_for(
+        inline_state.proxy_app(
+            upstream=plain_bot.url,
+            allow_service_urls=[service_url],
+            rewrite_service_url="http://127.0.0.1:9",
+        )
+    )
+    status, _ = await post(proxy, activity(conversation="c1", serviceUrl=service_url))
+    assert status == 200
+    status, _ = await post(
+        proxy, activity(conversation="c2", serviceUrl=str(trap_server.make_url("/")))
+    )
+    assert status == 200
+    answer = await proxy.get("/v3/conversations/c1/members")
+    assert answer.status == 201
+    refused = await proxy.get("/v3/conversations/c2/members")  # its serviceUrl: not allowed
+    assert refused.status == 403
+    unknown = await proxy.get("/v3/conversations/c3/members")
+    assert unknown.status == 403
+    assert "allow-list" in (await unknown.json())["error"]["message"]
+    assert [path for _, path, _, _ in channel.calls] == ["/v3/conversations/c1/members"]
+    assert trap.calls == []
+
+
+async def test_an_updated_activity_is_persisted_against_the_turn_it_answers(
+    aiohttp_server: AiohttpServer, client_for: StartFn, plain_bot: RunningBot
+) -> None:
+    channel = AnyCall()
+    channel_server = await aiohttp_server(channel.app())
+    store = MemoryStore()
+    proxy = await client_for(
+        inline_state.proxy_app(
+            upstream=plain_bot.url,
+            store=store,
+            channel=str(channel_server.make_url("")).rstrip("/"),
+        )
+    )
+    incoming = activity()
+    status, _ = await post(proxy, incoming)  # the bot stores count 1 in both bags
+    assert status == 200
+    user_key = RecordKey("user", "bot-1", "test", "", "user-1")
+    # Another turn's write meanwhile: kept by a diff against the turn, not by a replace.
+    other = inline_state.Change(user_key, {"other": b"2"}, stamp=store.clock.stamp())
+    assert await store.apply([other]) == [inline_state.ApplyResult.APPLIED]
+    update = {
+        "type": "message",
+        "id": "sent-1",
+        "channelId": "test",
+        "conversation": {"id": "conv-1"},
+        "from": {"id": "bot-1"},
+        "recipient": {"id": "user-1"},
+        "replyToId": incoming["id"],
+        "text": "edited",
+        "botUserData": {"count": 1, "edited": True},  # diffed: one property added
+    }
+    answer = await proxy.put("/v3/conversations/conv-1/activities/sent-1", json=update)
+    assert answer.status == 201
+    [(method, path, body, _)] = channel.calls
+    assert (method, path) == ("PUT", "/v3/conversations/conv-1/activities/sent-1")
+    assert no_bags(json.loads(body))
+    [user] = await store.load([user_key])
+    assert user.props == {"count": b"1", "other": b"2", "edited": b"true"}
+
+    # Without a replyToId the update is proactive: its bag replaces the stored one.
+    proactive = {**update, "botUserData": {"only": 1}}
+    del proactive["replyToId"]
+    answer = await proxy.put("/v3/conversations/conv-1/activities/sent-1", json=proactive)
+    assert answer.status == 201
+    [user] = await store.load([user_key])
+    assert user.props == {"only": b"1"}
+
+
 def test_cli_parses_proxy_options() -> None:
     from inline_state.__main__ import build_parser, proxy_app_from
 

@@ -12,7 +12,6 @@ warning, and not persisted.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from aiohttp import ClientHandlerType, ClientRequest, ClientResponse, hdrs, payload
 from aiohttp.helpers import parse_mimetype
@@ -21,7 +20,7 @@ from . import _body
 from ._body import NOT_JSON, BodyError
 from ._engine import Engine
 from ._errors import BagError, StoreUnavailable
-from ._message import lift_bags, may_hide_bags, strip_bags
+from ._message import lift_bags, may_hide_bags, strip_nested_bags
 from ._posted import PendingWrite, has_bags, posted_target
 from ._turn import current_turn
 
@@ -110,7 +109,7 @@ class InlineStateClientMiddleware:
             lift_bags(msg)  # channelData.inlineState
         if target is not None and has_bags(msg):
             changes = await engine.posted_changes(msg, target, current_turn())
-        elif _strip_nested(msg, dry_run=True):
+        elif strip_nested_bags(msg, dry_run=True):
             # A batch ({"activity": ...}, {"activities": [...]}, a list): the bags belong
             # to no one record. They never leave, and are not stored.
             logger.warning(
@@ -123,7 +122,7 @@ class InlineStateClientMiddleware:
             return None
         pending = PendingWrite(changes)
         if not engine.keep_fields:
-            _strip_nested(msg, dry_run=False)
+            strip_nested_bags(msg, dry_run=False)
             await request.update_body(
                 _StrippedBody(_body.encode(msg, charset, exact=exact), pending)
             )
@@ -134,24 +133,3 @@ class InlineStateClientMiddleware:
 
 def _charset(content_type: str) -> str | None:
     return parse_mimetype(content_type).parameters.get("charset") or None
-
-
-def _strip_nested(value: Any, *, dry_run: bool) -> bool:
-    """Bags at the top of a message, of a list of messages, or of the messages under
-    ``activity``/``activities`` (batch sends); True when there were any."""
-    found = False
-    if isinstance(value, list):
-        for item in value:
-            found = _strip_nested(item, dry_run=dry_run) or found
-        return found
-    if not isinstance(value, dict):
-        return False
-    lift_bags(value)
-    found = has_bags(value)
-    if found and not dry_run:
-        strip_bags(value)
-    for nested in ("activity", "activities"):
-        inner = value.get(nested)
-        if isinstance(inner, (dict, list)):
-            found = _strip_nested(inner, dry_run=dry_run) or found
-    return found

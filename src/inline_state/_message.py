@@ -159,6 +159,27 @@ def strip_bags(msg: dict[str, Any]) -> bool:
     return bool(found)
 
 
+def strip_nested_bags(value: Any, *, dry_run: bool) -> bool:
+    """Bags at the top of a message, of a list of messages, or of the messages under
+    ``activity``/``activities`` (batch sends); True when there were any."""
+    found = False
+    if isinstance(value, list):
+        for item in value:
+            found = strip_nested_bags(item, dry_run=dry_run) or found
+        return found
+    if not isinstance(value, dict):
+        return False
+    lift_bags(value)
+    found = bool(bag_field_names(value))
+    if found and not dry_run:
+        strip_bags(value)
+    for nested in ("activity", "activities"):
+        inner = value.get(nested)
+        if isinstance(inner, (dict, list)):
+            found = strip_nested_bags(inner, dry_run=dry_run) or found
+    return found
+
+
 def may_carry_bags(raw: bytes | bytearray) -> bool:
     """False when a JSON body cannot hold any spelling of a bag field (skip parsing it)."""
     lowered = raw.lower()

@@ -3,17 +3,22 @@
 It plays the connector's part in front of the bot: incoming messages get their bags
 played back and are forwarded to the bot; the bot's inline replies are persisted and
 stripped on the way back. Replies the bot POSTs to the connector itself (v1
-``/bot/v1.0/messages``, v3 ``/v3/conversations/{id}/activities[/{replyToId}]``) are
-persisted, stripped and forwarded to the channel, but only to a configured channel URL
-or to a serviceUrl on the allow-list: never to a URL taken from a request body alone.
+``/bot/v1.0/messages``, v3 ``/v3/conversations/{id}/activities[/{replyToId}]``) and
+activities it updates (PUT ``.../activities/{activityId}``) are persisted, stripped and
+forwarded to the channel; every other ``/v3/...`` call (members, createConversation...)
+is forwarded as it is, bags in its body stripped and not stored. All of them go only to
+a configured channel URL or to a serviceUrl on the allow-list (the body's, or the one
+the conversation's last incoming message named): never to a URL that is not on it.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
+from urllib.parse import unquote
 
 import aiohttp
 from aiohttp import hdrs, web
@@ -33,13 +38,15 @@ from ._http import (
     turn_error_response,
     unavailable_response,
 )
-from ._message import Shape, lift_bags, strip_bags
+from ._message import Shape, account_id, lift_bags, may_hide_bags, strip_bags, strip_nested_bags
 from ._posted import PendingWrite, PostedTarget, has_bags
 from ._server import InlineStateMiddleware, get_turn
 from ._turn import Turn
 from .stores import Store
 
 __all__ = ["proxy_app"]
+
+T = TypeVar("T")
 
 logger = logging.getLogger("inline_state")
 _FORWARDED_HEADERS = (hdrs.AUTHORIZATION, hdrs.CONTENT_TYPE, hdrs.ACCEPT)
@@ -92,6 +99,9 @@ class _Proxy:
         self.public_url = public_url
         self.timeout = aiohttp.ClientTimeout(total=timeout)
         self.turns: OrderedDict[str, Turn] = OrderedDict()
+        # The serviceUrl each conversation's last incoming message named (before any
+        # rewrite): where a call about that conversation goes when its body names none.
+        self.service_urls: OrderedDict[str, str] = OrderedDict()
         self.remembered_turns = remembered_turns
 
     async def session_ctx(self, app: web.Application) -> AsyncIterator[None]:
@@ -101,20 +111,24 @@ class _Proxy:
             app[_SESSION_KEY] = session
             yield
 
-    def remember(self, activity_id: Any, turn: Turn) -> None:
+    def remember(self, message: dict[str, Any], turn: Turn) -> None:
+        activity_id = message.get("id")
         if isinstance(activity_id, str) and activity_id:
-            self.turns[activity_id] = turn
-            self.turns.move_to_end(activity_id)
-            while len(self.turns) > self.remembered_turns:
-                self.turns.popitem(last=False)
+            _remember(self.turns, activity_id, turn, self.remembered_turns)
+        conversation = account_id(message.get("conversation"))
+        service_url = message.get("serviceUrl")
+        if conversation is not None and isinstance(service_url, str):
+            _remember(self.service_urls, conversation, service_url, self.remembered_turns)
 
-    async def _send(self, request: web.Request, url: str, body: bytes, who: str) -> web.Response:
+    async def _send(
+        self, request: web.Request, url: str, body: bytes, who: str, method: str = "POST"
+    ) -> web.Response:
         headers = {
             name: request.headers[name] for name in _FORWARDED_HEADERS if name in request.headers
         }
         session = request.app[_SESSION_KEY]
         try:
-            async with session.post(url, data=body, headers=headers) as answer:
+            async with session.request(method, url, data=body, headers=headers) as answer:
                 payload = await answer.read()
                 return web.Response(
                     body=payload,
@@ -140,7 +154,7 @@ class _Proxy:
         turn = get_turn(request)
         if turn is not None:
             message = turn.message
-            self.remember(message.get("id"), turn)
+            self.remember(message, turn)
             if self.public_url is not None and isinstance(message.get("serviceUrl"), str):
                 message["serviceUrl"] = self.public_url
                 body = _body.encode(message, request.charset)
@@ -158,21 +172,20 @@ class _Proxy:
             return json_error(400, "BadArgument", "the reply must be a JSON object")
         lift_bags(msg)  # channelData.inlineState
         info = request.match_info
-        if "conversationId" in info:
+        if request.method == hdrs.METH_PUT:
+            # The URL names the activity being updated, not the one it answers: the turn
+            # is the body's replyToId, if any (else it is proactive).
+            target = PostedTarget(Shape.V3, info["conversationId"])
+            reply_to = msg.get("replyToId")
+        elif "conversationId" in info:
             target = PostedTarget(Shape.V3, info["conversationId"], info.get("activityId"))
             reply_to = target.reply_to or msg.get("replyToId")
         else:
             target = PostedTarget(Shape.V1)
             reply_to = msg.get("replyToMessageId")
-        destination = self.destination(msg, request)
+        destination = self.destination(request, msg)
         if destination is None:
-            service_url = msg.get("serviceUrl")
-            return json_error(
-                403,
-                "ServiceUrlNotAllowed",
-                f"serviceUrl {service_url!r} is not on the allow-list and no channel URL is"
-                " configured; nothing was forwarded",
-            )
+            return _not_allowed(msg)
         pending = PendingWrite([])
         if has_bags(msg):
             turn = self.turns.get(reply_to) if isinstance(reply_to, str) else None
@@ -185,7 +198,7 @@ class _Proxy:
             if not self.engine.keep_fields:
                 strip_bags(msg)
         answer = await self._send(
-            request, destination, _body.encode(msg, request.charset), "channel"
+            request, destination, _body.encode(msg, request.charset), "channel", request.method
         )
         if 200 <= answer.status < 300:
             try:
@@ -199,14 +212,81 @@ class _Proxy:
                 )
         return answer
 
-    def destination(self, msg: dict[str, Any], request: web.Request) -> str | None:
-        path = request.rel_url.raw_path
+    async def forward(self, request: web.Request) -> web.Response:
+        """Any other connector call the bot makes: forwarded to the channel as it is, bags
+        in its body (a createConversation's activity, say) stripped and not stored."""
+        try:
+            raw = await read_body(request)
+        except BodyError as exc:
+            return body_error_response(exc)
+        msg: Any = None
+        if raw:
+            try:
+                msg = _body.parse(raw, request.charset, self.engine.max_depth)
+            except BodyError as exc:
+                if may_hide_bags(raw):
+                    return body_error_response(exc)
+            if msg is NOT_JSON and may_hide_bags(raw):
+                return json_error(
+                    400,
+                    "UnreadableBody",
+                    "the body is not valid JSON in its charset and names a bag field;"
+                    " nothing was forwarded",
+                )
+            if strip_nested_bags(msg, dry_run=True):
+                logger.warning(
+                    "inline_state proxy: bags on %s %s are stripped and not persisted:"
+                    " not a reply path",
+                    request.method,
+                    request.path,
+                )
+                if not self.engine.keep_fields:
+                    strip_nested_bags(msg, dry_run=False)
+                    raw = _body.encode(msg, request.charset)
+        destination = self.destination(request, msg if isinstance(msg, dict) else None)
+        if destination is None:
+            return _not_allowed(msg if isinstance(msg, dict) else None)
+        return await self._send(request, destination, raw, "channel", request.method)
+
+    def destination(self, request: web.Request, msg: dict[str, Any] | None) -> str | None:
+        """Where a call to the connector goes: the channel URL when one is configured,
+        else the body's serviceUrl or the one the conversation in the path last came
+        from, whichever is on the allow-list first."""
+        path = request.rel_url.raw_path_qs
         if self.channel is not None:
             return self.channel + path
-        service_url = msg.get("serviceUrl")
-        if isinstance(service_url, str) and service_url in self.allowed:
-            return service_url.rstrip("/") + path
+        conversation = request.match_info.get("conversationId")
+        if conversation is None:
+            match = _CONVERSATION.match(request.rel_url.raw_path)
+            conversation = unquote(match[1]) if match else None
+        candidates = [
+            msg.get("serviceUrl") if msg is not None else None,
+            self.service_urls.get(conversation) if conversation is not None else None,
+        ]
+        for service_url in candidates:
+            if isinstance(service_url, str) and service_url in self.allowed:
+                return service_url.rstrip("/") + path
         return None
+
+
+_CONVERSATION = re.compile(r"/v3/conversations/([^/?]+)")
+
+
+def _remember(table: OrderedDict[str, T], key: str, value: T, kept: int) -> None:
+    table[key] = value
+    table.move_to_end(key)
+    while len(table) > kept:
+        table.popitem(last=False)
+
+
+def _not_allowed(msg: dict[str, Any] | None) -> web.Response:
+    service_url = msg.get("serviceUrl") if msg is not None else None
+    return json_error(
+        403,
+        "ServiceUrlNotAllowed",
+        f"serviceUrl {service_url!r} is not on the allow-list, no serviceUrl on it is known"
+        " for this conversation, and no channel URL is configured; nothing was forwarded",
+    )
 
 
 def _guarded(
@@ -272,4 +352,6 @@ def proxy_app(
     conversation = "/v3/conversations/{conversationId:[^/]+}/activities"
     app.router.add_post(conversation, _guarded(proxy.posted))
     app.router.add_post(conversation + "/{activityId:[^/]+}", _guarded(proxy.posted))
+    app.router.add_put(conversation + "/{activityId:[^/]+}", _guarded(proxy.posted))
+    app.router.add_route("*", "/v3/{tail:.*}", _guarded(proxy.forward))  # everything else
     return app
