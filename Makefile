@@ -32,7 +32,12 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff format --check src tests samples
 	$(VENV)/bin/mypy
 
-test: lint
+# The botbuilder-js bot behind the proxy in the tests: npm packages from the lockfile.
+JS_BOT := tests/bots/js
+$(JS_BOT)/node_modules/.package-lock.json: $(JS_BOT)/package-lock.json
+	npm ci --prefix $(JS_BOT) --no-audit --no-fund --loglevel=error
+
+test: lint $(JS_BOT)/node_modules/.package-lock.json
 	$(VENV)/bin/pytest
 
 # The aiohttp-facing tests on the oldest aiohttp we support (no RequestKey there).

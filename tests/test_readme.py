@@ -162,3 +162,9 @@ async def test_botbuilder_before_and_after(
         app.router.add_post("/api/messages", messages)
         assert await three_counts(await client_for(app)) == ["message 1", "message 2", "message 3"]
     assert (tmp_path / "state.db").exists(), "the after snippet keeps its state in SQLite"
+
+
+def test_the_botbuilder_js_snippet_is_the_bot_the_tests_run() -> None:
+    [snippet] = blocks("js")
+    bot = (REPO / "tests" / "bots" / "js" / "bot.js").read_text()
+    assert snippet.strip() in bot
