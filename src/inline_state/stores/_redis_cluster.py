@@ -33,7 +33,7 @@ __all__: list[str] = []
 
 SLOTS = 16384
 Address = tuple[str, int]
-_MAX_ROUNDS = 16  # redirections and retries of one command within one call
+_MAX_ROUNDS = 256  # a guard: the deadline bounds a call, the pauses its rounds
 _PAUSES = (0.005, 0.01, 0.02, 0.04, 0.08)  # before resending after TRYAGAIN, CLUSTERDOWN
 _REFRESH_EVERY = 0.1  # seconds between background map reads while the cluster changes
 _SHARDS = _redis_wire.encode(("CLUSTER", "SHARDS"))
@@ -90,7 +90,9 @@ def parse_slots(reply: Any, asked: Address) -> list[tuple[int, int, Address]]:
     ranges: list[tuple[int, int, Address]] = []
     for entry in reply:
         low, high, master = entry[0], entry[1], entry[2]
-        host = _text(master[0]) if master[0] not in (None, b"?") else ""
+        if master[0] == b"?":  # no endpoint known: the slots stay unserved for now
+            continue
+        host = _text(master[0]) if master[0] is not None else ""
         ranges.append((int(low), int(high), (host or asked[0], int(master[1]))))
     return ranges
 
@@ -116,6 +118,7 @@ class Cluster:
         self._use_shards = True
         self._refreshing: asyncio.Task[None] | None = None
         self._refreshed_at = -1e9
+        self._unreachable = ""  # why the last read of the map failed, if it did
         self._closed = False
 
     def connection(self, address: Address) -> _redis_wire.Connection:
@@ -152,6 +155,7 @@ class Cluster:
             for next_done in asyncio.as_completed(asks):
                 try:
                     self._take_map(*(await next_done))
+                    self._unreachable = ""
                     return
                 except (
                     ConnectionError,
@@ -166,7 +170,8 @@ class Cluster:
             for ask in asks:
                 ask.cancel()
             await asyncio.gather(*asks, return_exceptions=True)
-        raise ConnectionError(f"no node of the Redis Cluster answered: {'; '.join(failures)}")
+        self._unreachable = f"no node of the Redis Cluster answered: {'; '.join(failures)}"
+        raise ConnectionError(self._unreachable)
 
     async def _ask_map(
         self, address: Address, deadline: float
@@ -228,7 +233,9 @@ class Cluster:
         for i, slot in enumerate(slots):
             owner = owners[slot]
             if owner is None:  # not opened yet, or a slot nobody serves
-                await self._refresh_within(deadline)
+                await self._fresh_map(asyncio.get_running_loop().time(), deadline)
+                if self._owners[slot] is None and self._unreachable:
+                    raise ConnectionError(self._unreachable)
                 return await self._follow(encoded, slots, deadline, reload, None)
             indices = by_node.get(owner)
             if indices is None:
@@ -237,9 +244,11 @@ class Cluster:
                 indices.append(i)
         groups: list[_Group]
         if len(by_node) == 1:  # as every user-owned command is: no regrouping
-            groups = [(next(iter(by_node)), list(range(len(encoded))), encoded)]
+            groups = [(next(iter(by_node)), list(range(len(encoded))), encoded, None)]
         else:
-            groups = [(c, indices, [encoded[i] for i in indices]) for c, indices in by_node.items()]
+            groups = [
+                (c, indices, [encoded[i] for i in indices], None) for c, indices in by_node.items()
+            ]
         outcomes = await _gather(groups, deadline)
         for outcome in outcomes:
             if type(outcome) is not list or _ReplyError in map(type, outcome):
@@ -248,7 +257,7 @@ class Cluster:
         if len(groups) == 1:
             return outcomes[0]  # type: ignore[return-value]  # (a list: checked above)
         replies: list[Any] = [None] * len(encoded)
-        for (_, indices, _), outcome in zip(groups, outcomes, strict=True):
+        for (_, indices, _, _), outcome in zip(groups, outcomes, strict=True):
             for i, reply in zip(indices, outcome, strict=True):  # type: ignore[arg-type]
                 replies[i] = reply
         return replies
@@ -263,13 +272,12 @@ class Cluster:
     ) -> list[Any]:
         """``call`` from its first round's outcomes (if it got that far) on: every
         redirection and retry followed until the deadline."""
+        loop = asyncio.get_running_loop()
         replies: list[Any] = [None] * len(encoded)
         route = [self._owners[slot] for slot in slots]
         if first is None:
             groups = _groups(encoded, range(len(encoded)), route, {}, replies)
-        # A command sent again to the node that answered, behind what it needs first:
-        # ASKING (to the node an ASK named), the script (to one that answered NOSCRIPT).
-        behind: dict[int, list[bytes]] = {}
+        moved = [0] * len(encoded)
         lost_once = False
         for round_ in range(_MAX_ROUNDS):
             if first is not None:
@@ -277,9 +285,13 @@ class Cluster:
                 first = None
             else:
                 outcomes = await _gather(groups, deadline)
+            answered_at = loop.time()
             pending: list[int] = []
-            pause = lost = False
-            for (connection, indices, commands), outcome in zip(groups, outcomes, strict=True):
+            # What a command needs right before it when sent again, to the node in route:
+            # the script (that node answered NOSCRIPT), ASKING (an ASK named the node).
+            prefixes: dict[int, list[bytes]] = {}
+            pause = lost = stale = False
+            for (connection, indices, commands, at), outcome in zip(groups, outcomes, strict=True):
                 if isinstance(outcome, TimeoutError):
                     self._refresh_soon()  # a node that stops answering may be failing over
                     raise outcome
@@ -290,30 +302,37 @@ class Cluster:
                     lost = True
                     pending += indices
                     continue
-                if len(outcome) != len(indices):  # the replies to what went first
-                    outcome = [
-                        r
-                        for c, r in zip(commands, outcome, strict=True)
-                        if c is not _ASKING and c is not reload
-                    ]
-                for i, reply in zip(indices, outcome, strict=True):
-                    replies[i] = reply
-                    behind.pop(i, None)
-                    if not isinstance(reply, _redis_wire.ReplyError):
+                for k, i in enumerate(indices):
+                    if at is None:  # (nothing sent before any of them)
+                        start = position = k
+                    else:
+                        start, position = (at[k - 1] + 1 if k else 0), at[k]
+                    # A SCRIPT LOAD or ASKING sent before it that failed is its answer.
+                    failed = [r for r in outcome[start:position] if isinstance(r, _ReplyError)]
+                    reply = replies[i] = failed[0] if failed else outcome[position]
+                    if failed or type(reply) is not _ReplyError:
                         continue
                     kind, _, rest = str(reply).partition(" ")
                     if kind == "MOVED":  # the slot's owner from now on
                         slot, _, where = rest.partition(" ")
-                        self._owners[int(slot)] = self.connection(_address(where, _of(connection)))
+                        owner = self._node(where, connection)
+                        moved[i] += 1
+                        if owner is None or moved[i] > 1:  # nodes that disagree for now
+                            pause = stale = True
+                        if owner is not None:
+                            self._owners[int(slot)] = owner
                         self._refresh_soon()
                     elif kind == "ASK":  # this once, that node
-                        route[i] = self.connection(
-                            _address(rest.partition(" ")[2], _of(connection))
-                        )
-                        behind[i] = [_ASKING]
+                        target = self._node(rest.partition(" ")[2], connection)
+                        if target is None:
+                            pause = stale = True
+                        else:
+                            route[i] = target
+                            prefixes[i] = [_ASKING]
                     elif kind == "NOSCRIPT" and reload:  # a restart, a promoted replica
+                        asked = position > 0 and commands[position - 1] is _ASKING
+                        prefixes[i] = [reload, _ASKING] if asked else [reload]
                         route[i] = connection
-                        behind[i] = [reload]
                     elif kind in ("TRYAGAIN", "CLUSTERDOWN"):
                         pause = True
                         if kind == "CLUSTERDOWN":
@@ -323,31 +342,42 @@ class Cluster:
                     pending.append(i)
             if not pending:
                 return replies
-            loop = asyncio.get_running_loop()
-            if loop.time() >= deadline:
-                raise TimeoutError
-            if pause:
+            if pause and loop.time() < deadline:
                 await asyncio.sleep(
                     min(_PAUSES[min(round_, len(_PAUSES) - 1)], deadline - loop.time())
                 )
-            if lost:  # the node may have gone away: send where the cluster says now
-                lost_once = True
-                await self._refresh_within(deadline)
+            if (lost or stale) and loop.time() < deadline:
+                # The node may have gone away, or disagrees: send where the cluster says.
+                lost_once = lost_once or lost
+                await self._fresh_map(answered_at, deadline)
+            if loop.time() >= deadline:  # nothing is sent past it
+                raise TimeoutError
             for i in pending:
-                if i not in behind:
+                if i not in prefixes:
                     route[i] = self._owners[slots[i]]
-            groups = _groups(encoded, pending, route, behind, replies)
+            groups = _groups(encoded, pending, route, prefixes, replies)
             if not groups:
                 return replies
         return replies
 
-    async def _refresh_within(self, deadline: float) -> None:
-        try:
-            await self.refresh(deadline)
-        except ConnectionError:
-            if asyncio.get_running_loop().time() >= deadline:
-                raise TimeoutError from None
-            raise
+    def _node(self, where: str, answered: _redis_wire.Connection) -> _redis_wire.Connection | None:
+        """The node a redirection names, or None when it names none (``?:port``)."""
+        address = _address(where, _of(answered))
+        return None if address[0] == "?" else self.connection(address)
+
+    async def _fresh_map(self, since: float, deadline: float) -> None:
+        """Wait for a map read at or after ``since`` (a ``loop.time()``): the one being
+        read, or a new one; concurrent callers share one read. A read that fails leaves
+        the map as it was."""
+        refreshing = self._refreshing
+        if refreshing is None:
+            if self._refreshed_at >= since or self._closed:
+                return
+            refreshing = self._refreshing = asyncio.get_running_loop().create_task(
+                self._background_refresh()
+            )
+        async with asyncio.timeout_at(deadline):
+            await asyncio.shield(refreshing)
 
     def close(self) -> None:
         """Drop every connection for good; commands in flight fail, later ones too."""
@@ -358,19 +388,21 @@ class Cluster:
             connection.close()
 
 
-_Group = tuple[_redis_wire.Connection, list[int], list[bytes]]  # a node, what goes there
+# A node, the commands' indices, what is sent there, and where each command's reply is
+# among the replies (None: in order, nothing before them).
+_Group = tuple[_redis_wire.Connection, list[int], list[bytes], list[int] | None]
 
 
 def _groups(
     encoded: list[bytes],
     indices: Iterable[int],
     route: list[_redis_wire.Connection | None],
-    behind: dict[int, list[bytes]],
+    prefixes: dict[int, list[bytes]],
     replies: list[Any],
 ) -> list[_Group]:
     """The commands per node, each right behind what it needs first; a command whose
     slot nobody serves gets that as its reply."""
-    by_node: dict[int, _Group] = {}
+    by_node: dict[int, tuple[_redis_wire.Connection, list[int], list[bytes], list[int]]] = {}
     for i in indices:
         connection = route[i]
         if connection is None:
@@ -378,9 +410,10 @@ def _groups(
             continue
         group = by_node.get(id(connection))
         if group is None:
-            group = by_node[id(connection)] = (connection, [], [])
+            group = by_node[id(connection)] = (connection, [], [], [])
         group[1].append(i)
-        group[2].extend(behind.get(i, ()))
+        group[2].extend(prefixes.get(i, ()))
+        group[3].append(len(group[2]))
         group[2].append(encoded[i])
     return list(by_node.values())
 
@@ -389,7 +422,7 @@ async def _gather(groups: list[_Group], deadline: float) -> list[list[Any] | Bas
     """Each group's replies, or what its connection raised; all groups are sent before
     any is awaited, so they take one round trip together."""
     waits: list[asyncio.Future[list[Any]]] = []
-    for connection, _, commands in groups:
+    for connection, _, commands, _ in groups:
         future = connection.send_now(commands, deadline)
         if future is None:  # connecting first
             future = asyncio.ensure_future(connection.call_encoded(commands, deadline))

@@ -10,10 +10,11 @@ per record, so a turn writes nothing but its records.
 
 A store made from a ``redis://`` or ``rediss://`` URL (without redis-py query options)
 sends a turn's load and apply over one multiplexed connection of its own
-(``_redis_wire``): the commands of concurrent turns share writes and round trips. Both
-are safe to repeat (reads and PEXPIRE; stamped scripts), so a command that
-lost its connection is sent once more, on a new connection, within the timeout; nothing
-else is retried. Everything else, and a store on a caller's client, uses redis-py.
+(``_redis_wire``): the commands of concurrent turns share writes and round trips; one
+made from a ``redis+cluster://`` URL does the same over one such connection per master
+(``_redis_cluster``), following the cluster's redirections. A turn's commands are safe
+to repeat (reads and PEXPIRE; stamped scripts), so a command that lost its connection
+is sent once more, on a new connection, within the timeout; nothing else is retried. Everything else, and a store on a caller's client, uses redis-py.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import ssl
 import uuid
 from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any, NamedTuple, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
@@ -157,16 +158,16 @@ class RedisStore(Store):
                     "wire",
                     _redis_cluster.Cluster(
                         [(parts.hostname, parts.port or 6379)],
-                        username=parts.username,
-                        password=parts.password,
+                        username=unquote(parts.username) if parts.username else None,
+                        password=unquote(parts.password) if parts.password else None,
                         timeout=timeout,
                     ),
                 )
             client = RedisCluster(
                 host=parts.hostname,
                 port=parts.port or 6379,
-                username=parts.username,
-                password=parts.password,
+                username=unquote(parts.username) if parts.username else None,
+                password=unquote(parts.password) if parts.password else None,
                 # Maintenance notifications are a Redis Enterprise/Cloud feature; on
                 # open-source Redis the handshake only fails and logs.
                 maint_notifications_config=MaintNotificationsConfig(enabled=False),
@@ -434,7 +435,7 @@ class RedisStore(Store):
             slots.append(spelled.slot)
         deadline = asyncio.get_running_loop().time() + self.timeout  # every step within it
         replies = await self._call_wire(wire, encoded, slots, deadline)
-        if any(_no_script(r) for r in replies):  # lost (a restart, SCRIPT FLUSH)
+        if not self._routed and any(_no_script(r) for r in replies):  # a restart, SCRIPT FLUSH
             _checked(await self._call_wire(wire, [_LOAD_APPLY], [0], deadline))
             replies = await self._call_wire(wire, encoded, slots, deadline)  # stamped: repeatable
         return _checked(replies)
