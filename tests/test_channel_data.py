@@ -198,3 +198,32 @@ async def test_a_bot_in_another_language_behind_the_proxy(
     assert channel.received[-1][1]["text"] == "user 3 conversation 3"
     user, conversation = await store.load([USER, CONVERSATION])
     assert (user.props, conversation.props) == ({"count": b"3"}, {"count": b"3"})
+
+
+@pytest.mark.parametrize(
+    ("channel_data_name", "namespace"),
+    [("ChannelData", "inlineState"), ("channeldata", "INLINESTATE")],
+)
+async def test_bags_a_client_sends_under_any_case_are_stripped(
+    client_for: StartFn, channel_data_name: str, namespace: str
+) -> None:
+    # A bot whose JSON library reads names case-insensitively would see them as ours.
+    app, seen = echo_app(lambda msg: inline_state.create_reply(msg, "ok"))
+    client = await client_for(app)
+    sent = activity()
+    sent[channel_data_name] = {"tenant": 1, namespace: {"BotUserData": {"a": 1}}}
+    status, _ = await post(client, sent)
+    assert status == 200
+    assert seen[0][channel_data_name] == {"tenant": 1}
+    assert not carries_a_bag(seen[0])
+
+
+async def test_with_keep_fields_a_reply_goes_out_as_the_bot_wrote_it(client_for: StartFn) -> None:
+    store = MemoryStore()
+    app, _ = echo_app(lambda msg: counting_reply(msg, tenant=1), store, keep_fields=True)
+    client = await client_for(app)
+    _, reply = await post(client, activity())
+    assert reply["channelData"] == {"tenant": 1, "inlineState": {"botUserData": {"n": 1}}}
+    assert not any(name.startswith("channelData.") for name in reply)
+    [user] = await store.load([USER])
+    assert user.props == {"n": b"1"}

@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from pytest_aiohttp import AiohttpServer
+from yarl import URL
 
 import inline_state
 from inline_state import MemoryStore, RecordKey
@@ -386,4 +387,150 @@ def test_cli_parses_proxy_options() -> None:
     assert args.listen == ("127.0.0.1", 4000)
     app = proxy_app_from(args)
     paths = {route.resource.canonical for route in app.router.routes() if route.resource}
-    assert "/v3/conversations/{conversationId}/activities/{activityId}" in paths
+    assert "/v3/conversations/{conversationId}/activities/{activityId}{slash}" in paths
+
+
+async def _raw_request(url: URL, method: str, raw_path: str) -> int:
+    """The status of a request whose path is sent byte for byte (clients resolve dots)."""
+    reader, writer = await asyncio.open_connection(url.host, url.port)
+    try:
+        writer.write(
+            f"{method} {raw_path} HTTP/1.1\r\nHost: {url.host}\r\nContent-Length: 0\r\n"
+            "Connection: close\r\n\r\n".encode()
+        )
+        status_line = await reader.readline()
+        return int(status_line.split()[1])
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize(
+    "raw_path",
+    [
+        "/v3/../api/messages",
+        "/v3/conversations/c1/%2e%2e/%2e%2e/%2E%2E/emea/secret",
+        "/v3/conversations/c1/activities/./a1",
+        "/v3/conversations/c1/activities/%2e%2e",
+    ],
+)
+async def test_a_path_that_would_climb_out_of_the_channel_url_is_refused(
+    aiohttp_server: AiohttpServer, raw_path: str
+) -> None:
+    channel = AnyCall()
+    channel_server = await aiohttp_server(channel.app())
+    proxy = await aiohttp_server(
+        inline_state.proxy_app(
+            upstream="http://127.0.0.1:9/api/messages",
+            store=MemoryStore(),
+            channel=str(channel_server.make_url("/amer")),
+        )
+    )
+    for method in ("GET", "POST", "PUT"):
+        assert await _raw_request(proxy.make_url("/"), method, raw_path) in (400, 404, 405)
+    assert channel.calls == [], "nothing reached the channel"
+
+
+async def test_a_message_the_bot_refused_does_not_choose_where_calls_go(
+    aiohttp_server: AiohttpServer, client_for: StartFn
+) -> None:
+    real, other = AnyCall(), AnyCall()
+    real_server, other_server = await aiohttp_server(real.app()), await aiohttp_server(other.app())
+
+    async def bot(request: web.Request) -> web.Response:  # authenticates: a forgery gets 401
+        message = await request.json()
+        return web.json_response({}, status=401 if message["text"] == "forged" else 200)
+
+    upstream = web.Application()
+    upstream.router.add_post("/api/messages", bot)
+    upstream_server = await aiohttp_server(upstream)
+    proxy = await client_for(
+        inline_state.proxy_app(
+            upstream=str(upstream_server.make_url("/api/messages")),
+            allow_service_urls=[str(real_server.make_url("/")), str(other_server.make_url("/"))],
+        )
+    )
+    status, _ = await post(
+        proxy, activity(conversation="c1", serviceUrl=str(real_server.make_url("/")))
+    )
+    assert status == 200
+    forged = activity(conversation="c1", text="forged", serviceUrl=str(other_server.make_url("/")))
+    status, _ = await post(proxy, forged)
+    assert status == 401
+    answer = await proxy.get("/v3/conversations/c1/members")
+    assert answer.status == 201
+    assert [path for _, path, _, _ in real.calls] == ["/v3/conversations/c1/members"]
+    assert other.calls == []
+
+
+async def test_a_history_s_activities_never_carry_bags_to_the_channel(
+    aiohttp_server: AiohttpServer, client_for: StartFn
+) -> None:
+    channel = AnyCall()
+    channel_server = await aiohttp_server(channel.app())
+    proxy = await client_for(
+        inline_state.proxy_app(
+            upstream="http://127.0.0.1:9/api/messages",
+            channel=str(channel_server.make_url("")).rstrip("/"),
+        )
+    )
+    history = {
+        "activities": [
+            {"type": "message", "botUserData": {"x": 1}},
+            {"type": "message", "channelData": {"inlineState": {"botConversationData": {}}}},
+        ]
+    }
+    answer = await proxy.post("/v3/conversations/c1/activities/history", json=history)
+    assert answer.status == 201
+    [(_, _, body, _)] = channel.calls
+    assert json.loads(body) == {"activities": [{"type": "message"}, {"type": "message"}]}
+
+
+async def test_the_channel_s_answer_keeps_its_headers(
+    aiohttp_server: AiohttpServer, client_for: StartFn
+) -> None:
+    async def busy(request: web.Request) -> web.Response:
+        return web.json_response(
+            {"error": "busy"}, status=429, headers={"Retry-After": "7", "X-Channel": "1"}
+        )
+
+    channel = web.Application()
+    channel.router.add_route("*", "/{tail:.*}", busy)
+    channel_server = await aiohttp_server(channel)
+    proxy = await client_for(
+        inline_state.proxy_app(
+            upstream="http://127.0.0.1:9/api/messages",
+            channel=str(channel_server.make_url("")).rstrip("/"),
+        )
+    )
+    for answer in (
+        await proxy.get("/v3/conversations/c1/members"),
+        await proxy.post("/v3/conversations/c1/activities", json={"type": "message"}),
+    ):
+        assert answer.status == 429
+        assert (answer.headers["Retry-After"], answer.headers["X-Channel"]) == ("7", "1")
+
+
+async def test_a_reply_path_with_a_trailing_slash_is_still_a_reply(
+    aiohttp_server: AiohttpServer, client_for: StartFn
+) -> None:
+    channel = AnyCall()
+    channel_server = await aiohttp_server(channel.app())
+    store = MemoryStore()
+    proxy = await client_for(
+        inline_state.proxy_app(
+            upstream="http://127.0.0.1:9/api/messages",
+            store=store,
+            channel=str(channel_server.make_url("")).rstrip("/"),
+        )
+    )
+    reply = {
+        "type": "message",
+        "channelId": "test",
+        "from": {"id": "bot-1"},
+        "recipient": {"id": "user-1"},
+        "botUserData": {"x": 1},
+    }
+    answer = await proxy.post("/v3/conversations/c1/activities/a1/", json=reply)
+    assert answer.status == 201
+    [user] = await store.load([RecordKey("user", "bot-1", "test", "", "user-1")])
+    assert user.props == {"x": b"1"}

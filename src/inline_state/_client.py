@@ -20,7 +20,7 @@ from . import _body
 from ._body import NOT_JSON, BodyError
 from ._engine import Engine
 from ._errors import BagError, StoreUnavailable
-from ._message import lift_bags, may_hide_bags, strip_nested_bags
+from ._message import lifted, may_hide_bags, strip_nested_bags
 from ._posted import PendingWrite, has_bags, posted_target
 from ._turn import current_turn
 
@@ -105,10 +105,9 @@ class InlineStateClientMiddleware:
                 limit=engine.max_bag_bytes,
             )
         target = posted_target(request.url.raw_path) if isinstance(msg, dict) else None
-        if target is not None:
-            lift_bags(msg)  # channelData.inlineState
-        if target is not None and has_bags(msg):
-            changes = await engine.posted_changes(msg, target, current_turn())
+        reply = lifted(msg) if target is not None else None  # channelData.inlineState too
+        if target is not None and reply is not None and has_bags(reply):
+            changes = await engine.posted_changes(reply, target, current_turn())
         elif strip_nested_bags(msg, dry_run=True):
             # A batch ({"activity": ...}, {"activities": [...]}, a list): the bags belong
             # to no one record. They never leave, and are not stored.

@@ -33,9 +33,10 @@ _KIND_OF_LOWERED: dict[str, Kind] = {
 
 #: Where a bot whose SDK drops unknown activity fields puts its bags instead (every SDK
 #: keeps ``channelData`` as it is): ``{"channelData": {"inlineState": {"botUserData":
-#: ...}}}``. ``lift_bags`` moves them to the top under this prefix, so a bag given in both
-#: places is two spellings of one bag.
+#: ...}}}``. ``lifted`` reads them as if at the top under this prefix, so a bag given in
+#: both places is two spellings of one bag.
 CHANNEL_DATA, NAMESPACE = "channelData", "inlineState"
+_CHANNEL_DATA_LOWERED, _NAMESPACE_LOWERED = CHANNEL_DATA.lower(), NAMESPACE.lower()
 LIFTED_PREFIX = f"{CHANNEL_DATA}.{NAMESPACE}."
 _FIELD_KINDS = dict(_KIND_OF_LOWERED)  # the names under channelData.inlineState
 _KIND_OF_LOWERED.update({LIFTED_PREFIX.lower() + name: k for name, k in _FIELD_KINDS.items()})
@@ -117,51 +118,107 @@ def bag_field_names(msg: dict[Any, Any]) -> Sequence[tuple[str, Kind]]:
         kind = _KIND_OF_LOWERED.get(name.lower()) if name[:1] in "bBc" else None
         if kind is not None:
             found.append((name, kind))
-        elif type(name) is str and len(_PLAIN_KEYS) < _PLAIN_KEYS_LIMIT:
+        elif (
+            type(name) is str
+            and len(_PLAIN_KEYS) < _PLAIN_KEYS_LIMIT
+            and (name == CHANNEL_DATA or name.lower() != _CHANNEL_DATA_LOWERED)
+        ):
             _PLAIN_KEYS.add(name)
     return found
 
 
-def lift_bags(msg: dict[str, Any]) -> None:
-    """Move the bags under ``channelData.inlineState`` to the top of ``msg``, each named
-    ``LIFTED_PREFIX`` + its field. Other names there stay; an ``inlineState`` left empty
-    is removed, then a ``channelData`` left empty. The message's ``channelData`` is
-    replaced by a copy, never changed in place (a bot may share it between replies); one
-    that is not an object is left alone."""
+def lifted(msg: dict[str, Any]) -> dict[str, Any]:
+    """``msg`` as a reply's bags are read from it: ``msg`` itself when nothing is under
+    ``channelData.inlineState``, else a shallow copy with those bags at the top, each
+    named ``LIFTED_PREFIX`` + its field (so a bag also given at the top is two spellings
+    of one bag). ``msg`` is never changed."""
     data = msg.get(CHANNEL_DATA)
     if type(data) is not dict:
-        return
+        return msg
     spaced = data.get(NAMESPACE)
     if type(spaced) is not dict:
-        return
-    bags = [name for name in spaced if isinstance(name, str) and name.lower() in _FIELD_KINDS]
-    if not bags:
-        return
-    rest = {name: value for name, value in spaced.items() if name not in bags}
-    for name in bags:
-        msg[LIFTED_PREFIX + name] = spaced[name]
-    data = {name: value for name, value in data.items() if name != NAMESPACE}
-    if rest:
-        data[NAMESPACE] = rest
-    if data:
-        msg[CHANNEL_DATA] = data
-    else:
-        del msg[CHANNEL_DATA]
+        return msg
+    bags = {
+        LIFTED_PREFIX + name: value
+        for name, value in spaced.items()
+        if isinstance(name, str) and name.lower() in _FIELD_KINDS
+    }
+    return {**msg, **bags} if bags else msg
 
 
 def strip_bags(msg: dict[str, Any]) -> bool:
-    """Remove every spelling of the three fields, those under ``channelData.inlineState``
-    too; True if anything was removed."""
-    lift_bags(msg)
+    """Remove every spelling of the three fields from ``msg``, those under
+    ``channelData.inlineState`` too (both names in any case: a client must not slip a bag
+    past us to a bot that reads them case-insensitively); True if anything was removed.
+
+    A ``channelData`` that held bags is replaced by a copy without them, never changed in
+    place (a bot may share it between replies); an ``inlineState``, then a
+    ``channelData``, left empty is removed; one that is not an object is left alone.
+    """
     found = bag_field_names(msg)
     for name, _ in found:
         del msg[name]
-    return bool(found)
+    removed = bool(found)
+    for name in _channel_data_names(msg):
+        removed = _strip_spaced(msg, name) or removed
+    return removed
+
+
+def has_spaced_bags(msg: dict[str, Any]) -> bool:
+    """True when a ``channelData.inlineState`` of ``msg`` (any case) holds a bag."""
+    return any(_spaced_bags(msg[name]) for name in _channel_data_names(msg))
+
+
+def _channel_data_names(msg: dict[str, Any]) -> list[str]:
+    # "channelData" itself is one lookup; another case of it is never a plain key (see
+    # bag_field_names), so it is among the keys the set difference leaves.
+    names = [CHANNEL_DATA] if type(msg.get(CHANNEL_DATA)) is dict else []
+    rest = msg.keys() - _PLAIN_KEYS
+    if rest:
+        names += [
+            n
+            for n in rest
+            if type(n) is str and n != CHANNEL_DATA and n.lower() == _CHANNEL_DATA_LOWERED
+        ]
+    return names
+
+
+def _spaced_bags(data: Any) -> list[tuple[str, list[str]]]:
+    """(namespace spelling, its bag names) for every ``inlineState`` (any case) in a
+    ``channelData``."""
+    if type(data) is not dict:
+        return []
+    found = []
+    for name, spaced in data.items():
+        if type(name) is str and name.lower() == _NAMESPACE_LOWERED and type(spaced) is dict:
+            bags = [n for n in spaced if isinstance(n, str) and n.lower() in _FIELD_KINDS]
+            if bags:
+                found.append((name, bags))
+    return found
+
+
+def _strip_spaced(msg: dict[str, Any], name: str) -> bool:
+    found = _spaced_bags(msg[name])
+    if not found:
+        return False
+    data = dict(msg[name])
+    for namespace, bags in found:
+        rest = {k: v for k, v in data[namespace].items() if k not in bags}
+        if rest:
+            data[namespace] = rest
+        else:
+            del data[namespace]
+    if data:
+        msg[name] = data
+    else:
+        del msg[name]
+    return True
 
 
 def strip_nested_bags(value: Any, *, dry_run: bool) -> bool:
     """Bags at the top of a message, of a list of messages, or of the messages under
-    ``activity``/``activities`` (batch sends); True when there were any."""
+    ``activity``/``activities`` (batch sends, a conversation's history), those under
+    ``channelData.inlineState`` too; True when there were any."""
     found = False
     if isinstance(value, list):
         for item in value:
@@ -169,10 +226,9 @@ def strip_nested_bags(value: Any, *, dry_run: bool) -> bool:
         return found
     if not isinstance(value, dict):
         return False
-    lift_bags(value)
-    found = bool(bag_field_names(value))
-    if found and not dry_run:
-        strip_bags(value)
+    found = (
+        (bool(bag_field_names(value)) or has_spaced_bags(value)) if dry_run else strip_bags(value)
+    )
     for nested in ("activity", "activities"):
         inner = value.get(nested)
         if isinstance(inner, (dict, list)):

@@ -22,6 +22,7 @@ from urllib.parse import unquote
 
 import aiohttp
 from aiohttp import hdrs, web
+from multidict import CIMultiDict
 from yarl import URL
 
 from . import _body
@@ -38,7 +39,7 @@ from ._http import (
     turn_error_response,
     unavailable_response,
 )
-from ._message import Shape, account_id, lift_bags, may_hide_bags, strip_bags, strip_nested_bags
+from ._message import Shape, account_id, lifted, may_hide_bags, strip_nested_bags
 from ._posted import PendingWrite, PostedTarget, has_bags
 from ._server import InlineStateMiddleware, get_turn
 from ._turn import Turn
@@ -111,14 +112,29 @@ class _Proxy:
             app[_SESSION_KEY] = session
             yield
 
-    def remember(self, message: dict[str, Any], turn: Turn) -> None:
+    def remember(self, message: dict[str, Any], turn: Turn) -> Callable[[], None]:
+        """Keep the turn (for replies POSTed during it) and the conversation's serviceUrl
+        if it is on the allow-list; return what takes the serviceUrl back (a message the
+        bot refused, unauthenticated say, must not choose where calls go)."""
         activity_id = message.get("id")
         if isinstance(activity_id, str) and activity_id:
             _remember(self.turns, activity_id, turn, self.remembered_turns)
         conversation = account_id(message.get("conversation"))
         service_url = message.get("serviceUrl")
-        if conversation is not None and isinstance(service_url, str):
-            _remember(self.service_urls, conversation, service_url, self.remembered_turns)
+        if conversation is None or not isinstance(service_url, str):
+            return _nothing
+        if self.channel is not None or service_url not in self.allowed:
+            return _nothing
+        before = self.service_urls.get(conversation)
+        _remember(self.service_urls, conversation, service_url, self.remembered_turns)
+
+        def forget() -> None:
+            if before is None:
+                self.service_urls.pop(conversation, None)
+            else:
+                self.service_urls[conversation] = before
+
+        return forget
 
     async def _send(
         self, request: web.Request, url: str, body: bytes, who: str, method: str = "POST"
@@ -128,17 +144,18 @@ class _Proxy:
         }
         session = request.app[_SESSION_KEY]
         try:
-            async with session.request(method, url, data=body, headers=headers) as answer:
+            async with session.request(
+                method, URL(url, encoded=True), data=body, headers=headers
+            ) as answer:
                 payload = await answer.read()
-                return web.Response(
-                    body=payload,
-                    status=answer.status,
-                    headers={
-                        hdrs.CONTENT_TYPE: answer.headers.get(
-                            hdrs.CONTENT_TYPE, "application/octet-stream"
-                        )
-                    },
+                # Its headers as they came (Retry-After, Location...), but those of the
+                # hop and of the encoding: the body is decompressed and sent again.
+                kept = CIMultiDict(
+                    (name, value)
+                    for name, value in answer.headers.items()
+                    if name.lower() not in _HOP_HEADERS
                 )
+                return web.Response(body=payload, status=answer.status, headers=kept)
         except TimeoutError:
             return json_error(
                 504, "GatewayTimeout", f"the {who} did not answer within {self.timeout.total} s"
@@ -152,16 +169,22 @@ class _Proxy:
         """A message from the channel: forward it (bags played back) to the bot."""
         body = await request.read()
         turn = get_turn(request)
+        forget = _nothing
         if turn is not None:
             message = turn.message
-            self.remember(message, turn)
+            forget = self.remember(message, turn)
             if self.public_url is not None and isinstance(message.get("serviceUrl"), str):
                 message["serviceUrl"] = self.public_url
                 body = _body.encode(message, request.charset)
-        return await self._send(request, self.upstream, body, "bot")
+        answer = await self._send(request, self.upstream, body, "bot")
+        if not 200 <= answer.status < 300:
+            forget()
+        return answer
 
     async def posted(self, request: web.Request) -> web.Response:
         """A reply the bot POSTed to the connector: persist, strip, forward to the channel."""
+        if _dot_segments(request.rel_url.raw_path):
+            return _bad_path()
         try:
             msg = _body.parse(await read_body(request), request.charset, self.engine.max_depth)
         except BodyError as exc:
@@ -170,7 +193,6 @@ class _Proxy:
             return json_error(400, "BadSyntax", "the reply is not valid JSON in its charset")
         if not isinstance(msg, dict):
             return json_error(400, "BadArgument", "the reply must be a JSON object")
-        lift_bags(msg)  # channelData.inlineState
         info = request.match_info
         if request.method == hdrs.METH_PUT:
             # The URL names the activity being updated, not the one it answers: the turn
@@ -187,16 +209,18 @@ class _Proxy:
         if destination is None:
             return _not_allowed(msg)
         pending = PendingWrite([])
-        if has_bags(msg):
+        reply = lifted(msg)  # channelData.inlineState too
+        if has_bags(reply):
             turn = self.turns.get(reply_to) if isinstance(reply_to, str) else None
             try:
-                pending.changes = await self.engine.posted_changes(msg, target, turn)
+                pending.changes = await self.engine.posted_changes(reply, target, turn)
             except TurnError as exc:
                 return turn_error_response(exc)
             except StoreUnavailable as exc:
                 return unavailable_response(exc)
-            if not self.engine.keep_fields:
-                strip_bags(msg)
+        if not self.engine.keep_fields:
+            # Those of a history's activities too: they belong to no turn, never leave.
+            strip_nested_bags(msg, dry_run=False)
         answer = await self._send(
             request, destination, _body.encode(msg, request.charset), "channel", request.method
         )
@@ -215,6 +239,8 @@ class _Proxy:
     async def forward(self, request: web.Request) -> web.Response:
         """Any other connector call the bot makes: forwarded to the channel as it is, bags
         in its body (a createConversation's activity, say) stripped and not stored."""
+        if _dot_segments(request.rel_url.raw_path):
+            return _bad_path()
         try:
             raw = await read_body(request)
         except BodyError as exc:
@@ -270,6 +296,36 @@ class _Proxy:
 
 
 _CONVERSATION = re.compile(r"/v3/conversations/([^/?]+)")
+_HOP_HEADERS = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+        "content-encoding",
+        "date",
+        "server",
+    }
+)
+
+
+def _nothing() -> None:
+    pass
+
+
+def _dot_segments(raw_path: str) -> bool:
+    """True when a path holds a ``.`` or ``..`` segment, spelled out or percent-encoded:
+    resolved on the way out, it would leave the channel URL it is checked against."""
+    return any(unquote(segment) in (".", "..") for segment in raw_path.split("/"))
+
+
+def _bad_path() -> web.Response:
+    return json_error(400, "BadPath", "the path holds a '.' or '..' segment; nothing was forwarded")
 
 
 def _remember(table: OrderedDict[str, T], key: str, value: T, kept: int) -> None:
@@ -316,8 +372,9 @@ def proxy_app(
 ) -> web.Application:
     """The proxy's aiohttp app, on ``engine`` (by default ``Engine.create(store)``).
 
-    ``upstream`` is the bot's messaging endpoint. POSTed replies go to ``channel`` (a
-    base URL) when set, else to their serviceUrl if it is on ``allow_service_urls``.
+    ``upstream`` is the bot's messaging endpoint. POSTed replies and every other
+    ``/v3/...`` call go to ``channel`` (a base URL) when set, else to a serviceUrl on
+    ``allow_service_urls``: the body's, or the one the conversation last came from.
     ``rewrite_service_url`` (this proxy's public base URL) makes the bot POST its replies
     here; it breaks channels that check tokens against the serviceUrl. ``timeout``
     bounds every forwarded request: a silent bot gives 504, an unreachable one 502.
@@ -350,8 +407,8 @@ def proxy_app(
     app.router.add_post("/bot/v1.0/messages", _guarded(proxy.posted))
     # Ids are any run of characters but "/" (aiohttp's default pattern also refuses {}).
     conversation = "/v3/conversations/{conversationId:[^/]+}/activities"
-    app.router.add_post(conversation, _guarded(proxy.posted))
-    app.router.add_post(conversation + "/{activityId:[^/]+}", _guarded(proxy.posted))
-    app.router.add_put(conversation + "/{activityId:[^/]+}", _guarded(proxy.posted))
+    app.router.add_post(conversation + "{slash:/?}", _guarded(proxy.posted))
+    app.router.add_post(conversation + "/{activityId:[^/]+}{slash:/?}", _guarded(proxy.posted))
+    app.router.add_put(conversation + "/{activityId:[^/]+}{slash:/?}", _guarded(proxy.posted))
     app.router.add_route("*", "/v3/{tail:.*}", _guarded(proxy.forward))  # everything else
     return app

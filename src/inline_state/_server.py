@@ -32,7 +32,7 @@ from ._http import (
 from ._message import (
     FIELD_OF_KIND,
     detect_shape,
-    lift_bags,
+    lifted,
     may_carry_bags,
     may_hide_bags,
     reply_messages,
@@ -299,9 +299,8 @@ class InlineStateMiddleware:
         replies = reply_messages(parsed)
         if replies is None:
             return None
-        for reply in replies:
-            lift_bags(reply)  # channelData.inlineState
-        await engine.commit(engine.reply_changes(turn, replies))
+        # Bags under channelData.inlineState read as if at the top; the replies stay as is.
+        await engine.commit(engine.reply_changes(turn, [lifted(reply) for reply in replies]))
         stripped = not engine.keep_fields and any([strip_bags(reply) for reply in replies])
         if reply_objects:
             try:
