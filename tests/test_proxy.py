@@ -18,7 +18,7 @@ from yarl import URL
 import inline_state
 from inline_state import MemoryStore, RecordKey
 
-from .support import Client, RunningBot, activity, free_port, post
+from .support import Client, RunningBot, activity, carries_a_bag, free_port, post
 
 StartFn = Callable[[web.Application], Awaitable[Client]]
 PLAIN_BOT = Path(__file__).resolve().parent / "bots" / "plain_bot.py"
@@ -105,14 +105,17 @@ async def test_a_bot_that_never_answers_gives_504(
     assert "did not answer within 0.5 s" in body["error"]["message"]
 
 
+@pytest.mark.parametrize("spelling", ["top-level", "channelData"])
 async def test_replies_the_bot_posts_go_through_the_proxy_to_the_channel(
-    aiohttp_server: AiohttpServer,
+    aiohttp_server: AiohttpServer, spelling: str
 ) -> None:
+    # channelData.inlineState: where a bot on an SDK that drops unknown fields puts them.
     channel = Recorder()
     channel_server = await aiohttp_server(channel.app())
     store = MemoryStore()
     proxy_port = free_port()
-    bot = RunningBot(PLAIN_BOT, "--post").start()
+    bot = RunningBot(PLAIN_BOT, "--post", *(["--channel-data"] * (spelling == "channelData")))
+    bot.start()
     try:
         proxy = inline_state.proxy_app(
             upstream=bot.url,
@@ -135,7 +138,9 @@ async def test_replies_the_bot_posts_go_through_the_proxy_to_the_channel(
     assert len(channel.received) == 3
     for path, body, _ in channel.received:
         assert path.startswith("/v3/conversations/conv-1/activities/act-")
-        assert no_bags(body)
+        assert not carries_a_bag(body)
+        if spelling == "channelData":
+            assert body["channelData"] == {"tenant": {"id": "t1"}}, "the channel's own stay"
     assert [body["text"] for _, body, _ in channel.received][-1] == "user 3 conversation 3"
     [conv] = await store.load([RecordKey("conversation", "bot-1", "test", "conv-1", "")])
     assert conv.props == {"count": b"3"}
@@ -257,11 +262,11 @@ class AnyCall:
         return app
 
 
-async def test_every_other_connector_call_is_forwarded_to_the_channel(
-    aiohttp_server: AiohttpServer, client_for: StartFn
-) -> None:
-    channel = AnyCall()
-    channel_server = await aiohttp_server(channel.app())
+async def _in_front_of(
+    channel: web.Application, aiohttp_server: AiohttpServer, client_for: StartFn
+) -> tuple[Client, MemoryStore]:
+    """A proxy (no bot behind it: the tests play the bot) in front of a channel app."""
+    channel_server = await aiohttp_server(channel)
     store = MemoryStore()
     proxy = await client_for(
         inline_state.proxy_app(
@@ -270,6 +275,14 @@ async def test_every_other_connector_call_is_forwarded_to_the_channel(
             channel=str(channel_server.make_url("")).rstrip("/"),
         )
     )
+    return proxy, store
+
+
+async def test_every_other_connector_call_is_forwarded_to_the_channel(
+    aiohttp_server: AiohttpServer, client_for: StartFn
+) -> None:
+    channel = AnyCall()
+    proxy, store = await _in_front_of(channel.app(), aiohttp_server, client_for)
     auth = {"Authorization": "Bearer bot-token"}
     members = await proxy.get("/v3/conversations/c%2F1/members?pageSize=5", headers=auth)
     assert (members.status, await members.json()) == (201, {"members": [{"id": "user-1"}]})
@@ -466,13 +479,7 @@ async def test_a_history_s_activities_never_carry_bags_to_the_channel(
     aiohttp_server: AiohttpServer, client_for: StartFn
 ) -> None:
     channel = AnyCall()
-    channel_server = await aiohttp_server(channel.app())
-    proxy = await client_for(
-        inline_state.proxy_app(
-            upstream="http://127.0.0.1:9/api/messages",
-            channel=str(channel_server.make_url("")).rstrip("/"),
-        )
-    )
+    proxy, _ = await _in_front_of(channel.app(), aiohttp_server, client_for)
     history = {
         "activities": [
             {"type": "message", "botUserData": {"x": 1}},
@@ -495,13 +502,7 @@ async def test_the_channel_s_answer_keeps_its_headers(
 
     channel = web.Application()
     channel.router.add_route("*", "/{tail:.*}", busy)
-    channel_server = await aiohttp_server(channel)
-    proxy = await client_for(
-        inline_state.proxy_app(
-            upstream="http://127.0.0.1:9/api/messages",
-            channel=str(channel_server.make_url("")).rstrip("/"),
-        )
-    )
+    proxy, _ = await _in_front_of(channel, aiohttp_server, client_for)
     for answer in (
         await proxy.get("/v3/conversations/c1/members"),
         await proxy.post("/v3/conversations/c1/activities", json={"type": "message"}),
@@ -514,15 +515,7 @@ async def test_a_reply_path_with_a_trailing_slash_is_still_a_reply(
     aiohttp_server: AiohttpServer, client_for: StartFn
 ) -> None:
     channel = AnyCall()
-    channel_server = await aiohttp_server(channel.app())
-    store = MemoryStore()
-    proxy = await client_for(
-        inline_state.proxy_app(
-            upstream="http://127.0.0.1:9/api/messages",
-            store=store,
-            channel=str(channel_server.make_url("")).rstrip("/"),
-        )
-    )
+    proxy, store = await _in_front_of(channel.app(), aiohttp_server, client_for)
     reply = {
         "type": "message",
         "channelId": "test",
