@@ -10,7 +10,7 @@ PORT ?= 3978
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,agents,botbuilder]'
+	$(PY) -m pip install --quiet -e '.[test,agents,botbuilder,metrics]'
 	touch $@
 
 run: $(VENV)/.installed

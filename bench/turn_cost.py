@@ -90,6 +90,7 @@ def make_target(name: str, bag_bytes: int = 0, redis_url: str | None = None) -> 
     import inline
 
     args.api = "plain" if name == "memory-plain" else "fast"
+    args.no_metrics = name == "memory-nometrics"
     if name == "sqlite":  # a fresh file, removed with the process's temporary directory
         args.store = f"sqlite:///{tempfile.mkdtemp(prefix='inline_state-bench-')}/state.db"
     return inline.make_app(args)
@@ -186,13 +187,15 @@ def main() -> None:
         stats = pstats.Stats(profile)
         stats.sort_stats(a.sort).print_stats(a.lines)
         return
-    for name in a.targets.split(","):
-        costs = []
-        for _ in range(a.repeat):
+    names = a.targets.split(",")
+    costs: dict[str, list[float]] = {name: [] for name in names}
+    for _ in range(a.repeat):  # interleaved: A B A B, so drift on the machine hits both
+        for name in names:
             app = make_target(name, a.bag_bytes, a.redis_url)
-            costs.append(drive(app, bodies, concurrency=a.concurrency) / a.turns * 1e6)
-        runs = ", ".join(f"{c:.1f}" for c in costs)
-        print(f"{name:16} {min(costs):7.1f} us/turn (best of {a.repeat}; runs {runs})")
+            costs[name].append(drive(app, bodies, concurrency=a.concurrency) / a.turns * 1e6)
+    for name in names:
+        runs = ", ".join(f"{c:.1f}" for c in costs[name])
+        print(f"{name:16} {min(costs[name]):7.1f} us/turn (best of {a.repeat}; runs {runs})")
 
 
 if __name__ == "__main__":

@@ -47,6 +47,7 @@ PUBLIC = [
     "Turn",
     "TurnError",
     "UserRef",
+    "add_metrics",
     "add_state_api",
     "create_reply",
     "current_turn",

@@ -99,6 +99,8 @@ def make_app(args: argparse.Namespace) -> web.Application:
     if args.cache_bytes is not None:
         store = inline_state.MemoryStore(cache_bytes=args.cache_bytes)
     middleware = inline_state.setup(app, store)
+    if getattr(args, "no_metrics", False):  # the engine's counters off, to measure them
+        middleware.engine.metrics = None
     app.router.add_get("/cache-stats", cache_stats)
     app[PADDING] = args.bag_bytes
     if args.seed_users:
@@ -113,6 +115,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed-users", type=int, default=0)
     parser.add_argument("--api", choices=["fast", "plain"], default="fast")
     parser.add_argument("--cache-bytes", type=int, help="memory:// with this cache bound")
+    parser.add_argument("--no-metrics", action="store_true", help="the engine counts nothing")
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ from ._helpers import (
 )
 from ._http import ENGINE_KEY, STORE_KEY
 from ._keys import RecordKey, UserRef
+from ._prometheus import add_metrics
 from ._proxy import proxy_app
 from ._rest import add_state_api
 from ._server import InlineStateMiddleware, ReplyResponse, get_message, get_turn
@@ -79,6 +80,7 @@ __all__ = [
     "Turn",
     "TurnError",
     "UserRef",
+    "add_metrics",
     "add_state_api",
     "create_reply",
     "current_turn",

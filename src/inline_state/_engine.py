@@ -14,16 +14,19 @@ a reply loaded before a deletion bring the user's data back.
 from __future__ import annotations
 
 import logging
+from bisect import bisect_left
 from collections.abc import Mapping, Sequence
+from time import perf_counter
 from typing import Any, Literal
 
 from ._change import DEFAULT_MAX_BAG_BYTES, DEFAULT_MAX_PROPERTIES, Change
 from ._clock import HybridClock
 from ._codec import DEFAULT_MAX_DEPTH
 from ._diff import PendingChange, fold_replies
-from ._errors import BagError, IdTooLong
-from ._keys import RecordKey, TurnKeys, turn_keys
+from ._errors import BagError, IdTooLong, StoreUnavailable
+from ._keys import RecordKey, TurnKeys, UserRef, turn_keys
 from ._message import FIELD_OF_KIND, KINDS, Kind, Shape, bag_field_names
+from ._metrics import Metrics
 from ._posted import PostedTarget, posted_keys
 from ._turn import Turn
 from .stores import DEFAULT_TOMBSTONE_TTL, ApplyResult, Store, StoredRecord, resolve_store
@@ -68,7 +71,8 @@ class Engine:
     ``keep_fields`` leaves the bags on the wire. The limits: ``max_bag_bytes`` of JSON
     per bag (checked again on the merged record), ``max_properties`` per bag,
     ``max_depth`` levels of nesting in a body or a bag, ``max_id_length`` characters per
-    id of a record that is written.
+    id of a record that is written. ``metrics`` keeps the counters ``add_metrics``
+    exports (``Engine.metrics``; None when off).
     """
 
     def __init__(
@@ -83,6 +87,7 @@ class Engine:
         max_properties: int = DEFAULT_MAX_PROPERTIES,
         max_depth: int = DEFAULT_MAX_DEPTH,
         max_id_length: int = DEFAULT_MAX_ID_LENGTH,
+        metrics: bool = True,
     ) -> None:
         if merge not in ("property", "bag"):
             raise ValueError(f"merge must be 'property' or 'bag', got {merge!r}")
@@ -105,6 +110,7 @@ class Engine:
         self.max_properties = max_properties
         self.max_depth = max_depth
         self.max_id_length = max_id_length
+        self.metrics = Metrics() if metrics else None
         self._leased = False
 
     @classmethod
@@ -123,6 +129,7 @@ class Engine:
         tombstone_ttl: float = DEFAULT_TOMBSTONE_TTL,
         prefix: str | None = None,
         timeout: float | None = None,
+        metrics: bool = True,
     ) -> Engine:
         """An engine over a store given as a URL (the engine opens and closes it), an
         existing ``redis.asyncio`` client (the caller keeps owning the client), or a Store
@@ -141,6 +148,7 @@ class Engine:
             max_properties=max_properties,
             max_depth=max_depth,
             max_id_length=max_id_length,
+            metrics=metrics,
         )
 
     async def start(self) -> None:
@@ -167,16 +175,30 @@ class Engine:
 
         Raises StoreUnavailable.
         """
+        metrics = self.metrics
+        if metrics is not None:
+            metrics.turns += 1
         keys = turn_keys(msg, shape)
         if keys is None:
             return Turn(shape, None, {}, message=msg)
         if msg.get("type") == ("deleteUserData" if shape is Shape.V3 else "DeleteUserData"):
             if keys.user is not None and (owner := keys.user.owner) is not None:
                 clock = self.clock
-                clock.observe(await self.store.delete_user(owner, clock.stamp()))
+                clock.observe(await self._delete_user(owner, clock.stamp()))
             return Turn(shape, keys, {}, message=msg, deleted=True)
         wanted = [key for key in keys if key is not None]
-        records = await self.store.load(wanted)
+        if metrics is None:
+            records = await self.store.load(wanted)
+        else:  # (as _timed, inlined: every turn pays for this)
+            started = perf_counter()
+            try:
+                records = await self.store.load(wanted)
+            except StoreUnavailable:
+                metrics.unavailable["load"] += 1
+                raise
+            elapsed, seconds = perf_counter() - started, metrics.load_seconds
+            seconds.counts[bisect_left(seconds.bounds, elapsed)] += 1
+            seconds.total += elapsed
         played: dict[Kind, Mapping[str, bytes]] = {}
         text_kinds: frozenset[Kind] = _NO_KINDS
         base = observed = 0
@@ -192,6 +214,16 @@ class Engine:
                 base = top
         self.clock.observe(observed)
         return Turn(shape, keys, played, message=msg, text_kinds=text_kinds, base=base)
+
+    async def _load(self, keys: list[RecordKey]) -> list[StoredRecord]:
+        records: list[StoredRecord] = await _timed(self.metrics, "load", self.store.load(keys))
+        return records
+
+    async def _delete_user(self, owner: UserRef, stamp: int) -> int:
+        deleted: int = await _timed(
+            self.metrics, "delete_user", self.store.delete_user(owner, stamp)
+        )
+        return deleted
 
     # -- outgoing -------------------------------------------------------------------------
 
@@ -247,7 +279,7 @@ class Engine:
         ]
         base = turn.base if turn is not None else 0
         if proactive:
-            records = await self.store.load([key for _, key in proactive])
+            records = await self._load([key for _, key in proactive])
             self.clock.observe(_observed(records))
             base = max(base, _base(proactive, records))
         text_kinds = (turn.text_kinds & frozenset(diffed)) if turn is not None else frozenset()
@@ -326,7 +358,28 @@ class Engine:
         """
         if not changes:
             return
-        results = await self.store.apply(changes)
+        metrics = self.metrics
+        if metrics is None:
+            results = await self.store.apply(changes)
+        else:
+            started = perf_counter()
+            try:
+                results = await self.store.apply(changes)
+            except StoreUnavailable:
+                metrics.unavailable["apply"] += 1
+                raise
+            elapsed, seconds = perf_counter() - started, metrics.apply_seconds
+            seconds.counts[bisect_left(seconds.bounds, elapsed)] += 1
+            seconds.total += elapsed
+            counted, sizes = metrics.changes, metrics.change_bytes
+            counted["applied"] += len(results)
+            for change, result in zip(changes, results, strict=True):
+                if result is not _APPLIED:  # (Enum.value is a Python-level property)
+                    counted["applied"] -= 1
+                    counted[result.value] += 1
+                size = sum(map(len, change.sets.values()))
+                sizes.counts[bisect_left(sizes.bounds, size)] += 1
+                sizes.total += size
         if ApplyResult.TOO_LARGE not in results and len(results) == len(changes):
             return
         for change, result in zip(changes, results, strict=True):
@@ -338,6 +391,23 @@ class Engine:
                     f" {change.max_bytes} bytes",
                     limit=change.max_bytes,
                 )
+
+
+_APPLIED = ApplyResult.APPLIED
+
+
+async def _timed(metrics: Metrics | None, operation: str, call: Any) -> Any:
+    """Await a store call, timing it (and counting it if it fails) into ``metrics``."""
+    if metrics is None:
+        return await call
+    started = perf_counter()
+    try:
+        result = await call
+    except StoreUnavailable:
+        metrics.unavailable[operation] += 1
+        raise
+    metrics.store_seconds[operation].observe(perf_counter() - started)
+    return result
 
 
 def _observed(records: Sequence[StoredRecord]) -> int:
