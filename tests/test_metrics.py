@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 import inline_state
@@ -137,3 +138,37 @@ def test_the_readme_names_every_metric_exported() -> None:
 
 
 _HISTOGRAMS = {"inline_state_store_seconds", "inline_state_change_bytes"}
+
+
+async def test_one_registry_takes_one_engine_and_a_failing_store_fails_no_scrape(
+    client_for: StartFn,
+) -> None:
+    class Broken(MemoryStore):
+        @property
+        def cache_stats(self) -> dict[str, int]:
+            raise RuntimeError("closed")
+
+    registry = CollectorRegistry()
+    app = counting_bot(Broken(), registry=registry)
+    with pytest.raises(ValueError, match="Duplicated"):
+        inline_state.add_metrics(web.Application(), path="/again", registry=registry)
+    client = await client_for(app)
+    status, _ = await post(client, activity())
+    assert status == 200
+    samples = await scrape(client)
+    assert samples[("inline_state_turns_total", ())] == 1
+    assert not any(name.startswith("inline_state_cache") for name, _ in samples)
+
+
+async def test_only_applied_changes_are_sized() -> None:
+    engine = Engine.create(MemoryStore())
+    await engine.start()
+    try:
+        older, newer = engine.clock.stamp(), engine.clock.stamp()
+        await engine.commit([Change(USER, {"n": b"12345"}, stamp=newer)])
+        await engine.commit([Change(USER, {"n": b"1234567890"}, stamp=older)])  # stale
+    finally:
+        await engine.stop()
+    assert engine.metrics is not None
+    sizes = engine.metrics.change_bytes
+    assert (sum(sizes.counts), sizes.total) == (1, 5)

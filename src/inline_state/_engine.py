@@ -372,14 +372,15 @@ class Engine:
             seconds.counts[bisect_left(seconds.bounds, elapsed)] += 1
             seconds.total += elapsed
             counted, sizes = metrics.changes, metrics.change_bytes
-            counted["applied"] += len(results)
-            for change, result in zip(changes, results, strict=True):
-                if result is not _APPLIED:  # (Enum.value is a Python-level property)
-                    counted["applied"] -= 1
-                    counted[result.value] += 1
-                size = sum(map(len, change.sets.values()))
-                sizes.counts[bisect_left(sizes.bounds, size)] += 1
-                sizes.total += size
+            # A list of the wrong length is the store's fault, refused below: not here.
+            for change, result in zip(changes, results, strict=False):
+                if result is _APPLIED:
+                    counted["applied"] += 1
+                    size = sum(map(len, change.sets.values()))
+                    sizes.counts[bisect_left(sizes.bounds, size)] += 1
+                    sizes.total += size
+                elif result in _RESULT_NAMES:  # (Enum.value is a Python-level property)
+                    counted[_RESULT_NAMES[result]] += 1
         if ApplyResult.TOO_LARGE not in results and len(results) == len(changes):
             return
         for change, result in zip(changes, results, strict=True):
@@ -394,6 +395,7 @@ class Engine:
 
 
 _APPLIED = ApplyResult.APPLIED
+_RESULT_NAMES = {result: result.value for result in ApplyResult}
 
 
 async def _timed(metrics: Metrics | None, operation: str, call: Any) -> Any:

@@ -23,10 +23,12 @@ _BACKENDS = {"MemoryStore": "memory", "SqliteStore": "sqlite", "RedisStore": "re
 
 
 def add_metrics(app: web.Application, *, path: str = "/metrics", registry: Any = None) -> Any:
-    """Serve the metrics of the app's engine (``setup()`` or ``add_state_api`` put it
-    there; looked up when scraped) at ``path``, in Prometheus's text format. Returns the
-    ``prometheus_client.CollectorRegistry`` they are in: a new one, or ``registry`` (pass
-    ``prometheus_client.REGISTRY`` to export them beside your own).
+    """Serve the metrics of the engine ``setup()`` put on ``app`` (give it that app, not
+    a sub-app; the engine is looked up when scraped) at ``path``, in Prometheus's text
+    format. Returns the ``prometheus_client.CollectorRegistry`` they are in: a new one,
+    or ``registry`` (pass ``prometheus_client.REGISTRY`` to export them beside your own;
+    one engine's per registry: a second raises ValueError). REST API calls go to the
+    store directly and are not counted.
 
     The numbers count since the engine was made, per process; they name no user, bot or
     conversation. Raises ImportError naming the extra when prometheus-client is missing.
@@ -59,21 +61,27 @@ class _Collector:
     def __init__(self, app: web.Application) -> None:
         self.app = app
 
-    def describe(self) -> list[Any]:
-        return []  # names depend on the engine found when scraped: nothing to check early
+    def describe(self) -> Iterator[Any]:
+        """The families, without samples: a second collector of the same names on one
+        registry is refused ("Duplicated timeseries") instead of doubling every series."""
+        return self._families(None)
 
     def collect(self) -> Iterator[Any]:
+        engine: Engine | None = self.app.get(ENGINE_KEY)
+        if engine is not None and engine.metrics is not None:
+            yield from self._families(engine)
+
+    def _families(self, engine: Engine | None) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 
-        engine: Engine | None = self.app.get(ENGINE_KEY)
         metrics = engine.metrics if engine is not None else None
-        if engine is None or metrics is None:
-            return
-        backend = _BACKENDS.get(type(engine.store).__name__, type(engine.store).__name__)
+        store = engine.store if engine is not None else None
+        backend = _BACKENDS.get(type(store).__name__, type(store).__name__)
         turns = CounterMetricFamily(
             "inline_state_turns", "Incoming messages the middleware opened a turn for."
         )
-        turns.add_metric([], metrics.turns)
+        if metrics is not None:
+            turns.add_metric([], metrics.turns)
         yield turns
         seconds = HistogramMetricFamily(
             "inline_state_store_seconds",
@@ -85,10 +93,11 @@ class _Collector:
             "Store calls that failed with StoreUnavailable (each a 503 or a logged loss).",
             labels=["backend", "operation"],
         )
-        for operation in OPERATIONS:
-            histogram = metrics.store_seconds[operation]
-            seconds.add_metric([backend, operation], histogram.cumulative(), histogram.total)
-            unavailable.add_metric([backend, operation], metrics.unavailable[operation])
+        if metrics is not None:
+            for operation in OPERATIONS:
+                histogram = metrics.store_seconds[operation]
+                seconds.add_metric([backend, operation], histogram.cumulative(), histogram.total)
+                unavailable.add_metric([backend, operation], metrics.unavailable[operation])
         yield seconds
         yield unavailable
         changes = CounterMetricFamily(
@@ -97,21 +106,36 @@ class _Collector:
             " stamp), dropped (older than the user's deletion), too_large.",
             labels=["result"],
         )
-        for result in RESULTS:
-            changes.add_metric([result], metrics.changes[result])
-        yield changes
         sizes = HistogramMetricFamily(
-            "inline_state_change_bytes", "Bytes of JSON each applied change sets."
+            "inline_state_change_bytes",
+            "Bytes of the property values (JSON) each applied change sets.",
         )
-        sizes.add_metric([], metrics.change_bytes.cumulative(), metrics.change_bytes.total)
+        if metrics is not None:
+            for result in RESULTS:
+                changes.add_metric([result], metrics.changes[result])
+            sizes.add_metric([], metrics.change_bytes.cumulative(), metrics.change_bytes.total)
+        yield changes
         yield sizes
-        cache = getattr(engine.store, "cache_stats", None)
-        if isinstance(cache, dict):
-            lookups = CounterMetricFamily(
-                "inline_state_cache_lookups",
-                "Records a load found decoded in the store's cache (hit) or had to decode.",
-                labels=["backend", "result"],
-            )
-            lookups.add_metric([backend, "hit"], cache.get("hits", 0))
-            lookups.add_metric([backend, "decode"], cache.get("decodes", 0))
-            yield lookups
+        lookups = CounterMetricFamily(
+            "inline_state_cache_lookups",
+            "The store's cache: on memory:// records found decoded (hit) or decoded; on"
+            " sqlite:// loads answered from decoded records (hit) or from the file.",
+            labels=["backend", "result"],
+        )
+        if store is not None:
+            hits_decodes = _cache_counts(store)
+            if hits_decodes is None:
+                return
+            lookups.add_metric([backend, "hit"], hits_decodes[0])
+            lookups.add_metric([backend, "decode"], hits_decodes[1])
+        yield lookups
+
+
+def _cache_counts(store: Any) -> tuple[float, float] | None:
+    """A store's (hits, decodes), or None when it has no such counters (or they fail:
+    a scrape must not)."""
+    try:
+        stats = store.cache_stats
+        return float(stats["hits"]), float(stats["decodes"])
+    except Exception:  # any store's property: nothing of it may fail the scrape
+        return None
