@@ -24,7 +24,7 @@ from ._clock import HybridClock
 from ._codec import DEFAULT_MAX_DEPTH
 from ._diff import PendingChange, fold_replies
 from ._errors import BagError, IdTooLong, StoreUnavailable
-from ._keys import RecordKey, TurnKeys, UserRef, turn_keys
+from ._keys import RecordKey, TurnKeys, turn_keys
 from ._message import FIELD_OF_KIND, KINDS, Kind, Shape, bag_field_names
 from ._metrics import Metrics
 from ._posted import PostedTarget, posted_keys
@@ -184,7 +184,11 @@ class Engine:
         if msg.get("type") == ("deleteUserData" if shape is Shape.V3 else "DeleteUserData"):
             if keys.user is not None and (owner := keys.user.owner) is not None:
                 clock = self.clock
-                clock.observe(await self._delete_user(owner, clock.stamp()))
+                clock.observe(
+                    await _timed(
+                        self.metrics, "delete_user", self.store.delete_user(owner, clock.stamp())
+                    )
+                )
             return Turn(shape, keys, {}, message=msg, deleted=True)
         wanted = [key for key in keys if key is not None]
         if metrics is None:
@@ -214,16 +218,6 @@ class Engine:
                 base = top
         self.clock.observe(observed)
         return Turn(shape, keys, played, message=msg, text_kinds=text_kinds, base=base)
-
-    async def _load(self, keys: list[RecordKey]) -> list[StoredRecord]:
-        records: list[StoredRecord] = await _timed(self.metrics, "load", self.store.load(keys))
-        return records
-
-    async def _delete_user(self, owner: UserRef, stamp: int) -> int:
-        deleted: int = await _timed(
-            self.metrics, "delete_user", self.store.delete_user(owner, stamp)
-        )
-        return deleted
 
     # -- outgoing -------------------------------------------------------------------------
 
@@ -279,7 +273,9 @@ class Engine:
         ]
         base = turn.base if turn is not None else 0
         if proactive:
-            records = await self._load([key for _, key in proactive])
+            records = await _timed(
+                self.metrics, "load", self.store.load([key for _, key in proactive])
+            )
             self.clock.observe(_observed(records))
             base = max(base, _base(proactive, records))
         text_kinds = (turn.text_kinds & frozenset(diffed)) if turn is not None else frozenset()

@@ -136,10 +136,6 @@ class Cluster:
             )
         return connection
 
-    def masters(self) -> list[_redis_wire.Connection]:
-        """The connections to the masters the map names."""
-        return list({id(c): c for c in self._owners if c is not None}.values())
-
     # -- the slot map -------------------------------------------------------------------
 
     async def refresh(self, deadline: float | None = None) -> None:
