@@ -12,6 +12,8 @@ from inline_state import (
     ApplyResult,
     Change,
     HybridClock,
+    InvalidCursor,
+    MemoryStore,
     PreconditionFailed,
     RecordKey,
     RecordTooLarge,
@@ -19,6 +21,9 @@ from inline_state import (
     UserRef,
 )
 from inline_state._clock import EPOCH_MS, MS_SHIFT
+from inline_state._message import Kind
+from inline_state.stores import KeyPage
+from inline_state.stores.redis import RedisStore
 
 from .conftest import StoreFactory
 
@@ -338,3 +343,129 @@ async def test_concurrent_writers_all_land(store: Store) -> None:
 async def test_node_ids_are_distinct(store: Store) -> None:
     ids = {await store.allocate_node_id() for _ in range(10)}
     assert len(ids) == 10 and all(0 < i < 256 for i in ids)
+
+
+# -- inspecting: channels, listings by id prefix, one record with its stamps ----------------
+
+LISTED_IDS = ["u1", "u10", "u2", "u/1", "u%1", "u{1}", "ü1", "x", "U1", "u"]
+
+
+def first_id(key: RecordKey) -> str:
+    return key.conversation if key.kind == "conversation" else key.user
+
+
+async def listed(store: Store, kind: Kind, prefix: str, limit: int) -> list[RecordKey]:
+    seen: list[RecordKey] = []
+    cursor = None
+    for _ in range(1000):
+        page = await store.list_keys("bot", "chan", kind, prefix=prefix, cursor=cursor, limit=limit)
+        assert len(page.keys) <= limit
+        seen += page.keys
+        cursor = page.cursor
+        if cursor is None:
+            return seen
+    raise AssertionError("the listing did not end")
+
+
+async def test_list_keys_pages_each_matching_record_once(store: Store) -> None:
+    keys = [RecordKey("user", "bot", "chan", "", i) for i in LISTED_IDS]
+    keys += [RecordKey("conversation", "bot", "chan", i, "") for i in LISTED_IDS]
+    keys += [RecordKey("private", "bot", "chan", c, u) for u in LISTED_IDS for c in ("c1", "u1")]
+    noise = [
+        RecordKey("user", "bot", "chan2", "", "u1"),
+        RecordKey("user", "bot2", "chan", "", "u1"),
+        RecordKey("user", "bot", None, "", "u1"),
+    ]
+    await store.apply([change(k, stamp(1), {"v": b"1"}) for k in keys + noise])
+    emptied = [keys[0], keys[len(LISTED_IDS)]]  # one user record, one conversation record
+    await store.apply([change(k, stamp(2), removes={"v"}) for k in emptied])
+    live = [k for k in keys if k not in emptied]
+    for kind in ("user", "conversation", "private"):
+        for prefix in ["", "u", "u1", "u/", "u%", "u{", "ü", "U", "nothing", "u10"]:
+            expected = [k for k in live if k.kind == kind and first_id(k).startswith(prefix)]
+            for limit in (1, 3, 50):
+                seen = await listed(store, kind, prefix, limit)
+                assert sorted(seen) == sorted(expected), (kind, prefix, limit)
+                assert len(seen) == len(set(seen))
+                if not isinstance(store, RedisStore):  # SCAN's order, sorted per page
+                    assert [k.encode() for k in seen] == sorted(k.encode() for k in seen)
+
+
+async def test_list_keys_refuses_a_cursor_it_did_not_issue(store: Store) -> None:
+    await store.apply([change(k, stamp(1), {"v": b"1"}) for k in (USER, USER._replace(user="u2"))])
+    for cursor in ("not a cursor", '[1, 2, ["v3/other/chan/u/x"]]', "{" * 10_000):
+        with pytest.raises(InvalidCursor):
+            await store.list_keys("bot", "chan", "user", cursor=cursor)
+
+
+async def test_channels_lists_those_holding_data(store: Store) -> None:
+    channels = ["chan", "b/c", "ü€", "{x}", "chan2"]
+    keys = [RecordKey("user", "bot", c, "", "u1") for c in channels]
+    keys += [RecordKey("user", "bot", None, "", "u1")]  # v1
+    keys += [RecordKey("conversation", "bot2", "elsewhere", "c1", "")]
+    keys += [RecordKey("conversation", "bo", "short", "c1", "")]
+    emptied = RecordKey("private", "bot", "emptied", "c1", "u1")
+    await store.apply([change(k, stamp(1), {"v": b"1"}) for k in [*keys, emptied]])
+    await store.apply([change(emptied, stamp(2), removes={"v"})])
+    assert await store.channels("bot") == [None, *sorted(channels)]
+    assert await store.channels("bot2") == ["elsewhere"]
+    assert await store.channels("nobody") == []
+    await store.delete_user(UserRef("bot", "chan2", "u1"), stamp(3))
+    assert "chan2" not in await store.channels("bot")
+
+
+async def test_inspect_gives_each_property_its_stamp(store: Store) -> None:
+    await store.apply([change(USER, stamp(1), {"a": b"1", "b": b'"x"'})])
+    await store.apply([change(USER, stamp(2), {"b": b'"y"'}, {"a"})])
+    inspected = await store.inspect(USER)
+    assert dict(inspected.record.props) == {"b": b'"y"'}
+    assert dict(inspected.stamps) == {"b": stamp(2)}
+    [loaded] = await store.load([USER])
+    assert inspected.record.etag == loaded.etag
+    missing = await store.inspect(CONV)
+    assert not missing.record.exists and dict(missing.stamps) == {}
+    await store.compare_and_set(CONV, "some text", "*", max_bytes=1000)
+    text = await store.inspect(CONV)
+    assert text.record.text == "some text" and dict(text.stamps) == {}
+
+
+async def test_inspecting_refreshes_no_expiry(backend: StoreFactory) -> None:
+    async with backend(ttl={"user": 0.6}) as store:
+        await store.apply([change(USER, HybridClock(1).stamp(), {"a": b"1"})])
+        await asyncio.sleep(0.35)
+        assert (await store.inspect(USER)).record.exists
+        assert await store.list_keys("bot", "chan", "user") == KeyPage([USER], None)
+        await asyncio.sleep(0.45)
+        assert not (await store.inspect(USER)).record.exists, "the inspection kept it alive"
+        assert (await store.list_keys("bot", "chan", "user")).keys == []
+
+
+async def test_memory_key_index_through_merges_and_compactions() -> None:
+    # Enough keys that the index merges its recent run into its base several times, and
+    # enough deletions that it drops dead keys once; the listing stays exact throughout.
+    async with MemoryStore(cache_bytes=50_000) as store:
+        users = [f"user{i:05}" for i in range(6000)]
+        await store.apply(
+            [change(RecordKey("user", "bot", "chan", "", u), stamp(1), {"v": b"1"}) for u in users]
+        )
+        for u in users[:4500]:
+            await store.delete_user(UserRef("bot", "chan", u), stamp(2))
+        again = users[:100]
+        await store.apply(
+            [
+                change(
+                    RecordKey("user", "bot", "chan", "", u), stamp(3), {"v": b"2"}, base=stamp(3)
+                )
+                for u in again
+            ]
+        )
+        more = [f"later{i:05}" for i in range(3000)]
+        await store.apply(
+            [change(RecordKey("user", "bot", "chan", "", u), stamp(3), {"v": b"3"}) for u in more]
+        )
+        assert store._index.dropped < 4500, "the dead keys were never left out"
+        seen = await listed(store, "user", "", 400)
+        assert [k.user for k in seen] == sorted([*more, *again, *users[4500:]])
+        assert [k.user for k in await listed(store, "user", "user0", 1000)] == sorted(
+            [*again, *users[4500:]]
+        )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 from ._message import Kind, Shape
@@ -105,6 +106,36 @@ def _namespace(bot: str, channel: str | None) -> str:
 def namespace_prefix(bot: str, channel: str | None) -> str:
     """The prefix every encoded key of one bot on one channel starts with."""
     return _namespace(bot, channel) + "/"
+
+
+def listing_prefix(bot: str, channel: str | None, kind: Kind, prefix: str) -> str:
+    """The prefix of the encoded keys of one kind whose first id (the user's for user and
+    private records, the conversation's for conversation records) starts with
+    ``prefix``: escaping works character by character, so it keeps prefixes."""
+    return f"{_namespace(bot, channel)}/{_KIND_LETTER[kind]}/{escape_part(prefix)}"
+
+
+def prefix_end(prefix: str) -> str | None:
+    """The least string above every string that starts with ``prefix`` (None when its
+    last character is the highest code point)."""
+    following = ord(prefix[-1]) + 1
+    if following > 0x10FFFF:
+        return None
+    if 0xD800 <= following <= 0xDFFF:  # encoded keys hold no surrogates, SQLite takes none
+        following = 0xE000
+    return prefix[:-1] + chr(following)
+
+
+def sorted_channels(channels: Iterable[str | None]) -> list[str | None]:
+    """Channels in the order ``Store.channels`` gives them: None (v1) first, then by id."""
+    return sorted(channels, key=lambda channel: (channel is not None, channel or ""))
+
+
+def channel_of(encoded: str) -> str | None:
+    """The channel of an encoded v3 key (None for a v1 key)."""
+    if encoded.startswith("v1/"):
+        return None
+    return unescape_part(encoded.split("/", 3)[2])
 
 
 class TurnKeys(NamedTuple):

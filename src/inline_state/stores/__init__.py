@@ -18,7 +18,15 @@ from .._errors import (
 )
 from .._keys import RecordKey, UserRef
 from .._message import Kind
-from ._base import DEFAULT_TOMBSTONE_TTL, ApplyResult, ExportPage, Store, StoredRecord
+from ._base import (
+    DEFAULT_TOMBSTONE_TTL,
+    ApplyResult,
+    ExportPage,
+    InspectedRecord,
+    KeyPage,
+    Store,
+    StoredRecord,
+)
 from .memory import MemoryStore
 
 if TYPE_CHECKING:
@@ -32,7 +40,9 @@ __all__ = [
     "Change",
     "ExportPage",
     "HybridClock",
+    "InspectedRecord",
     "InvalidCursor",
+    "KeyPage",
     "MemoryStore",
     "PreconditionFailed",
     "RecordKey",

@@ -18,7 +18,7 @@ from .._errors import StoreError
 from .._keys import RecordKey, UserRef
 from .._message import Kind
 
-__all__ = ["ApplyResult", "ExportPage", "Store", "StoredRecord"]
+__all__ = ["ApplyResult", "ExportPage", "InspectedRecord", "KeyPage", "Store", "StoredRecord"]
 
 DEFAULT_TOMBSTONE_TTL = 600.0
 #: How long a clock node id stays held without renewal (renewed every third of it).
@@ -74,6 +74,23 @@ class ExportPage:
 
     records: list[tuple[RecordKey, StoredRecord]]
     cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class KeyPage:
+    """One page of a listing: keys of records holding data, and the cursor of the next
+    page (None when the listing is done)."""
+
+    keys: list[RecordKey]
+    cursor: str | None
+
+
+class InspectedRecord(NamedTuple):
+    """One record as an inspector shows it: its data, and the stamp that wrote each live
+    property (``_clock.stamp_ms`` turns one into a time)."""
+
+    record: StoredRecord
+    stamps: Mapping[str, int]
 
 
 class Store(abc.ABC):
@@ -252,3 +269,37 @@ class Store(abc.ABC):
     async def delete(self, key: RecordKey) -> None:
         """Delete one record."""
         await self.compare_and_set(key, None, "*", max_bytes=0)
+
+    # -- for inspecting: off the turn's path, and never refreshing an expiry --------------
+
+    @abc.abstractmethod
+    async def channels(self, bot: str) -> list[str | None]:
+        """The channels on which ``bot`` has records, sorted (None, v1's namespace,
+        first). Memory and SQLite skip from one channel to the next through their key
+        order; Redis walks the bot's keys with SCAN (see ``RedisStore.channels``)."""
+
+    @abc.abstractmethod
+    async def list_keys(
+        self,
+        bot: str,
+        channel: str | None,
+        kind: Kind,
+        *,
+        prefix: str = "",
+        cursor: str | None = None,
+        limit: int = 50,
+    ) -> KeyPage:
+        """A page of the keys of one kind's records holding data on one channel, whose
+        first id (the user's for user and private records, the conversation's for
+        conversation records) starts with ``prefix``.
+
+        Memory and SQLite answer in key order and read only the page's range of their
+        key order; Redis walks the matching keys with SCAN, a bounded amount per page,
+        so its pages come in no particular order and may be short before the end. A
+        store that checks cursors raises InvalidCursor for one it did not issue.
+        """
+
+    @abc.abstractmethod
+    async def inspect(self, key: RecordKey) -> InspectedRecord:
+        """One record and the stamp of each live property, without refreshing the
+        record's expiry (a missing record has no stamps)."""

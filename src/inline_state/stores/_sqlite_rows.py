@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable
+from typing import Any
 
 from .._change import Change
 from .._errors import StoreError
@@ -126,6 +127,30 @@ def read_record(conn: sqlite3.Connection, key: str, now_ms: int) -> Record | Non
     if any(type(row[1]) is str for row in rows):  # TEXT from another program: as bytes
         rows = [(n, v.encode() if type(v) is str else v, s) for n, v, s in rows]
     return Record.from_rows(created, writes, clear, text, text_stamp, rows)
+
+
+_LIVE = (
+    "(expires IS NULL OR expires >= ?) AND (text IS NOT NULL OR EXISTS"
+    " (SELECT 1 FROM properties WHERE properties.key = heads.key AND value IS NOT NULL))"
+)
+
+
+def live_keys(
+    conn: sqlite3.Connection, low: str, inclusive: bool, high: str | None, now_ms: int, limit: int
+) -> list[str]:
+    """Up to ``limit`` encoded keys of records holding data, in key order, from ``low``
+    on (or after it) and below ``high``: one range of the heads' primary key."""
+    above = ">=" if inclusive else ">"
+    if high is None:
+        sql = f"SELECT key FROM heads WHERE key {above} ? AND {_LIVE} ORDER BY key LIMIT ?"
+        args: tuple[Any, ...] = (low, now_ms, limit)
+    else:
+        sql = (
+            f"SELECT key FROM heads WHERE key {above} ? AND key < ? AND {_LIVE}"
+            " ORDER BY key LIMIT ?"
+        )
+        args = (low, high, now_ms, limit)
+    return [row[0] for row in conn.execute(sql, args)]
 
 
 def _write_head(conn: sqlite3.Connection, key: str, rec: Record, expires: int | None) -> None:

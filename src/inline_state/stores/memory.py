@@ -10,17 +10,38 @@ each.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import heapq
-from collections.abc import Mapping, Sequence
+import itertools
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from .._change import Change
 from .._clock import MAX_NODES, HybridClock, stamp_ms
-from .._errors import StoreUnavailable
-from .._keys import RecordKey, UserRef, decode_key, namespace_prefix
+from .._errors import InvalidCursor, StoreUnavailable
+from .._keys import (
+    RecordKey,
+    UserRef,
+    channel_of,
+    decode_key,
+    listing_prefix,
+    namespace_prefix,
+    prefix_end,
+    sorted_channels,
+)
 from .._message import Kind
 from . import _blob
-from ._base import DEFAULT_TOMBSTONE_TTL, MISSING, ApplyResult, ExportPage, Store, StoredRecord
+from ._base import (
+    DEFAULT_TOMBSTONE_TTL,
+    MISSING,
+    ApplyResult,
+    ExportPage,
+    InspectedRecord,
+    KeyPage,
+    Store,
+    StoredRecord,
+)
 from ._record import PROPERTY_OVERHEAD, RECORD_OVERHEAD, Record
 
 __all__ = ["MemoryStore"]
@@ -42,6 +63,48 @@ def _split(encoded: str) -> tuple[str, bytes]:
     if encoded.startswith("v3/"):
         cut = encoded.index("/", cut + 1)  # the end of the channel id
     return encoded[:cut], encoded[cut + 1 :].encode("utf-8", "surrogatepass")
+
+
+class _KeyIndex:
+    """Every encoded key a record was put under, sorted, so that a listing reads only its
+    page's range: a sorted base, and a sorted run of the keys added since, merged into
+    the base when it outgrows a few times the square root of the base (adding a key
+    then costs O(sqrt n) amortized, and no page sorts the store). A key whose record
+    was dropped stays until dropped keys make up half of the base; listings skip it."""
+
+    __slots__ = ("base", "dropped", "recent")
+
+    def __init__(self) -> None:
+        self.base: list[str] = []
+        self.recent: list[str] = []
+        self.dropped = 0
+
+    def add(self, encoded: str, alive: Callable[[str], bool]) -> None:
+        if _holds(self.recent, encoded) or _holds(self.base, encoded):
+            return
+        bisect.insort(self.recent, encoded)
+        if len(self.recent) > max(1024, 4 * math.isqrt(len(self.base))):
+            base = self.base
+            if 2 * self.dropped > len(base):
+                base = [key for key in base if alive(key)]
+                self.dropped = 0
+            base += self.recent
+            base.sort()  # two sorted runs: one merge
+            self.base, self.recent = base, []
+
+    def after(self, low: str, inclusive: bool) -> Iterator[str]:
+        """The keys from ``low`` on (or after it), in order."""
+        find = bisect.bisect_left if inclusive else bisect.bisect_right
+        base, recent = self.base, self.recent
+        return heapq.merge(
+            itertools.islice(base, find(base, low), None),
+            itertools.islice(recent, find(recent, low), None),
+        )
+
+
+def _holds(keys: list[str], key: str) -> bool:
+    at = bisect.bisect_left(keys, key)
+    return at < len(keys) and keys[at] == key
 
 
 class _Tables(_blob.RecordTable):
@@ -84,9 +147,11 @@ class _Tables(_blob.RecordTable):
     def put(self, key: RecordKey, rec: Record) -> None:
         store = self.store
         old = store._hot.pop(key, None)
-        if old is None and key.kind == "private":
-            owner = UserRef(key.bot, key.channel, key.user)
-            store._private_index.setdefault(owner, set()).add(key)
+        if old is None:
+            store._index.add(key.encode(), store._holds_key)
+            if key.kind == "private":
+                owner = UserRef(key.bot, key.channel, key.user)
+                store._private_index.setdefault(owner, set()).add(key)
         if old is not None:
             store._hot_bytes -= store._costs.pop(key)
         store._admit(key, rec)
@@ -105,6 +170,7 @@ class _Tables(_blob.RecordTable):
             if records is not None and records.pop(local, None) is not None:
                 store._packed_count -= 1
         store._expires.pop(key, None)
+        store._index.dropped += 1
 
     def deletion_stamp(self, key: RecordKey) -> int:
         deleted = self.store._deleted
@@ -150,6 +216,7 @@ class MemoryStore(Store):
         self._expires: dict[RecordKey, int] = {}
         self._private_index: dict[UserRef, set[RecordKey]] = {}
         self._deleted: dict[UserRef, int] = {}
+        self._index = _KeyIndex()
         # Node ids for clocks other than the store's own (which holds 0).
         self._free_nodes = list(range(MAX_NODES - 1, 0, -1))
         self._next_sweep_ms = 0
@@ -343,3 +410,96 @@ class MemoryStore(Store):
             if rec is not None and rec.live:
                 page.append((key, rec.view()))
         return ExportPage(page, chosen[-1] if more else None)
+
+    # -- inspecting -------------------------------------------------------------------------
+
+    def _peek(self, key: RecordKey) -> Record | None:
+        """The record under ``key`` if it holds data, leaving the cache order and the
+        expiry alone."""
+        rec = self._hot.get(key)
+        if rec is None:
+            if not self._packed_count:
+                return None
+            namespace, local = _split(key.encode())
+            blob = self._packed.get(namespace, {}).get(local)
+            if blob is None:
+                return None
+            rec = Record.unpack(blob)
+        if key.kind in self.ttl_ms:
+            expires = self._expires.get(key)
+            if expires is not None and expires < self.clock.wall_ms():
+                return None
+        return rec if rec.live else None
+
+    def _holds_key(self, encoded: str) -> bool:
+        key = decode_key(encoded)
+        if key in self._hot:
+            return True
+        namespace, local = _split(encoded)
+        return local in self._packed.get(namespace, {})
+
+    async def channels(self, bot: str) -> list[str | None]:
+        """The channels on which ``bot`` has records (None first), skipping from one
+        channel to the next through the key index."""
+        found: list[str | None] = []
+        v1 = namespace_prefix(bot, None)
+        for encoded in self._index.after(v1, inclusive=True):
+            if not encoded.startswith(v1):
+                break
+            if self._peek(decode_key(encoded)) is not None:
+                found.append(None)
+                break
+        bot_prefix = namespace_prefix(bot, "")[:-1]  # "v3/<bot>/"
+        low, inclusive = bot_prefix, True
+        while True:
+            for encoded in self._index.after(low, inclusive):
+                if not encoded.startswith(bot_prefix):
+                    return sorted_channels(found)
+                if self._peek(decode_key(encoded)) is not None:
+                    channel = channel_of(encoded)
+                    found.append(channel)
+                    end = prefix_end(namespace_prefix(bot, channel))
+                    assert end is not None  # a namespace prefix ends with "/"
+                    low, inclusive = end, True
+                    break
+            else:
+                return sorted_channels(found)
+
+    async def list_keys(
+        self,
+        bot: str,
+        channel: str | None,
+        kind: Kind,
+        *,
+        prefix: str = "",
+        cursor: str | None = None,
+        limit: int = 50,
+    ) -> KeyPage:
+        """A page of keys in key order, read from the key index's range."""
+        if limit <= 0:
+            raise ValueError("limit must be positive")
+        start = listing_prefix(bot, channel, kind, prefix)
+        if cursor is not None and not cursor.startswith(start):
+            raise InvalidCursor("the cursor is not one this listing issued")
+        keys: list[RecordKey] = []
+        last = ""
+        for encoded in self._index.after(cursor or start, inclusive=cursor is None):
+            if not encoded.startswith(start):
+                break
+            key = decode_key(encoded)
+            if self._peek(key) is None:
+                continue
+            if len(keys) == limit:
+                return KeyPage(keys, last)
+            keys.append(key)
+            last = encoded
+        return KeyPage(keys, None)
+
+    async def inspect(self, key: RecordKey) -> InspectedRecord:
+        """One record and each live property's stamp; the cache order and the expiry
+        stay as they were."""
+        rec = self._peek(key)
+        if rec is None:
+            return InspectedRecord(MISSING, {})
+        deleted = self._deleted.get(key.owner, 0) if key.owner is not None else 0
+        return InspectedRecord(rec.view(deleted), dict(rec.stamps))

@@ -24,7 +24,7 @@ import json
 import re
 import ssl
 import uuid
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, NamedTuple, TypeVar
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
@@ -39,7 +39,15 @@ from .._change import Change
 from .._clock import MAX_NODES, HybridClock, stamp_ms
 from .._codec import encode_name
 from .._errors import InvalidCursor, PreconditionFailed, RecordTooLarge, StoreUnavailable
-from .._keys import RecordKey, UserRef, decode_key, namespace_prefix
+from .._keys import (
+    RecordKey,
+    UserRef,
+    decode_key,
+    escape_part,
+    listing_prefix,
+    namespace_prefix,
+    sorted_channels,
+)
 from .._message import Kind
 from . import _redis_cluster, _redis_lua, _redis_wire
 from ._base import (
@@ -48,6 +56,8 @@ from ._base import (
     NODE_LEASE_SECONDS,
     ApplyResult,
     ExportPage,
+    InspectedRecord,
+    KeyPage,
     Store,
     StoredRecord,
 )
@@ -521,23 +531,43 @@ class RedisStore(Store):
         """
         if limit <= 0:
             raise ValueError("limit must be positive")
-        node, position, found = _export_position(bot, channel, cursor)
-        nodes = self._scan_nodes()
         pattern = _glob_escape(f"{self.prefix}:{{{namespace_prefix(bot, channel)}") + "*"
+        page, token = await self._scan_page(pattern, bot, channel, cursor, limit, None)
+        records = await self.load(page) if page else []
+        return ExportPage([(k, r) for k, r in zip(page, records, strict=True) if r.exists], token)
+
+    async def _scan_page(
+        self,
+        pattern: str,
+        bot: str,
+        channel: str | None,
+        cursor: str | None,
+        limit: int,
+        wanted: Callable[[RecordKey], bool] | None,
+    ) -> tuple[list[RecordKey], str | None]:
+        """Up to ``limit`` records whose keys match ``pattern`` (and ``wanted``), found
+        by a bounded number of SCAN steps after ``cursor``, and the cursor after them."""
+        node, position, found = _export_position(bot, channel, cursor)
+        if wanted is not None and not all(wanted(key) for key in found):
+            raise InvalidCursor("the cursor belongs to another listing")
+        nodes = self._scan_nodes()
         for _ in range(_SCANS_PER_PAGE):
             if len(found) >= limit or node >= len(nodes):
                 break
             count = min(limit, _SCAN_COUNT)  # what a cursor carries stays near this
             position, names = await self._scan(nodes[node], position, pattern, count)
-            found += [key for name in names if (key := self._record_of(name)) is not None]
+            found += [
+                key
+                for name in names
+                if (key := self._record_of(name)) is not None and (wanted is None or wanted(key))
+            ]
             if position == 0:
                 node += 1
         page, rest = found[:limit], found[limit:]
-        records = await self.load(page) if page else []
         token = None
         if node < len(nodes) or rest:
             token = json.dumps([node, position, [key.encode() for key in rest]])
-        return ExportPage([(k, r) for k, r in zip(page, records, strict=True) if r.exists], token)
+        return page, token
 
     def _scan_nodes(self) -> list[Any]:
         if isinstance(self.client, RedisCluster):
@@ -573,6 +603,84 @@ class RedisStore(Store):
         except (ValueError, KeyError, IndexError):  # UnicodeDecodeError is a ValueError
             pass
         return None
+
+    # -- inspecting -------------------------------------------------------------------------
+
+    async def _peek(self, keys: Sequence[RecordKey]) -> list[StoredRecord]:
+        """Records as stored, in one pipeline, their expiry left alone."""
+        pipe = self.client.pipeline(transaction=False)
+        for key in keys:
+            pipe.hgetall(self._record_key(key))
+        replies = await self._guard(pipe.execute())
+        return [_view([part for item in fields.items() for part in item], 0) for fields in replies]
+
+    async def channels(self, bot: str) -> list[str | None]:
+        """The channels on which ``bot`` has records (None first). Redis keeps no index
+        of them: this walks every key of the bot with SCAN (1,000 per step, on each
+        primary of a cluster), checking the records of channels not yet seen."""
+        pattern = _glob_escape(f"{self.prefix}:{{") + f"v[13]/{_glob_escape(escape_part(bot))}/*"
+        seen: set[str | None] = set()
+        for node in self._scan_nodes():
+            position = None
+            while position != 0:
+                position, names = await self._scan(node, position or 0, pattern, _SCAN_COUNT)
+                unseen = [
+                    key
+                    for name in names
+                    if (key := self._record_of(name)) is not None
+                    and key.bot == bot
+                    and key.channel not in seen
+                ]
+                if unseen:
+                    for key, record in zip(unseen, await self._peek(unseen), strict=True):
+                        if record.exists:
+                            seen.add(key.channel)
+        return sorted_channels(seen)
+
+    async def list_keys(
+        self,
+        bot: str,
+        channel: str | None,
+        kind: Kind,
+        *,
+        prefix: str = "",
+        cursor: str | None = None,
+        limit: int = 50,
+    ) -> KeyPage:
+        """A page of keys found by a bounded number of SCAN steps (each page sorted, the
+        pages in SCAN's order); a page may be short or empty before the listing ends."""
+        if limit <= 0:
+            raise ValueError("limit must be positive")
+        # Private records live under their user's tag: {.../u/<user>}:p/<conversation>.
+        start = listing_prefix(
+            bot, channel, "conversation" if kind == "conversation" else "user", prefix
+        )
+        pattern = _glob_escape(f"{self.prefix}:{{{start}") + "*"
+        first = escape_part(prefix)
+
+        def wanted(key: RecordKey) -> bool:
+            leading = key.conversation if kind == "conversation" else key.user
+            return key.kind == kind and escape_part(leading).startswith(first)
+
+        page, token = await self._scan_page(pattern, bot, channel, cursor, limit, wanted)
+        page.sort(key=RecordKey.encode)
+        records = await self._peek(page) if page else []
+        return KeyPage([k for k, r in zip(page, records, strict=True) if r.exists], token)
+
+    async def inspect(self, key: RecordKey) -> InspectedRecord:
+        """One record and each live property's stamp (HGETALL, and the owner's deletion
+        stamp; the expiry is left alone)."""
+        script_keys = self._script_keys(key)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hgetall(script_keys[0])
+        if len(script_keys) > 1:
+            pipe.get(script_keys[1])
+        replies = await self._guard(pipe.execute())
+        flat = [part for item in replies[0].items() for part in item]
+        record = _view(flat, int(replies[1] or 0) if len(replies) > 1 else 0)
+        if not record.exists:
+            return InspectedRecord(MISSING, {})
+        return InspectedRecord(record, _stamps(flat, record.props))
 
 
 _SCANS_PER_PAGE = 64
@@ -679,6 +787,14 @@ def _view(flat: list[bytes], deleted: int) -> StoredRecord:
         deleted=deleted,
         modified_ms=stamp_ms(newest if props else text_stamp),
     )
+
+
+def _stamps(flat: list[bytes], props: Mapping[str, bytes]) -> dict[str, int]:
+    """The stamp of each live property, from the hash fields as HGETALL lists them."""
+    fields = dict(zip(flat[::2], flat[1::2], strict=True))
+    if _HEAD in fields:
+        return {name: int.from_bytes(fields[name.encode()][:8]) for name in props}
+    return {name: int(fields[b"s:" + name.encode()]) for name in props}
 
 
 def _view_layout_1(fields: Mapping[bytes, bytes], deleted: int) -> StoredRecord:

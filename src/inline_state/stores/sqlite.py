@@ -39,20 +39,39 @@ from typing import Any, Literal, TypeVar
 
 from .._change import Change
 from .._clock import MAX_NODES, HybridClock, stamp_ms
-from .._errors import StoreError, StoreUnavailable
-from .._keys import RecordKey, UserRef, decode_key, namespace_prefix
+from .._errors import InvalidCursor, StoreError, StoreUnavailable
+from .._keys import (
+    RecordKey,
+    UserRef,
+    channel_of,
+    decode_key,
+    listing_prefix,
+    namespace_prefix,
+    prefix_end,
+    sorted_channels,
+)
 from .._message import Kind
 from . import _blob
 from ._base import (
     DEFAULT_TOMBSTONE_TTL,
+    MISSING,
     NODE_LEASE_SECONDS,
     ApplyResult,
     ExportPage,
+    InspectedRecord,
+    KeyPage,
     Store,
     StoredRecord,
 )
 from ._record import Record
-from ._sqlite_rows import delete_record, prepare, read_record, write_change, write_record
+from ._sqlite_rows import (
+    delete_record,
+    live_keys,
+    prepare,
+    read_record,
+    write_change,
+    write_record,
+)
 
 __all__ = ["SqliteStore"]
 
@@ -734,6 +753,80 @@ class SqliteStore(Store):
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"SQLite: {exc}") from None
         return ExportPage(out, keys[-1] if more else None)
+
+    # -- inspecting: read transactions on the loop, as export's ----------------------------
+
+    def _reading(self, read: Callable[[sqlite3.Connection, int], T]) -> T:
+        conn = self._open_conn()
+        try:
+            conn.execute("BEGIN")
+            try:
+                return read(conn, self.clock.wall_ms())
+            finally:
+                conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"SQLite: {exc}") from None
+
+    async def channels(self, bot: str) -> list[str | None]:
+        """The channels on which ``bot`` has records (None first): one probe of the
+        heads' key order per channel."""
+
+        def read(conn: sqlite3.Connection, now_ms: int) -> list[str | None]:
+            found: list[str | None] = []
+            v1 = namespace_prefix(bot, None)
+            if live_keys(conn, v1, True, prefix_end(v1), now_ms, 1):
+                found.append(None)
+            bot_prefix = namespace_prefix(bot, "")[:-1]  # "v3/<bot>/"
+            low = bot_prefix
+            high = prefix_end(bot_prefix)
+            while first := live_keys(conn, low, True, high, now_ms, 1):
+                channel = channel_of(first[0])
+                found.append(channel)
+                end = prefix_end(namespace_prefix(bot, channel))
+                assert end is not None  # a namespace prefix ends with "/"
+                low = end
+            return sorted_channels(found)
+
+        return self._reading(read)
+
+    async def list_keys(
+        self,
+        bot: str,
+        channel: str | None,
+        kind: Kind,
+        *,
+        prefix: str = "",
+        cursor: str | None = None,
+        limit: int = 50,
+    ) -> KeyPage:
+        """A page of keys in key order: one range of the heads' primary key."""
+        if limit <= 0:
+            raise ValueError("limit must be positive")
+        start = listing_prefix(bot, channel, kind, prefix)
+        if cursor is not None and not cursor.startswith(start):
+            raise InvalidCursor("the cursor is not one this listing issued")
+
+        def read(conn: sqlite3.Connection, now_ms: int) -> list[str]:
+            return live_keys(
+                conn, cursor or start, cursor is None, prefix_end(start), now_ms, limit + 1
+            )
+
+        found = [encoded for encoded in self._reading(read) if encoded.startswith(start)]
+        more = len(found) > limit
+        found = found[:limit]
+        return KeyPage([decode_key(e) for e in found], found[-1] if more else None)
+
+    async def inspect(self, key: RecordKey) -> InspectedRecord:
+        """One record and each live property's stamp, read in a transaction of its own
+        (the expiry is left alone)."""
+
+        def read(conn: sqlite3.Connection, now_ms: int) -> Record | None:
+            return read_record(conn, key.encode(), now_ms)
+
+        rec = self._reading(read)
+        if rec is None or not rec.live:
+            return InspectedRecord(MISSING, {})
+        return InspectedRecord(rec.view(), dict(rec.stamps))
 
 
 def _fail(batch: list[_Queued], error: StoreUnavailable) -> None:
