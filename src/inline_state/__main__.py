@@ -10,8 +10,9 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
+from ._http import is_loopback
 from ._proxy import proxy_app
-from ._rest import _is_loopback, add_state_api
+from ._rest import add_state_api
 
 SECRET_ENV = "INLINE_STATE_SECRET"
 
@@ -85,7 +86,7 @@ def state_service_app(args: argparse.Namespace) -> web.Application:
     if args.no_auth:
         if secret:
             raise SystemExit("--no-auth and a secret exclude each other")
-        if not _is_loopback(host):
+        if not is_loopback(host):
             raise SystemExit(f"--no-auth listens on loopback addresses only, not {host!r}")
         print(
             f"WARNING: inline_state state service WITHOUT AUTHENTICATION on {host} (loopback only)",

@@ -3,7 +3,10 @@ JSON error answers. Knows aiohttp and the error types; no rules of its own."""
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import hdrs, web
@@ -88,3 +91,66 @@ def internal_error_response(where: str, exc: Exception) -> web.Response:
     return json_error(
         500, "InternalError", f"inline_state failed on {where}: {type(exc).__name__}: {exc}"
     )
+
+
+def is_loopback(host: str | None) -> bool:
+    """True for a loopback address (or ``localhost``)."""
+    if host is None:
+        return False
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def header_bytes(text: str) -> bytes:
+    """A header's text as the bytes it came in (aiohttp decodes bytes that are not UTF-8
+    as surrogate escapes; they are kept)."""
+    return text.encode("utf-8", "surrogateescape")
+
+
+class Credentials:
+    """Secrets, each standing for one bot id; or, in no-auth mode, one bot id for
+    loopback clients without a secret. Shared by the REST API and the inspector."""
+
+    def __init__(
+        self,
+        *,
+        secret: str | None,
+        bot_id: str | None,
+        credentials: Mapping[str, str] | None,
+        no_auth: bool,
+        what: str,
+    ) -> None:
+        table = dict(credentials or {})
+        if secret is not None:
+            if bot_id is None:
+                raise ValueError("secret needs the bot_id it stands for")
+            table[secret] = bot_id
+        if any(not s for s in table):
+            raise ValueError("empty secrets are not allowed")
+        if no_auth:
+            if table:
+                raise ValueError("no_auth and credentials exclude each other")
+            if bot_id is None:
+                raise ValueError("no_auth needs bot_id")
+            logger.warning("inline_state: %s runs WITHOUT authentication (loopback only)", what)
+        elif not table:
+            raise ValueError(
+                f"{what} is not mounted without a secret: pass secret= and bot_id=,"
+                " credentials=, or no_auth=True for loopback-only use"
+            )
+        self.table = {header_bytes(known): bot for known, bot in table.items()}
+        self.no_auth_bot_id = bot_id if no_auth else None
+
+    def bot_of(self, secret: str | None) -> str | None:
+        """The bot id a secret stands for, or None."""
+        if not secret:
+            return None
+        sent = header_bytes(secret)
+        bot_id = None
+        for known, bot in self.table.items():
+            # Compare against every credential so timing says nothing about which.
+            if hmac.compare_digest(sent, known):
+                bot_id = bot
+        return bot_id

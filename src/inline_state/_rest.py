@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import hmac
-import ipaddress
 import json
 import logging
 import re
@@ -25,7 +24,7 @@ from ._codec import DEFAULT_MAX_DEPTH, join_bag
 from ._diff import encode_bag
 from ._engine import DEFAULT_MAX_ID_LENGTH, id_too_long
 from ._errors import BagError, InvalidCursor
-from ._http import STORE_KEY, log_internal_error, read_body
+from ._http import STORE_KEY, Credentials, header_bytes, is_loopback, log_internal_error, read_body
 from ._keys import RecordKey, UserRef
 from ._message import Kind
 from .stores import (
@@ -73,24 +72,14 @@ class ApiError(Exception):
         self.code = code
 
 
-def _is_loopback(host: str | None) -> bool:
-    if host is None:
-        return False
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
-
-
 class _StateApi:
     """Request handlers; one instance per mounted API."""
 
     def __init__(
         self,
         store: str | Store | None,
-        credentials: Mapping[str, str],
+        credentials: Credentials,
         app_id: str | None,
-        no_auth_bot_id: str | None,
         max_bytes: int,
         max_properties: int,
         max_depth: int,
@@ -98,9 +87,8 @@ class _StateApi:
     ) -> None:
         self._store_arg = store
         self._store: Store | None = store if isinstance(store, Store) else None
-        self.credentials = dict(credentials)
+        self.credentials = credentials
         self.app_id = app_id
-        self.no_auth_bot_id = no_auth_bot_id
         self.max_bytes = max_bytes
         self.max_properties = max_properties
         self.max_depth = max_depth
@@ -126,9 +114,10 @@ class _StateApi:
 
     def authenticate(self, request: web.Request) -> str:
         """The bot id the request's credential maps to; ApiError 401 otherwise."""
-        if self.no_auth_bot_id is not None:
-            if _is_loopback(request.remote):
-                return self.no_auth_bot_id
+        no_auth_bot_id = self.credentials.no_auth_bot_id
+        if no_auth_bot_id is not None:
+            if is_loopback(request.remote):
+                return no_auth_bot_id
             raise ApiError(401, "Unauthorized", "no-auth mode answers loopback clients only")
         header = request.headers.get(hdrs.AUTHORIZATION, "")
         scheme, _, value = header.partition(" ")
@@ -144,16 +133,10 @@ class _StateApi:
                 secret = None
             else:
                 if self.app_id is not None and not hmac.compare_digest(
-                    _header_bytes(app_id), _header_bytes(self.app_id)
+                    header_bytes(app_id), header_bytes(self.app_id)
                 ):
                     secret = None
-        bot_id = None
-        if secret:
-            sent = _header_bytes(secret)
-            for known, bot in self.credentials.items():
-                # Compare against every credential so timing says nothing about which.
-                if hmac.compare_digest(sent, _header_bytes(known)):
-                    bot_id = bot
+        bot_id = self.credentials.bot_of(secret)
         if bot_id is None:
             raise ApiError(401, "Unauthorized", "missing or invalid credentials")
         return bot_id
@@ -309,11 +292,6 @@ class _StateApi:
         return web.json_response({"botStateData": items, "continuationToken": next_token})
 
 
-def _header_bytes(text: str) -> bytes:
-    # aiohttp decodes header bytes that are not UTF-8 as surrogate escapes; keep them.
-    return text.encode("utf-8", "surrogateescape")
-
-
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -391,29 +369,16 @@ def add_state_api(
     only. ``store`` defaults to the one ``setup()`` gave the app. The limits are the
     middleware's (``max_bytes`` is its ``max_bag_bytes``).
     """
-    table = dict(credentials or {})
-    if secret is not None:
-        if bot_id is None:
-            raise ValueError("secret needs the bot_id it stands for")
-        table[secret] = bot_id
-    if any(not s for s in table):
-        raise ValueError("empty secrets are not allowed")
-    if no_auth:
-        if table:
-            raise ValueError("no_auth and credentials exclude each other")
-        if bot_id is None:
-            raise ValueError("no_auth needs bot_id")
-        logger.warning("inline_state: the state API runs WITHOUT authentication (loopback only)")
-    elif not table:
-        raise ValueError(
-            "the state API is not mounted without a secret: pass secret= and bot_id=,"
-            " credentials=, or no_auth=True for loopback-only use"
-        )
     api = _StateApi(
         store,
-        table,
+        Credentials(
+            secret=secret,
+            bot_id=bot_id,
+            credentials=credentials,
+            no_auth=no_auth,
+            what="the state API",
+        ),
         app_id,
-        bot_id if no_auth else None,
         max_bytes,
         max_properties,
         max_depth,
