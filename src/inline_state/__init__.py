@@ -34,6 +34,7 @@ from ._helpers import (
     set_user_data,
 )
 from ._http import ENGINE_KEY, STORE_KEY
+from ._inspector import add_inspector
 from ._keys import RecordKey, UserRef
 from ._prometheus import add_metrics
 from ._proxy import proxy_app
@@ -42,7 +43,16 @@ from ._server import InlineStateMiddleware, ReplyResponse, get_message, get_turn
 from ._setup import setup
 from ._state_client import BotData, StateApiError, StateClient
 from ._turn import Turn, current_turn
-from .stores import ApplyResult, ExportPage, MemoryStore, Store, StoredRecord, open_store
+from .stores import (
+    ApplyResult,
+    ExportPage,
+    InspectedRecord,
+    KeyPage,
+    MemoryStore,
+    Store,
+    StoredRecord,
+    open_store,
+)
 
 if _typing.TYPE_CHECKING:
     from .stores.redis import RedisStore
@@ -63,7 +73,9 @@ __all__ = [
     "IdTooLong",
     "InlineStateClientMiddleware",
     "InlineStateMiddleware",
+    "InspectedRecord",
     "InvalidCursor",
+    "KeyPage",
     "MemoryStore",
     "PreconditionFailed",
     "RecordKey",
@@ -80,6 +92,7 @@ __all__ = [
     "Turn",
     "TurnError",
     "UserRef",
+    "add_inspector",
     "add_metrics",
     "add_state_api",
     "create_reply",

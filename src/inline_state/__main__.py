@@ -6,13 +6,16 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 from aiohttp import web
 
 from ._http import is_loopback
+from ._inspector import add_inspector
 from ._proxy import proxy_app
 from ._rest import add_state_api
+from .stores import open_store
 
 SECRET_ENV = "INLINE_STATE_SECRET"
 
@@ -42,6 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     service.add_argument(
         "--no-auth", action="store_true", help="no credentials; only on a loopback address"
+    )
+    service.add_argument(
+        "--no-inspector",
+        action="store_true",
+        help="do not serve the inspector page at /inspector/ (behind the same secret)",
     )
     proxy = commands.add_parser(
         "proxy", help="play the connector's part in front of a bot in any language"
@@ -96,14 +104,22 @@ def state_service_app(args: argparse.Namespace) -> web.Application:
     elif not secret:
         raise SystemExit(f"a secret is required: --secret or {SECRET_ENV} (or --no-auth)")
     app = web.Application()
-    add_state_api(
-        app,
-        secret=None if args.no_auth else secret,
-        bot_id=args.bot_id,
-        app_id=args.app_id,
-        no_auth=args.no_auth,
-        store=args.store,
-    )
+    store = open_store(args.store)
+
+    async def opened(app: web.Application) -> AsyncIterator[None]:
+        async with store:
+            yield
+
+    app.cleanup_ctx.append(opened)
+    auth: dict[str, Any] = {
+        "secret": None if args.no_auth else secret,
+        "bot_id": args.bot_id,
+        "no_auth": args.no_auth,
+        "store": store,
+    }
+    add_state_api(app, app_id=args.app_id, **auth)
+    if not args.no_inspector:
+        add_inspector(app, **auth)
     return app
 
 
