@@ -103,7 +103,9 @@ async def test_every_answer_forbids_inline_script(client_for: StartFn) -> None:
     page = await (await client.get("/inspector/")).text()
 
     class Audit(HTMLParser):
-        problems: list[str] = []
+        def __init__(self) -> None:
+            super().__init__()
+            self.problems: list[str] = []
 
         def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
             names = {name for name, _ in attrs}
@@ -298,6 +300,7 @@ async def test_ids_and_values_come_back_as_json_text_only(client_for: StartFn) -
     status, page = await api(
         client, "POST", "records", csrf, json={"channel": "test", "kind": "user", "prefix": "<"}
     )
+    assert status == 200
     assert [r["user"] for r in page["records"]] == [hostile]
     response = await client.get(
         "/inspector/api/record", params={"channel": "test", "kind": "user", "user": hostile}
