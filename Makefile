@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PORT ?= 3978
 
-.PHONY: run run-v1 run-agents run-botbuilder test test-oldest lint bench bench-smoke storm soak
+.PHONY: run run-v1 run-agents run-botbuilder test test-oldest lint bench bench-smoke storm soak screenshots
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,12 @@ $(JS_BOT)/node_modules/.package-lock.json: $(JS_BOT)/package-lock.json
 
 test: lint $(JS_BOT)/node_modules/.package-lock.json
 	$(VENV)/bin/pytest
+
+# The README's pictures of the chat page and the inspector: the browser journey of the
+# tests, saving a screenshot at each step (needs Debian's chromium).
+screenshots: $(VENV)/.installed
+	SCREENSHOTS=docs/screenshots $(VENV)/bin/pytest -q -p no:cacheprovider tests/test_browser.py \
+		-k test_a_persons_journey
 
 # The aiohttp-facing tests on the oldest aiohttp we support (no RequestKey there).
 OLDEST_VENV ?= .venv-oldest

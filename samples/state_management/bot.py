@@ -6,13 +6,21 @@ no store code: the state rides on the replies (v3 activities, deliveryMode
 expectReplies) and comes back on the next incoming activity.
 
     python samples/state_management/bot.py --port 3978 --store memory://
+
+Then open http://127.0.0.1:3978/ to chat with it and watch its three bags change turn by
+turn, and http://127.0.0.1:3978/inspector/ to browse and edit what it stored (without
+a secret on loopback; with ``INLINE_STATE_SECRET`` set, behind that secret).
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import json
+import os
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -95,10 +103,79 @@ async def messages(request: web.Request) -> web.Response:
     return web.json_response({"activities": replies})
 
 
-def create_app(store: str | inline_state.Store = "memory://") -> web.Application:
+# -- the chat page (a stand-in channel for trying the bot in a browser) ----------------------
+
+BOT_ID = "state-bot"  # the chat page's recipient.id: the bot id the inspector shows
+CHAT = Path(__file__).parent / "chat"
+_CHAT_FILES = {"": "index.html", "chat.js": "chat.js", "chat.css": "chat.css"}
+_CHAT_TYPES = {"index.html": "text/html", "chat.js": "text/javascript", "chat.css": "text/css"}
+_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self';"
+    " frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+)
+
+
+def _local_only(request: web.Request) -> None:
+    # The chat page reads any user's bags by id: only for this machine, and only under a
+    # loopback name (a page whose own name resolves to 127.0.0.1 is refused).
+    name = request.url.host or ""
+    try:
+        loopback = ipaddress.ip_address(name.strip("[]")).is_loopback
+    except ValueError:
+        loopback = name.lower() == "localhost"
+    remote = ipaddress.ip_address(request.remote or "0.0.0.0")
+    if not (loopback and remote.is_loopback):
+        raise web.HTTPForbidden(text="the chat page answers on loopback only")
+
+
+async def chat_file(request: web.Request) -> web.Response:
+    _local_only(request)
+    name = _CHAT_FILES[request.match_info.get("name", "")]
+    return web.Response(
+        body=(CHAT / name).read_bytes(),
+        content_type=_CHAT_TYPES[name],
+        charset="utf-8",
+        headers={"Content-Security-Policy": _POLICY, "X-Content-Type-Options": "nosniff"},
+    )
+
+
+async def chat_bags(request: web.Request) -> web.Response:
+    """The three bags of a chat user in a conversation, as formatted JSON (or null)."""
+    _local_only(request)
+    user, conversation = request.query.get("user"), request.query.get("conversation")
+    if not user or not conversation:
+        raise web.HTTPBadRequest(text="user and conversation are required")
+    store = request.app[inline_state.STORE_KEY]
+    bags: dict[str, str | None] = {}
+    for kind, key in (
+        ("user", inline_state.RecordKey("user", BOT_ID, "chat", "", user)),
+        ("conversation", inline_state.RecordKey("conversation", BOT_ID, "chat", conversation, "")),
+        ("private", inline_state.RecordKey("private", BOT_ID, "chat", conversation, user)),
+    ):
+        props = (await store.inspect(key)).record.props
+        bags[kind] = (
+            json.dumps({n: json.loads(v) for n, v in sorted(props.items())}, indent=2)
+            if props
+            else None
+        )
+    return web.json_response(bags, headers={"Cache-Control": "no-store"})
+
+
+def create_app(
+    store: str | inline_state.Store = "memory://", *, secret: str | None = None
+) -> web.Application:
+    """The bot at /api/messages, its chat page at / and the inspector at /inspector/
+    (behind ``secret``; without one, for loopback clients only)."""
     app = web.Application()
     inline_state.setup(app, store)
     app.router.add_post("/api/messages", messages)
+    if secret:
+        inline_state.add_inspector(app, secret=secret, bot_id=BOT_ID)
+    else:
+        inline_state.add_inspector(app, no_auth=True, bot_id=BOT_ID)
+    app.router.add_get("/", chat_file)
+    app.router.add_get("/{name:chat\\.(?:js|css)}", chat_file)
+    app.router.add_get("/chat/bags", chat_bags)
     return app
 
 
@@ -108,7 +185,8 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=3978)
     parser.add_argument("--store", default="memory://")
     args = parser.parse_args()
-    web.run_app(create_app(args.store), host=args.host, port=args.port)
+    secret = os.environ.get("INLINE_STATE_SECRET") or None
+    web.run_app(create_app(args.store, secret=secret), host=args.host, port=args.port)
 
 
 if __name__ == "__main__":
