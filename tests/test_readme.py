@@ -34,8 +34,12 @@ StartFn = Callable[[web.Application], Awaitable[Client]]
 README = (REPO / "README.md").read_text(encoding="utf-8")
 
 
-def blocks(language: str) -> list[str]:
-    return re.findall(rf"```{language}\n(.*?)```", README, flags=re.DOTALL)
+def blocks(language: str, section: str | None = None) -> list[str]:
+    """The README's code blocks in one language, of one ``## section`` when named."""
+    text = README
+    if section is not None:
+        text = text.split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(rf"```{language}\n(.*?)```", text, flags=re.DOTALL)
 
 
 async def test_quick_start_and_the_state_api_snippet(client_for: StartFn) -> None:
@@ -117,7 +121,7 @@ async def test_agents_sdk_before_and_after(
     client_for: StartFn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    before, after = blocks("python")[3:5]
+    before, after = blocks("python", "Bots on the Microsoft SDKs")[0:2]
     for snippet in (before, after):
         app, agent_app, adapter = sdk_app(ANONYMOUS)
         namespace: dict[str, Any] = {
@@ -138,7 +142,7 @@ async def test_botbuilder_before_and_after(
     client_for: StartFn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    before, after = blocks("python")[5:7]
+    before, after = blocks("python", "Bots on the Microsoft SDKs")[2:4]
     for snippet, bot_args in ((before, (UserState(MemoryStorage()),)), (after, ())):
         app = web.Application(middlewares=[aiohttp_error_middleware])
         adapter = inline_state.botbuilder.ExpectRepliesCloudAdapter(
@@ -168,3 +172,24 @@ def test_the_botbuilder_js_snippet_is_the_bot_the_tests_run() -> None:
     [snippet] = blocks("js")
     bot = (REPO / "tests" / "bots" / "js" / "bot.js").read_text()
     assert snippet.strip() in bot
+
+
+async def test_the_inspector_snippet(client_for: StartFn) -> None:
+    quick_start = blocks("python")[0]
+    [snippet] = blocks("python", "The inspector")
+    namespace: dict[str, Any] = {"__name__": "readme"}
+    exec(compile(quick_start, "README.md", "exec"), namespace)
+    exec(compile(snippet, "README.md", "exec"), namespace)
+    client = await client_for(namespace["app"])
+    await post(client, activity(bot="28:your-app-id"))
+    page = await client.get("/inspector/")
+    assert page.status == 200 and "inspector.js" in await page.text()
+    login = await client.post("/inspector/api/login", json={"secret": "a long random secret"})
+    assert login.status == 200
+    csrf = (await login.json())["csrf"]
+    listing = await client.post(
+        "/inspector/api/records",
+        json={"channel": "test", "kind": "user"},
+        headers={"X-Inline-State-CSRF": csrf},
+    )
+    assert [r["user"] for r in (await listing.json())["records"]] == ["user-1"]
