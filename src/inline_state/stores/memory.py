@@ -14,8 +14,7 @@ import bisect
 import functools
 import heapq
 import itertools
-import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 from .._change import Change
 from .._clock import MAX_NODES, HybridClock, stamp_ms
@@ -27,7 +26,6 @@ from .._keys import (
     decode_key,
     listing_prefix,
     namespace_prefix,
-    prefix_end,
     sorted_channels,
 )
 from .._message import Kind
@@ -66,45 +64,75 @@ def _split(encoded: str) -> tuple[str, bytes]:
 
 
 class _KeyIndex:
-    """Every encoded key a record was put under, sorted, so that a listing reads only its
-    page's range: a sorted base, and a sorted run of the keys added since, merged into
-    the base when it outgrows a few times the square root of the base (adding a key
-    then costs O(sqrt n) amortized, and no page sorts the store). A key whose record
-    was dropped stays until dropped keys make up half of the base; listings skip it."""
+    """The keys of one namespace's records (the rest of each key after the namespace, as
+    bytes, see ``_split``), sorted, so that a listing reads only its page's range: sorted
+    chunks of at most ``2 * _CHUNK`` keys and the last key of each (the shape of
+    ``sortedcontainers.SortedList``), so adding or removing a key costs a bisect and a
+    short list move however many keys there are, and no page sorts. A packed record's
+    key is the very bytes object the index holds (``stored``), so the index costs a
+    pointer per packed record."""
 
-    __slots__ = ("base", "dropped", "recent")
+    __slots__ = ("chunks", "lasts")
 
     def __init__(self) -> None:
-        self.base: list[str] = []
-        self.recent: list[str] = []
-        self.dropped = 0
+        self.chunks: list[list[bytes]] = []
+        self.lasts: list[bytes] = []
 
-    def add(self, encoded: str, alive: Callable[[str], bool]) -> None:
-        if _holds(self.recent, encoded) or _holds(self.base, encoded):
+    def add(self, key: bytes) -> None:
+        chunks, lasts = self.chunks, self.lasts
+        if not chunks:
+            chunks.append([key])
+            lasts.append(key)
             return
-        bisect.insort(self.recent, encoded)
-        if len(self.recent) > max(1024, 4 * math.isqrt(len(self.base))):
-            base = self.base
-            if 2 * self.dropped > len(base):
-                base = [key for key in base if alive(key)]
-                self.dropped = 0
-            base += self.recent
-            base.sort()  # two sorted runs: one merge
-            self.base, self.recent = base, []
+        at = min(bisect.bisect_left(lasts, key), len(lasts) - 1)
+        chunk = chunks[at]
+        pos = bisect.bisect_left(chunk, key)
+        if pos < len(chunk) and chunk[pos] == key:
+            return
+        chunk.insert(pos, key)
+        lasts[at] = chunk[-1]
+        if len(chunk) > 2 * _CHUNK:
+            chunks[at : at + 1] = [chunk[:_CHUNK], chunk[_CHUNK:]]
+            lasts[at : at + 1] = [chunk[_CHUNK - 1], chunk[-1]]
 
-    def after(self, low: str, inclusive: bool) -> Iterator[str]:
+    def stored(self, key: bytes) -> bytes:
+        """The index's own object equal to ``key`` (``key`` itself if it holds none)."""
+        at = bisect.bisect_left(self.lasts, key)
+        if at < len(self.lasts):
+            chunk = self.chunks[at]
+            pos = bisect.bisect_left(chunk, key)
+            if pos < len(chunk) and chunk[pos] == key:
+                return chunk[pos]
+        return key
+
+    def remove(self, key: bytes) -> None:
+        chunks, lasts = self.chunks, self.lasts
+        at = bisect.bisect_left(lasts, key)
+        if at == len(lasts):
+            return
+        chunk = chunks[at]
+        pos = bisect.bisect_left(chunk, key)
+        if pos == len(chunk) or chunk[pos] != key:
+            return
+        del chunk[pos]
+        if chunk:
+            lasts[at] = chunk[-1]
+        else:
+            del chunks[at], lasts[at]
+
+    def after(self, low: bytes, inclusive: bool) -> Iterator[bytes]:
         """The keys from ``low`` on (or after it), in order."""
         find = bisect.bisect_left if inclusive else bisect.bisect_right
-        base, recent = self.base, self.recent
-        return heapq.merge(
-            itertools.islice(base, find(base, low), None),
-            itertools.islice(recent, find(recent, low), None),
-        )
+        at = bisect.bisect_left(self.lasts, low)
+        for i in range(at, len(self.chunks)):
+            chunk = self.chunks[i]
+            yield from itertools.islice(chunk, find(chunk, low) if i == at else 0, None)
+
+    def __len__(self) -> int:
+        return sum(map(len, self.chunks))
 
 
-def _holds(keys: list[str], key: str) -> bool:
-    at = bisect.bisect_left(keys, key)
-    return at < len(keys) and keys[at] == key
+_CHUNK = 1000
 
 
 class _Tables(_blob.RecordTable):
@@ -148,7 +176,11 @@ class _Tables(_blob.RecordTable):
         store = self.store
         old = store._hot.pop(key, None)
         if old is None:
-            store._index.add(key.encode(), store._holds_key)
+            namespace, local = _split(key.encode())
+            index = store._index.get(namespace)
+            if index is None:
+                index = store._index[namespace] = _KeyIndex()
+            index.add(local)
             if key.kind == "private":
                 owner = UserRef(key.bot, key.channel, key.user)
                 store._private_index.setdefault(owner, set()).add(key)
@@ -170,7 +202,12 @@ class _Tables(_blob.RecordTable):
             if records is not None and records.pop(local, None) is not None:
                 store._packed_count -= 1
         store._expires.pop(key, None)
-        store._index.dropped += 1
+        namespace, local = _split(key.encode())
+        index = store._index.get(namespace)
+        if index is not None:
+            index.remove(local)
+            if not index.chunks:
+                del store._index[namespace]
 
     def deletion_stamp(self, key: RecordKey) -> int:
         deleted = self.store._deleted
@@ -216,7 +253,8 @@ class MemoryStore(Store):
         self._expires: dict[RecordKey, int] = {}
         self._private_index: dict[UserRef, set[RecordKey]] = {}
         self._deleted: dict[UserRef, int] = {}
-        self._index = _KeyIndex()
+        # namespace -> the sorted keys of its records (see _KeyIndex), for listings
+        self._index: dict[str, _KeyIndex] = {}
         # Node ids for clocks other than the store's own (which holds 0).
         self._free_nodes = list(range(MAX_NODES - 1, 0, -1))
         self._next_sweep_ms = 0
@@ -243,7 +281,8 @@ class MemoryStore(Store):
             packed = self._packed.get(namespace)
             if packed is None:
                 packed = self._packed[namespace] = {}
-            packed[local] = rec.pack()
+            index = self._index.get(namespace)
+            packed[index.stored(local) if index is not None else local] = rec.pack()
             self._packed_count += 1
 
     @property
@@ -431,39 +470,31 @@ class MemoryStore(Store):
                 return None
         return rec if rec.live else None
 
-    def _holds_key(self, encoded: str) -> bool:
-        key = decode_key(encoded)
-        if key in self._hot:
-            return True
-        namespace, local = _split(encoded)
-        return local in self._packed.get(namespace, {})
+    def _live_keys(
+        self, namespace: str, index: _KeyIndex, low: bytes, inclusive: bool
+    ) -> Iterator[tuple[str, RecordKey]]:
+        """The encoded keys and keys of the namespace's records holding data, in key
+        order from ``low`` on (or after it)."""
+        for local in index.after(low, inclusive):
+            encoded = f"{namespace}/{local.decode('utf-8', 'surrogatepass')}"
+            key = decode_key(encoded)
+            if self._peek(key) is not None:
+                yield encoded, key
 
     async def channels(self, bot: str) -> list[str | None]:
-        """The channels on which ``bot`` has records (None first), skipping from one
-        channel to the next through the key index."""
+        """The channels on which ``bot`` has records (None first): a look at the first
+        records of each of the bot's namespaces."""
         found: list[str | None] = []
-        v1 = namespace_prefix(bot, None)
-        for encoded in self._index.after(v1, inclusive=True):
-            if not encoded.startswith(v1):
-                break
-            if self._peek(decode_key(encoded)) is not None:
-                found.append(None)
-                break
-        bot_prefix = namespace_prefix(bot, "")[:-1]  # "v3/<bot>/"
-        low, inclusive = bot_prefix, True
-        while True:
-            for encoded in self._index.after(low, inclusive):
-                if not encoded.startswith(bot_prefix):
-                    return sorted_channels(found)
-                if self._peek(decode_key(encoded)) is not None:
-                    channel = channel_of(encoded)
-                    found.append(channel)
-                    end = prefix_end(namespace_prefix(bot, channel))
-                    assert end is not None  # a namespace prefix ends with "/"
-                    low, inclusive = end, True
-                    break
+        for namespace, index in self._index.items():
+            if (namespace + "/").startswith(namespace_prefix(bot, None)):
+                channel = None
+            elif namespace.startswith(namespace_prefix(bot, "")[:-1]):
+                channel = channel_of(namespace + "/")
             else:
-                return sorted_channels(found)
+                continue
+            if next(self._live_keys(namespace, index, b"", True), None) is not None:
+                found.append(channel)
+        return sorted_channels(found)
 
     async def list_keys(
         self,
@@ -481,14 +512,15 @@ class MemoryStore(Store):
         start = listing_prefix(bot, channel, kind, prefix)
         if cursor is not None and not cursor.startswith(start):
             raise InvalidCursor("the cursor is not one this listing issued")
+        namespace, low = _split(cursor or start)
+        index = self._index.get(namespace)
+        if index is None:
+            return KeyPage([], None)
         keys: list[RecordKey] = []
         last = ""
-        for encoded in self._index.after(cursor or start, inclusive=cursor is None):
+        for encoded, key in self._live_keys(namespace, index, low, cursor is None):
             if not encoded.startswith(start):
                 break
-            key = decode_key(encoded)
-            if self._peek(key) is None:
-                continue
             if len(keys) == limit:
                 return KeyPage(keys, last)
             keys.append(key)
