@@ -469,3 +469,41 @@ async def test_memory_key_index_through_splits_and_removals() -> None:
         assert [k.user for k in await listed(store, "user", "user0", 1000)] == sorted(
             [*again, *users[4500:]]
         )
+
+
+async def test_a_listing_cursor_continues_only_its_own_listing(store: Store) -> None:
+    users = [f"al{i:03}" for i in range(12)] + [f"aa{i:03}" for i in range(3)]
+    await store.apply(
+        [change(RecordKey("user", "bot", "chan", "", u), stamp(1), {"v": b"1"}) for u in users]
+    )
+    await store.apply(
+        [change(RecordKey("private", "bot", "chan", "c", "al000"), stamp(1), {"v": b"1"})]
+    )
+    cursor = None
+    for _ in range(100):  # Redis may give empty pages before the first cursor that counts
+        page = await store.list_keys("bot", "chan", "user", prefix="al", cursor=cursor, limit=5)
+        cursor = page.cursor
+        if page.keys and cursor is not None:
+            break
+    assert cursor is not None
+    for kind, prefix, channel in [
+        ("user", "a", "chan"),
+        ("user", "", "chan"),
+        ("private", "al", "chan"),
+        ("user", "al", "other"),
+    ]:
+        with pytest.raises(InvalidCursor):
+            await store.list_keys("bot", channel, kind, prefix=prefix, cursor=cursor)
+    for forged in ('["v3/bot/chan/u/al", "v3/bot/chan/u/al\\ud800"]', '["x", "y"]', "[]"):
+        with pytest.raises(InvalidCursor):
+            await store.list_keys("bot", "chan", "user", prefix="al", cursor=forged)
+
+
+async def test_list_keys_on_v1(store: Store) -> None:
+    keys = [RecordKey("user", "bot", None, "", u) for u in ("u1", "u2", "x")]
+    keys += [RecordKey("conversation", "bot", None, "c1", "")]
+    await store.apply([change(k, stamp(1), {"v": b"1"}) for k in [*keys, USER]])
+    page = await store.list_keys("bot", None, "user", prefix="u")
+    assert sorted(page.keys) == keys[:2] and page.cursor is None
+    assert (await store.list_keys("bot", None, "conversation")).keys == [keys[3]]
+    assert (await store.channels("bot")) == [None, "chan"]

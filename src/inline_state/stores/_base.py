@@ -6,6 +6,7 @@ import abc
 import asyncio
 import contextlib
 import enum
+import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -14,8 +15,8 @@ from typing import NamedTuple, Self
 
 from .._change import Change
 from .._clock import HybridClock, lease_time
-from .._errors import StoreError
-from .._keys import RecordKey, UserRef
+from .._errors import InvalidCursor, StoreError
+from .._keys import RecordKey, UserRef, decode_key
 from .._message import Kind
 
 __all__ = ["ApplyResult", "ExportPage", "InspectedRecord", "KeyPage", "Store", "StoredRecord"]
@@ -83,6 +84,26 @@ class KeyPage:
 
     keys: list[RecordKey]
     cursor: str | None
+
+
+def listing_cursor(start: str, last: str) -> str:
+    """The cursor after ``last`` in the listing of keys starting with ``start`` (memory
+    and SQLite, whose listings go in key order): both, so that a cursor only continues
+    the listing that gave it."""
+    return json.dumps([start, last])
+
+
+def listing_after(start: str, cursor: str) -> str:
+    """The encoded key a cursor of ``listing_cursor`` continues after; InvalidCursor for
+    one another listing gave, or one this store would not have given."""
+    try:
+        given, last = json.loads(cursor)
+        valid = type(given) is str and type(last) is str and decode_key(last).encode() == last
+    except (ValueError, TypeError, KeyError, IndexError, RecursionError):
+        valid = False
+    if not valid or given != start or not last.startswith(start):
+        raise InvalidCursor("the cursor is not one this listing gave")
+    return str(last)
 
 
 class InspectedRecord(NamedTuple):

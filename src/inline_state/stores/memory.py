@@ -18,7 +18,7 @@ from collections.abc import Iterator, Mapping, Sequence
 
 from .._change import Change
 from .._clock import MAX_NODES, HybridClock, stamp_ms
-from .._errors import InvalidCursor, StoreUnavailable
+from .._errors import StoreUnavailable
 from .._keys import (
     RecordKey,
     UserRef,
@@ -39,6 +39,8 @@ from ._base import (
     KeyPage,
     Store,
     StoredRecord,
+    listing_after,
+    listing_cursor,
 )
 from ._record import PROPERTY_OVERHEAD, RECORD_OVERHEAD, Record
 
@@ -510,9 +512,8 @@ class MemoryStore(Store):
         if limit <= 0:
             raise ValueError("limit must be positive")
         start = listing_prefix(bot, channel, kind, prefix)
-        if cursor is not None and not cursor.startswith(start):
-            raise InvalidCursor("the cursor is not one this listing issued")
-        namespace, low = _split(cursor or start)
+        after = listing_after(start, cursor) if cursor is not None else None
+        namespace, low = _split(after or start)
         index = self._index.get(namespace)
         if index is None:
             return KeyPage([], None)
@@ -522,7 +523,7 @@ class MemoryStore(Store):
             if not encoded.startswith(start):
                 break
             if len(keys) == limit:
-                return KeyPage(keys, last)
+                return KeyPage(keys, listing_cursor(start, last))
             keys.append(key)
             last = encoded
         return KeyPage(keys, None)

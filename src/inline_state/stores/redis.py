@@ -544,10 +544,12 @@ class RedisStore(Store):
         cursor: str | None,
         limit: int,
         wanted: Callable[[RecordKey], bool] | None,
+        listing: str | None = None,
     ) -> tuple[list[RecordKey], str | None]:
         """Up to ``limit`` records whose keys match ``pattern`` (and ``wanted``), found
-        by a bounded number of SCAN steps after ``cursor``, and the cursor after them."""
-        node, position, found = _export_position(bot, channel, cursor)
+        by a bounded number of SCAN steps after ``cursor``, and the cursor after them
+        (naming ``listing``, when given, so that it continues only that listing)."""
+        node, position, found = _export_position(bot, channel, cursor, listing)
         if wanted is not None and not all(wanted(key) for key in found):
             raise InvalidCursor("the cursor belongs to another listing")
         nodes = self._scan_nodes()
@@ -566,7 +568,8 @@ class RedisStore(Store):
         page, rest = found[:limit], found[limit:]
         token = None
         if node < len(nodes) or rest:
-            token = json.dumps([node, position, [key.encode() for key in rest]])
+            state: list[Any] = [node, position, [key.encode() for key in rest]]
+            token = json.dumps(state if listing is None else [*state, listing])
         return page, token
 
     def _scan_nodes(self) -> list[Any]:
@@ -662,7 +665,8 @@ class RedisStore(Store):
             leading = key.conversation if kind == "conversation" else key.user
             return key.kind == kind and escape_part(leading).startswith(first)
 
-        page, token = await self._scan_page(pattern, bot, channel, cursor, limit, wanted)
+        listing = json.dumps([bot, channel, kind, prefix])
+        page, token = await self._scan_page(pattern, bot, channel, cursor, limit, wanted, listing)
         page.sort(key=RecordKey.encode)
         records = await self._peek(page) if page else []
         return KeyPage([k for k, r in zip(page, records, strict=True) if r.exists], token)
@@ -695,7 +699,7 @@ def _glob_escape(text: str) -> str:
 
 
 def _export_position(
-    bot: str, channel: str | None, cursor: str | None
+    bot: str, channel: str | None, cursor: str | None, listing: str | None = None
 ) -> tuple[int, int, list[RecordKey]]:
     """Where an export goes on: the node, its SCAN cursor, and keys found but not yet
     returned. A cursor is input from the network: anything else is refused."""
@@ -704,7 +708,9 @@ def _export_position(
     if len(cursor) > _CURSOR_CHARS:
         raise InvalidCursor("not an export cursor this store issued (too long)")
     try:
-        node, position, pending = json.loads(cursor)
+        node, position, pending, *given = json.loads(cursor)
+        if given != ([] if listing is None else [listing]):
+            raise ValueError
         if (
             type(node) is not int
             or type(position) is not int

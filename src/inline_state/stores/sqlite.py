@@ -39,7 +39,7 @@ from typing import Any, Literal, TypeVar
 
 from .._change import Change
 from .._clock import MAX_NODES, HybridClock, stamp_ms
-from .._errors import InvalidCursor, StoreError, StoreUnavailable
+from .._errors import StoreError, StoreUnavailable
 from .._keys import (
     RecordKey,
     UserRef,
@@ -62,6 +62,8 @@ from ._base import (
     KeyPage,
     Store,
     StoredRecord,
+    listing_after,
+    listing_cursor,
 )
 from ._record import Record
 from ._sqlite_rows import (
@@ -803,18 +805,19 @@ class SqliteStore(Store):
         if limit <= 0:
             raise ValueError("limit must be positive")
         start = listing_prefix(bot, channel, kind, prefix)
-        if cursor is not None and not cursor.startswith(start):
-            raise InvalidCursor("the cursor is not one this listing issued")
+        after = listing_after(start, cursor) if cursor is not None else None
 
         def read(conn: sqlite3.Connection, now_ms: int) -> list[str]:
             return live_keys(
-                conn, cursor or start, cursor is None, prefix_end(start), now_ms, limit + 1
+                conn, after or start, after is None, prefix_end(start), now_ms, limit + 1
             )
 
         found = [encoded for encoded in self._reading(read) if encoded.startswith(start)]
         more = len(found) > limit
         found = found[:limit]
-        return KeyPage([decode_key(e) for e in found], found[-1] if more else None)
+        return KeyPage(
+            [decode_key(e) for e in found], listing_cursor(start, found[-1]) if more else None
+        )
 
     async def inspect(self, key: RecordKey) -> InspectedRecord:
         """One record and each live property's stamp, read in a transaction of its own
