@@ -177,6 +177,7 @@ def state_service() -> Iterator[RunningProcess]:
             "state-bot",
             "--secret",
             SECRET,
+            "--inspector",
         ]
     )
     service.start()

@@ -7,7 +7,6 @@ made by hand, as an attacker would make it.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Awaitable, Callable
 from html.parser import HTMLParser
 from typing import Any
@@ -76,11 +75,11 @@ async def test_login_gives_a_strict_http_only_session_cookie(client_for: StartFn
     assert (await api(client, "GET", "channels"))[0] == 401
     response = await client.post("/inspector/api/login", json={"secret": "wrong"})
     assert response.status == 401
-    assert SESSION_COOKIE not in response.cookies
+    assert "Set-Cookie" not in response.headers
     response = await client.post("/inspector/api/login", json={"secret": SECRET})
     assert response.status == 200
     cookie = response.headers["Set-Cookie"]
-    assert cookie.startswith(SESSION_COOKIE + "=")
+    assert cookie.startswith(SESSION_COOKIE)
     for attribute in ("HttpOnly", "SameSite=Strict", "Path=/inspector/"):
         assert attribute in cookie, cookie
     assert SECRET not in cookie
@@ -132,18 +131,78 @@ async def test_a_change_needs_the_csrf_token_and_our_origin(client_for: StartFn)
     client = await client_for(counting_bot(store))
     await turn(client)
     csrf = await login(client)
-    status, record = await api(client, "GET", "record", params=USER_QUERY)
+    status, record = await api(client, "POST", "read", csrf, json=USER_QUERY)
     assert status == 200
+    assert (await api(client, "POST", "read", json=USER_QUERY))[0] == 403, "reads need it too"
     save = {**USER_QUERY, "eTag": record["eTag"], "data": '{"n": 99}'}
-    assert (await api(client, "POST", "record", json=save))[0] == 403
-    assert (await api(client, "POST", "record", "not-the-token", json=save))[0] == 403
+    assert (await api(client, "POST", "save", json=save))[0] == 403
+    assert (await api(client, "POST", "save", "not-the-token", json=save))[0] == 403
     evil = {"Origin": "http://evil.example"}
-    assert (await api(client, "POST", "record", csrf, json=save, headers=evil))[0] == 403
+    assert (await api(client, "POST", "save", csrf, json=save, headers=evil))[0] == 403
     delete = {"channel": "test", "user": "user-1"}
     assert (await api(client, "POST", "delete-user", json=delete))[0] == 403
     [stored] = await store.load([RecordKey("user", BOT, "test", "", "user-1")])
     assert dict(stored.props) == {"n": b"1"}, "a refused change wrote something"
-    assert (await api(client, "POST", "record", csrf, json=save))[0] == 200
+    assert (await api(client, "POST", "save", csrf, json=save))[0] == 200
+
+
+async def test_a_login_from_another_origin_is_refused(client_for: StartFn) -> None:
+    client = await client_for(counting_bot(MemoryStore()))
+    response = await client.post(
+        "/inspector/api/login", json={"secret": SECRET}, headers={"Origin": "http://evil.example"}
+    )
+    assert response.status == 403
+    assert "Set-Cookie" not in response.headers
+    for secret in ("\ud800", 5, None):
+        response = await client.post("/inspector/api/login", json={"secret": secret})
+        assert response.status in (400, 401), (secret, await response.text())
+
+
+async def test_behind_a_tls_proxy_the_public_origin_counts(client_for: StartFn) -> None:
+    client = await client_for(
+        counting_bot(
+            MemoryStore(), secret=SECRET, bot_id=BOT, public_origin="https://bot.example.com"
+        )
+    )
+    same = {"Origin": "https://bot.example.com"}
+    response = await client.post("/inspector/api/login", json={"secret": SECRET}, headers=same)
+    assert response.status == 200
+    assert "Secure" in response.headers["Set-Cookie"]
+    csrf = (await response.json())["csrf"]
+    # The cookie is Secure, so the test client (plain HTTP) keeps it back: send it by hand.
+    cookie = {"Cookie": response.headers["Set-Cookie"].partition(";")[0]}
+    listing = {"channel": "t", "kind": "user"}
+    plain = {"Origin": f"http://{client.host}:{client.port}", **cookie}
+    got = await api(client, "POST", "records", csrf, json=listing, headers=plain)
+    assert got[0] == 403, "the origin is the public one"
+    got = await api(client, "POST", "records", csrf, json=listing, headers={**same, **cookie})
+    assert got[0] == 200, got
+
+
+async def test_a_session_sees_its_own_bots_records_only(client_for: StartFn) -> None:
+    store = MemoryStore()
+    client = await client_for(
+        counting_bot(store, credentials={SECRET: BOT, "other-secret": "bot-2"})
+    )
+    await turn(client)
+    csrf = await login(client, secret="other-secret")
+    assert (await api(client, "GET", "channels"))[1] == {"channels": []}
+    status, record = await api(client, "POST", "read", csrf, json=USER_QUERY)
+    assert status == 200 and not record["exists"]
+    delete = {"channel": "test", "user": "user-1"}
+    assert (await api(client, "POST", "delete-user", csrf, json=delete))[0] == 200
+    [stored] = await store.load([RecordKey("user", BOT, "test", "", "user-1")])
+    assert dict(stored.props) == {"n": b"1"}, "bot-2's session deleted bot-1's user"
+
+
+async def test_two_inspectors_on_one_host_do_not_share_a_cookie(client_for: StartFn) -> None:
+    one = await client_for(counting_bot(MemoryStore()))
+    two = await client_for(counting_bot(MemoryStore()))
+    names = []
+    for client in (one, two):
+        response = await client.post("/inspector/api/login", json={"secret": SECRET})
+        names.append(response.headers["Set-Cookie"].partition("=")[0])
+    assert names[0] != names[1]
 
 
 async def test_browse_edit_conflict_and_delete(client_for: StartFn) -> None:
@@ -160,8 +219,7 @@ async def test_browse_edit_conflict_and_delete(client_for: StartFn) -> None:
     assert status == 200
     assert [r["user"] for r in page["records"]] == ["albert", "alice"]
     query = {"channel": "test", "kind": "user", "user": "alice"}
-    response = await client.get("/inspector/api/record", params=query)
-    record = await response.json()
+    record = (await api(client, "POST", "read", csrf, json=query))[1]
     inspected = await store.inspect(RecordKey("user", BOT, "test", "", "alice"))
     assert record["exists"] and record["eTag"] == inspected.record.etag
     [prop] = record["properties"]
@@ -169,14 +227,11 @@ async def test_browse_edit_conflict_and_delete(client_for: StartFn) -> None:
     assert prop["modified"].startswith(_iso_prefix(stamp_ms(inspected.stamps["n"]))), (
         "the property's time is its stamp's"
     )
-    tag = response.headers["ETag"]
-    unchanged = await client.get(
-        "/inspector/api/record", params=query, headers={"If-None-Match": tag}
-    )
-    assert unchanged.status == 304, "polling an unchanged record costs no body"
+    unchanged = await api(client, "POST", "read", csrf, json={**query, "known": record["version"]})
+    assert unchanged[1] == {"unchanged": True}, "polling an unchanged record costs no record"
 
     save = {**query, "eTag": record["eTag"], "data": '{"n": 41, "note": "set by hand"}'}
-    status, saved = await api(client, "POST", "record", csrf, json=save)
+    status, saved = await api(client, "POST", "save", csrf, json=save)
     assert status == 200
     reply = await turn(client, user="alice")
     assert reply["text"] == "ok"
@@ -184,7 +239,7 @@ async def test_browse_edit_conflict_and_delete(client_for: StartFn) -> None:
     assert dict(inspected.record.props) == {"n": b"42", "note": b'"set by hand"'}
 
     stale = {**query, "eTag": saved["eTag"], "data": '{"n": 0}'}
-    status, conflict = await api(client, "POST", "record", csrf, json=stale)
+    status, conflict = await api(client, "POST", "save", csrf, json=stale)
     assert status == 412
     assert conflict["error"]["code"] == "PreconditionFailed"
     assert '"n": 42' in conflict["current"]["data"]
@@ -193,7 +248,7 @@ async def test_browse_edit_conflict_and_delete(client_for: StartFn) -> None:
 
     delete = {"channel": "test", "user": "alice"}
     assert (await api(client, "POST", "delete-user", csrf, json=delete))[0] == 200
-    assert not (await api(client, "GET", "record", params=query))[1]["exists"]
+    assert not (await api(client, "POST", "read", csrf, json=query))[1]["exists"]
     reply = await turn(client, user="alice")
     assert (await store.inspect(RecordKey("user", BOT, "test", "", "alice"))).record.props == {
         "n": b"1"
@@ -209,25 +264,25 @@ def _iso_prefix(ms: int) -> str:
 @pytest.mark.parametrize(
     ("method", "path", "body", "status", "says"),
     [
-        ("POST", "record", b"{not json", 400, "JSON object"),
-        ("POST", "record", b'["a list"]', 400, "JSON object"),
-        ("POST", "record", {"kind": "nope"}, 400, "kind must be"),
-        ("POST", "record", {**USER_QUERY, "user": 5}, 400, "user must be"),
-        ("POST", "record", {**USER_QUERY, "eTag": "*", "data": "[1]"}, 400, "JSON object"),
-        ("POST", "record", {**USER_QUERY, "eTag": "*", "data": "{"}, 400, "JSON object"),
-        ("POST", "record", {**USER_QUERY, "eTag": "*", "data": "[" * 5000}, 400, "nest"),
-        ("POST", "record", {**USER_QUERY, "eTag": "*", "data": "\ud800"}, 400, "surrogate"),
-        ("POST", "record", {**USER_QUERY, "eTag": 3, "data": "{}"}, 400, "strings"),
+        ("POST", "save", b"{not json", 400, "JSON object"),
+        ("POST", "save", b'["a list"]', 400, "JSON object"),
+        ("POST", "save", {"kind": "nope"}, 400, "kind must be"),
+        ("POST", "save", {**USER_QUERY, "user": 5}, 400, "user must be"),
+        ("POST", "save", {**USER_QUERY, "eTag": "*", "data": "[1]"}, 400, "JSON object"),
+        ("POST", "save", {**USER_QUERY, "eTag": "*", "data": "{"}, 400, "JSON object"),
+        ("POST", "save", {**USER_QUERY, "eTag": "*", "data": "[" * 5000}, 400, "nest"),
+        ("POST", "save", {**USER_QUERY, "eTag": "*", "data": "\ud800"}, 400, "surrogate"),
+        ("POST", "save", {**USER_QUERY, "eTag": 3, "data": "{}"}, 400, "strings"),
         (
             "POST",
-            "record",
+            "save",
             {**USER_QUERY, "eTag": "*", "data": '{"a": "' + "x" * 70000 + '"}'},
             400,
             "limit",
         ),
         (
             "POST",
-            "record",
+            "save",
             {**USER_QUERY, "user": "u" * 5000, "eTag": "*", "data": "{}"},
             400,
             "cannot be written",
@@ -235,7 +290,19 @@ def _iso_prefix(ms: int) -> str:
         ("POST", "records", {"channel": "test", "kind": "user", "cursor": "forged"}, 400, "cursor"),
         ("POST", "records", {"channel": "", "kind": "user"}, 400, "channel must be"),
         ("POST", "delete-user", {"channel": "test"}, 400, "user must be"),
-        ("GET", "record", None, 400, "kind must be"),
+        ("POST", "read", {"kind": "user", "channel": "test"}, 400, "user must be"),
+        ("POST", "read", None, 400, "JSON object"),
+        (
+            "POST",
+            "records",
+            {
+                "channel": "test",
+                "kind": "user",
+                "cursor": '["v3/bot-1/test/u/", "v3/bot-1/test/u/\\ud800"]',
+            },
+            400,
+            "cursor",
+        ),
     ],
 )
 async def test_bad_input_gets_a_clear_error_and_changes_nothing(
@@ -252,8 +319,6 @@ async def test_bad_input_gets_a_clear_error_and_changes_nothing(
     await turn(client)
     csrf = await login(client)
     options: dict[str, Any] = {"data": body} if isinstance(body, bytes) else {"json": body}
-    if method == "GET":
-        options = {}
     with caplog.at_level(logging.DEBUG, logger="inline_state"):
         got, answer = await api(client, method, path, csrf, **options)
     assert got == status, answer
@@ -271,13 +336,17 @@ async def test_no_auth_mode_answers_loopback_host_names_only(client_for: StartFn
     assert "Host" in (await response.json())["error"]["message"]
     response = await client.post("/inspector/api/login", json={}, headers=rebound)
     assert response.status == 403
-    assert SESSION_COOKIE not in response.cookies
+    assert "Set-Cookie" not in response.headers
     for host in ("localhost:3978", "127.0.0.1", "[::1]:80", "LOCALHOST"):
         assert (await client.get("/inspector/", headers={"Host": host})).status == 200, host
     status, session = await api(client, "GET", "session")
     assert status == 401 and session["noAuth"] is True
     csrf = await login(client, secret="")
     assert (await api(client, "GET", "channels", csrf))[0] == 200
+    for header in ("X-Forwarded-For", "Forwarded", "X-Real-IP", "Via"):
+        proxied = {header: "203.0.113.7"}
+        status, answer = await api(client, "GET", "channels", headers=proxied)
+        assert status == 403 and "proxy" in answer["error"]["message"], header
 
 
 async def test_the_store_being_down_is_a_503_naming_it(client_for: StartFn) -> None:
@@ -302,9 +371,24 @@ async def test_ids_and_values_come_back_as_json_text_only(client_for: StartFn) -
     )
     assert status == 200
     assert [r["user"] for r in page["records"]] == [hostile]
-    response = await client.get(
-        "/inspector/api/record", params={"channel": "test", "kind": "user", "user": hostile}
+    status, record = await api(
+        client, "POST", "read", csrf, json={"channel": "test", "kind": "user", "user": hostile}
     )
-    assert response.headers["Content-Type"].startswith("application/json")
-    assert (await response.json())["user"] == hostile
-    assert re.search(r"<script", await response.text()) is not None  # JSON, shown as text
+    assert status == 200 and record["user"] == hostile and record["exists"]
+
+
+async def test_an_id_holding_a_lone_surrogate_opens(client_for: StartFn) -> None:
+    store = MemoryStore()
+    client = await client_for(counting_bot(store))
+    odd = "alice\ud800"
+    await turn(client, user=odd)
+    await turn(client, user="alice\ufffd")
+    csrf = await login(client)
+    listed = (await api(client, "POST", "records", csrf, json={"channel": "test", "kind": "user"}))[
+        1
+    ]
+    assert odd in [r["user"] for r in listed["records"]]
+    status, record = await api(
+        client, "POST", "read", csrf, json={"channel": "test", "kind": "user", "user": odd}
+    )
+    assert status == 200 and record["user"] == odd and record["properties"][0]["value"] == "1"

@@ -486,12 +486,13 @@ async def test_a_listing_cursor_continues_only_its_own_listing(store: Store) -> 
         if page.keys and cursor is not None:
             break
     assert cursor is not None
-    for kind, prefix, channel in [
+    others: list[tuple[Kind, str, str]] = [
         ("user", "a", "chan"),
         ("user", "", "chan"),
         ("private", "al", "chan"),
         ("user", "al", "other"),
-    ]:
+    ]
+    for kind, prefix, channel in others:
         with pytest.raises(InvalidCursor):
             await store.list_keys("bot", channel, kind, prefix=prefix, cursor=cursor)
     for forged in ('["v3/bot/chan/u/al", "v3/bot/chan/u/al\\ud800"]', '["x", "y"]', "[]"):

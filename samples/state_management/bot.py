@@ -115,6 +115,10 @@ _POLICY = (
 )
 
 
+# What a reverse proxy adds: through one, a remote client would pass for a local one.
+_FORWARDING_HEADERS = ("Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Real-IP", "Via")
+
+
 def _local_only(request: web.Request) -> None:
     # The chat page reads any user's bags by id: only for this machine, and only under a
     # loopback name (a page whose own name resolves to 127.0.0.1 is refused).
@@ -124,8 +128,9 @@ def _local_only(request: web.Request) -> None:
     except ValueError:
         loopback = name.lower() == "localhost"
     remote = ipaddress.ip_address(request.remote or "0.0.0.0")
-    if not (loopback and remote.is_loopback):
-        raise web.HTTPForbidden(text="the chat page answers on loopback only")
+    proxied = any(h in request.headers for h in _FORWARDING_HEADERS)
+    if not (loopback and remote.is_loopback) or proxied:
+        raise web.HTTPForbidden(text="the chat page answers on loopback only, not through a proxy")
 
 
 async def chat_file(request: web.Request) -> web.Response:
@@ -152,7 +157,12 @@ async def chat_bags(request: web.Request) -> web.Response:
         ("conversation", inline_state.RecordKey("conversation", BOT_ID, "chat", conversation, "")),
         ("private", inline_state.RecordKey("private", BOT_ID, "chat", conversation, user)),
     ):
-        props = (await store.inspect(key)).record.props
+        try:
+            props = (await store.inspect(key)).record.props
+        except inline_state.StoreUnavailable as exc:
+            return web.json_response(
+                {"error": f"the state store is unavailable: {exc}"}, status=503
+            )
         bags[kind] = (
             json.dumps({n: json.loads(v) for n, v in sorted(props.items())}, indent=2)
             if props

@@ -47,9 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-auth", action="store_true", help="no credentials; only on a loopback address"
     )
     service.add_argument(
-        "--no-inspector",
+        "--inspector",
         action="store_true",
-        help="do not serve the inspector page at /inspector/ (behind the same secret)",
+        help="also serve the inspector page at /inspector/, behind the same secret",
     )
     proxy = commands.add_parser(
         "proxy", help="play the connector's part in front of a bot in any language"
@@ -118,7 +118,7 @@ def state_service_app(args: argparse.Namespace) -> web.Application:
         "store": store,
     }
     add_state_api(app, app_id=args.app_id, **auth)
-    if not args.no_inspector:
+    if args.inspector:
         add_inspector(app, **auth)
     return app
 

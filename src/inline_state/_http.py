@@ -147,7 +147,10 @@ class Credentials:
         """The bot id a secret stands for, or None."""
         if not secret:
             return None
-        sent = header_bytes(secret)
+        try:
+            sent = header_bytes(secret)
+        except UnicodeEncodeError:  # a lone surrogate, which JSON can carry
+            return None
         bot_id = None
         for known, bot in self.table.items():
             # Compare against every credential so timing says nothing about which.

@@ -19,6 +19,7 @@ import hmac
 import importlib.resources
 import json
 import logging
+import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -46,7 +47,13 @@ __all__ = ["add_inspector"]
 
 logger = logging.getLogger("inline_state")
 
-SESSION_COOKIE = "inline_state_inspector"
+#: Session cookies are named this plus a suffix drawn per inspector: browsers scope
+#: cookies by host, not port, so two inspectors on one host must not share a name.
+SESSION_COOKIE = "inline_state_inspector_"
+#: Headers a reverse proxy adds: no-auth mode refuses a request carrying any, since the
+#: proxy's own loopback connection would otherwise pass for a local client.
+FORWARDING_HEADERS = ("Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Real-IP", "Via")
+_HOST = re.compile(r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<name>[^\[\]:]+))(?::\d{1,5})?")
 CSRF_HEADER = "X-Inline-State-CSRF"
 #: The policy of every answer: scripts and styles from the inspector's own files only.
 CONTENT_SECURITY_POLICY = (
@@ -87,11 +94,13 @@ def _pretty(data: bytes) -> str:
     return json.dumps(value, indent=2, ensure_ascii=False)
 
 
-def _host_name(host: str) -> str:
-    """The name in a Host header, without its port (IPv6 literals without brackets)."""
-    if host.startswith("["):
-        return host[1 : host.find("]")] if "]" in host else host
-    return host.rpartition(":")[0] if host.count(":") == 1 else host
+def _host_name(host: str) -> str | None:
+    """The name in a Host header, without its port (IPv6 literals without brackets),
+    lower case; None when the header is not ``name[:port]`` or ``[v6][:port]``."""
+    match = _HOST.fullmatch(host)
+    if match is None:
+        return None
+    return (match["v6"] or match["name"]).lower()
 
 
 class _Inspector:
@@ -102,6 +111,7 @@ class _Inspector:
         store: str | Store | None,
         credentials: Credentials,
         prefix: str,
+        public_origin: str | None,
         allowed_hosts: frozenset[str] | None,
         session_seconds: float,
         max_bytes: int,
@@ -113,6 +123,8 @@ class _Inspector:
         self._store: Store | None = store if isinstance(store, Store) else None
         self.credentials = credentials
         self.prefix = prefix
+        self.public_origin = public_origin.rstrip("/") if public_origin else None
+        self.cookie = SESSION_COOKIE + secrets.token_hex(4)
         if allowed_hosts is None and credentials.no_auth_bot_id is not None:
             allowed_hosts = frozenset(_LOOPBACK_NAMES)
         self.allowed_hosts = allowed_hosts
@@ -143,12 +155,30 @@ class _Inspector:
 
     # -- who is asking --------------------------------------------------------------------
 
+    def own_origin(self, request: web.Request) -> str:
+        """The origin a browser on the inspector's page sends."""
+        return self.public_origin or f"{request.scheme}://{request.host}"
+
+    def check_same_origin(self, request: web.Request) -> None:
+        origin = request.headers.get(hdrs.ORIGIN)
+        if origin is not None and origin != self.own_origin(request):
+            raise _Refused(403, "Forbidden", "the request comes from another origin")
+
     def check_origin(self, request: web.Request) -> None:
-        """Loopback only in no-auth mode, and only the allowed Host names."""
-        if self.credentials.no_auth_bot_id is not None and not is_loopback(request.remote):
-            raise _Refused(403, "Forbidden", "no-auth mode answers loopback clients only")
+        """Loopback only in no-auth mode (and not through a proxy), and only the allowed
+        Host names."""
+        if self.credentials.no_auth_bot_id is not None:
+            if not is_loopback(request.remote):
+                raise _Refused(403, "Forbidden", "no-auth mode answers loopback clients only")
+            forwarded = [h for h in FORWARDING_HEADERS if h in request.headers]
+            if forwarded:
+                raise _Refused(
+                    403,
+                    "Forbidden",
+                    f"no-auth mode answers no request through a proxy ({forwarded[0]} header)",
+                )
         if self.allowed_hosts is not None:
-            name = _host_name(request.host).lower()
+            name = _host_name(request.host)
             if name not in self.allowed_hosts:
                 raise _Refused(
                     403,
@@ -157,7 +187,7 @@ class _Inspector:
                 )
 
     def session(self, request: web.Request) -> _Session:
-        sid = request.cookies.get(SESSION_COOKIE)
+        sid = request.cookies.get(self.cookie)
         session = self.sessions.get(sid) if sid else None
         if session is None or session.expires < time.monotonic():
             if sid:
@@ -167,12 +197,10 @@ class _Inspector:
 
     def check_change(self, request: web.Request, session: _Session) -> None:
         """A change needs the session's CSRF token, and the inspector's own Origin."""
-        sent = request.headers.get(CSRF_HEADER, "")
-        if not hmac.compare_digest(sent.encode(), session.csrf.encode()):
+        sent = request.headers.get(CSRF_HEADER, "").encode("utf-8", "surrogateescape")
+        if not hmac.compare_digest(sent, session.csrf.encode()):
             raise _Refused(403, "Forbidden", f"missing or wrong {CSRF_HEADER} header")
-        origin = request.headers.get(hdrs.ORIGIN)
-        if origin is not None and origin != f"{request.scheme}://{request.host}":
-            raise _Refused(403, "Forbidden", "the request comes from another origin")
+        self.check_same_origin(request)
 
     # -- the page -------------------------------------------------------------------------
 
@@ -200,11 +228,11 @@ class _Inspector:
         )
         response = web.json_response({"bot": bot, "csrf": session.csrf})
         response.set_cookie(
-            SESSION_COOKIE,
+            self.cookie,
             sid,
             httponly=True,
             samesite="Strict",
-            secure=request.secure,
+            secure=request.secure or self.own_origin(request).startswith("https:"),
             path=self.prefix + "/",
             max_age=int(self.session_seconds),
         )
@@ -223,9 +251,9 @@ class _Inspector:
         return web.json_response({"bot": session.bot, "csrf": session.csrf})
 
     async def logout(self, request: web.Request, session: _Session) -> web.Response:
-        self.sessions.pop(request.cookies.get(SESSION_COOKIE, ""), None)
+        self.sessions.pop(request.cookies.get(self.cookie, ""), None)
         response = web.json_response({})
-        response.del_cookie(SESSION_COOKIE, path=self.prefix + "/")
+        response.del_cookie(self.cookie, path=self.prefix + "/")
         return response
 
     # -- reading --------------------------------------------------------------------------
@@ -311,19 +339,23 @@ class _Inspector:
             "conversation": key.conversation,
             "exists": record.exists,
             "eTag": record.etag,
+            "version": record.etag or "missing",
             "modified": _iso(record.modified_ms) if record.exists else None,
             "text": record.text,
             "data": data,
             "properties": properties,
         }
 
-    async def record(self, request: web.Request, session: _Session) -> web.StreamResponse:
-        key = self.key_of(request.query, session.bot)
+    async def read(self, request: web.Request, session: _Session) -> web.Response:
+        """One record; a POST, so that ids travel as JSON (a URL cannot carry every
+        string an id can be). ``known``: the eTag the page shows, answered with
+        ``{"unchanged": true}`` while it is still the record's (the page polls)."""
+        body = await self.json_body(request)
+        key = self.key_of(body, session.bot)
         inspected = await self.store(request).inspect(key)
-        tag = f'"{inspected.record.etag or "missing"}"'
-        if request.headers.get(hdrs.IF_NONE_MATCH) == tag:
-            return web.Response(status=304, headers={hdrs.ETAG: tag})
-        return _json(self.record_json(key, inspected), headers={hdrs.ETAG: tag})
+        if body.get("known") == (inspected.record.etag or "missing"):
+            return _json({"unchanged": True})
+        return _json(self.record_json(key, inspected))
 
     # -- changing -------------------------------------------------------------------------
 
@@ -415,9 +447,7 @@ def _wrap(inspector: _Inspector, handler: Open | InSession, *, in_session: bool)
             inspector.check_origin(request)
             if not in_session:
                 if request.method == "POST":  # the login: no session yet, but our Origin
-                    origin = request.headers.get(hdrs.ORIGIN)
-                    if origin is not None and origin != f"{request.scheme}://{request.host}":
-                        raise _Refused(403, "Forbidden", "the request comes from another origin")
+                    inspector.check_same_origin(request)
                 return _secured(await handler(request))  # type: ignore[call-arg]
             session = inspector.session(request)
             if request.method == "POST":
@@ -433,8 +463,8 @@ def _wrap(inspector: _Inspector, handler: Open | InSession, *, in_session: bool)
         except web.HTTPException:
             raise
         except Exception as exc:  # a fault of ours must not become a bare 500
-            log_internal_error("the inspector", exc)
-            return _secured(_error(500, "InternalError", f"{type(exc).__name__}: {exc}"))
+            log_internal_error("the inspector", exc)  # the details go to the log only
+            return _secured(_error(500, "InternalError", "the inspector failed; see its log"))
 
     return respond
 
@@ -448,6 +478,7 @@ def add_inspector(
     no_auth: bool = False,
     store: str | Store | None = None,
     prefix: str = "/inspector",
+    public_origin: str | None = None,
     allowed_hosts: frozenset[str] | set[str] | None = None,
     session_seconds: float = 8 * 3600,
     max_bytes: int = DEFAULT_MAX_BAG_BYTES,
@@ -461,7 +492,9 @@ def add_inspector(
     person logs in with the secret and sees that bot's records. ``no_auth=True`` (with
     ``bot_id``) skips the secret for loopback clients reaching a loopback Host name.
     ``allowed_hosts`` limits the Host names answered (lower case, without port; in
-    no-auth mode the loopback names by default). ``store`` defaults to the one
+    no-auth mode the loopback names by default). Behind a proxy that terminates TLS, give
+    ``public_origin`` (``"https://bot.example.com"``): browsers' ``Origin`` must equal it,
+    and the cookie is ``Secure``. No-auth mode refuses requests a proxy forwarded. ``store`` defaults to the one
     ``setup()`` gave the app; the limits are the middleware's.
     """
     inspector = _Inspector(
@@ -474,6 +507,7 @@ def add_inspector(
             what="the inspector",
         ),
         prefix.rstrip("/"),
+        public_origin,
         frozenset(host.lower() for host in allowed_hosts) if allowed_hosts is not None else None,
         session_seconds,
         max_bytes,
@@ -494,8 +528,8 @@ def add_inspector(
         ("POST", "logout"): inspector.logout,
         ("GET", "channels"): inspector.channels,
         ("POST", "records"): inspector.records,
-        ("GET", "record"): inspector.record,
-        ("POST", "record"): inspector.save,
+        ("POST", "read"): inspector.read,
+        ("POST", "save"): inspector.save,
         ("POST", "delete-user"): inspector.delete_user,
     }
     for (method, name), handler in in_session.items():

@@ -7,7 +7,9 @@ const $ = (id) => document.getElementById(id);
 let csrf = null;
 let open = null;        // the key of the open record: {channel, v1, kind, user, conversation}
 let openETag = "";      // the eTag the editor's text was based on
-let shownTag = null;    // the HTTP ETag of what the page shows, for polling
+let shownVersion = null; // the version of what the page shows, for polling
+let channels = [];      // the listed channels; an option's value is its index
+let listing = null;     // what the list shows: channel, kind and prefix, as searched
 let dirty = false;      // the editor holds changes not saved yet
 let cursor = null;
 let pollTimer = null;
@@ -32,10 +34,8 @@ async function api(method, path, body, headers) {
   if (method === "POST" && csrf) options.headers["X-Inline-State-CSRF"] = csrf;
   const response = await fetch("api/" + path, options);
   let json = null;
-  if (response.status !== 304) {
-    try { json = await response.json(); } catch (e) { json = null; }
-  }
-  return { status: response.status, json, etag: response.headers.get("ETag") };
+  try { json = await response.json(); } catch (e) { json = null; }
+  return { status: response.status, json };
 }
 
 function problem(result) {
@@ -91,8 +91,8 @@ $("logout").addEventListener("click", async () => {
 // -- finding records ----------------------------------------------------------------------
 
 function channelKey() {
-  const value = $("channel").value;
-  return value === "\u0000v1" ? { v1: true } : { channel: value };
+  const channel = channels[Number($("channel").value)];
+  return channel === null ? { v1: true } : { channel };
 }
 
 async function loadChannels() {
@@ -103,11 +103,12 @@ async function loadChannels() {
     $("list-note").textContent = problem(result);
     return;
   }
-  for (const channel of result.json.channels) {
+  channels = result.json.channels;
+  channels.forEach((channel, index) => {
     const option = text("option", channel === null ? "(v1: every channel)" : channel);
-    option.value = channel === null ? "\u0000v1" : channel;
+    option.value = String(index);
     select.append(option);
-  }
+  });
   $("list-note").textContent = result.json.channels.length ? "" : "No records yet.";
   if (result.json.channels.length) await search(true);
 }
@@ -120,13 +121,12 @@ function label(key) {
 
 async function search(fresh) {
   if (fresh) {
+    if (!$("channel").value) return;
     cursor = null;
     $("records").replaceChildren();
+    listing = Object.assign(channelKey(), { kind: $("kind").value, prefix: $("prefix").value });
   }
-  if (!$("channel").value) return;
-  const body = Object.assign(channelKey(), {
-    kind: $("kind").value, prefix: $("prefix").value, cursor,
-  });
+  const body = Object.assign({}, listing, { cursor });
   const result = await api("POST", "records", body);
   if (result.status !== 200) {
     $("list-note").textContent = problem(result);
@@ -135,7 +135,7 @@ async function search(fresh) {
   for (const key of result.json.records) {
     const button = text("button", label(key));
     button.type = "button";
-    const full = Object.assign(channelKey(), key);
+    const full = Object.assign(listing.v1 ? { v1: true } : { channel: listing.channel }, key);
     button.addEventListener("click", () => openRecord(full));
     const item = document.createElement("li");
     item.append(button);
@@ -153,14 +153,6 @@ $("kind").addEventListener("change", () => search(true));
 $("more").addEventListener("click", () => search(false));
 
 // -- one record ---------------------------------------------------------------------------
-
-function query(key) {
-  const params = new URLSearchParams({ kind: key.kind });
-  if (key.v1) params.set("v1", "1"); else params.set("channel", key.channel);
-  if (key.kind !== "conversation") params.set("user", key.user);
-  if (key.kind !== "user") params.set("conversation", key.conversation);
-  return params;
-}
 
 async function openFromHash() {
   const params = new URLSearchParams(location.hash.slice(1));
@@ -182,7 +174,7 @@ function closeRecord() {
 async function openRecord(key) {
   open = key;
   dirty = false;
-  shownTag = null;
+  shownVersion = null;
   $("status").textContent = "";
   $("conflict").hidden = true;
   $("confirm").hidden = true;
@@ -196,14 +188,14 @@ async function openRecord(key) {
 async function refresh() {
   if (!open) return;
   const key = open;
-  const headers = shownTag ? { "If-None-Match": shownTag } : {};
-  const result = await api("GET", "record?" + query(key).toString(), undefined, headers);
-  if (key !== open || result.status === 304) return;
+  const result = await api("POST", "read", Object.assign({}, key, { known: shownVersion }));
+  if (key !== open) return;
   if (result.status !== 200) {
     $("record-live").textContent = problem(result);
     return;
   }
-  shownTag = result.etag;
+  if (result.json.unchanged) return;
+  shownVersion = result.json.version;
   show(result.json);
 }
 
@@ -237,11 +229,11 @@ $("editor").addEventListener("input", () => { dirty = true; });
 
 $("save").addEventListener("click", async () => {
   const body = Object.assign({}, open, { data: $("editor").value, eTag: openETag });
-  const result = await api("POST", "record", body);
+  const result = await api("POST", "save", body);
   if (result.status === 200) {
     dirty = false;
     openETag = result.json.eTag;
-    shownTag = null;
+    shownVersion = null;
     $("conflict").hidden = true;
     $("status").textContent = "Saved.";
     await refresh();
@@ -286,7 +278,7 @@ $("confirm-delete").addEventListener("click", async () => {
     return;
   }
   dirty = false;
-  shownTag = null;
+  shownVersion = null;
   $("status").textContent = "The user's data was deleted.";
   await refresh();
   await search(true);
