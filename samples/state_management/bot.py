@@ -196,6 +196,8 @@ def main() -> None:
     parser.add_argument("--store", default="memory://")
     args = parser.parse_args()
     secret = os.environ.get("INLINE_STATE_SECRET") or None
+    base = f"http://{args.host}:{args.port}/"
+    print(f"Chat with the bot at {base}, and see what it stored at {base}inspector/", flush=True)
     web.run_app(create_app(args.store, secret=secret), host=args.host, port=args.port)
 
 
