@@ -15,6 +15,7 @@ import pytest
 from aiohttp import web
 
 import inline_state
+import inline_state._inspector
 from inline_state import MemoryStore, RecordKey
 from inline_state._clock import stamp_ms
 from inline_state._inspector import CSRF_HEADER, SESSION_COOKIE
@@ -159,9 +160,11 @@ async def test_a_login_from_another_origin_is_refused(client_for: StartFn) -> No
 
 
 async def test_behind_a_tls_proxy_the_public_origin_counts(client_for: StartFn) -> None:
+    with pytest.raises(ValueError, match="scheme://host"):
+        counting_bot(MemoryStore(), secret=SECRET, bot_id=BOT, public_origin="https://a/b")
     client = await client_for(
         counting_bot(
-            MemoryStore(), secret=SECRET, bot_id=BOT, public_origin="https://bot.example.com"
+            MemoryStore(), secret=SECRET, bot_id=BOT, public_origin="https://Bot.example.com:443/"
         )
     )
     same = {"Origin": "https://bot.example.com"}
@@ -343,7 +346,7 @@ async def test_no_auth_mode_answers_loopback_host_names_only(client_for: StartFn
     assert status == 401 and session["noAuth"] is True
     csrf = await login(client, secret="")
     assert (await api(client, "GET", "channels", csrf))[0] == 200
-    for header in ("X-Forwarded-For", "Forwarded", "X-Real-IP", "Via"):
+    for header in inline_state._inspector.FORWARDING_HEADERS:
         proxied = {header: "203.0.113.7"}
         status, answer = await api(client, "GET", "channels", headers=proxied)
         assert status == 403 and "proxy" in answer["error"]["message"], header

@@ -18,6 +18,7 @@ import argparse
 import ipaddress
 import json
 import os
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -115,21 +116,34 @@ _POLICY = (
 )
 
 
-# What a reverse proxy adds: through one, a remote client would pass for a local one.
-_FORWARDING_HEADERS = ("Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Real-IP", "Via")
+# What reverse proxies add: through one, a remote client would pass for a local one. (A
+# proxy that adds nothing cannot be told apart: never publish the sample through one.)
+_FORWARDING_HEADERS = (
+    "Forwarded",
+    "X-Forwarded-For",
+    "X-Forwarded-Host",
+    "X-Forwarded-Proto",
+    "X-Real-IP",
+    "X-Client-IP",
+    "True-Client-IP",
+    "CF-Connecting-IP",
+    "Via",
+)
+_LOOPBACK_HOST = re.compile(r"(?:localhost|127\.0\.0\.1|\[::1\])(?::\d{1,5})?", re.IGNORECASE)
 
 
 def _local_only(request: web.Request) -> None:
     # The chat page reads any user's bags by id: only for this machine, and only under a
     # loopback name (a page whose own name resolves to 127.0.0.1 is refused).
-    name = request.url.host or ""
     try:
-        loopback = ipaddress.ip_address(name.strip("[]")).is_loopback
+        local = ipaddress.ip_address(request.remote or "").is_loopback
     except ValueError:
-        loopback = name.lower() == "localhost"
-    remote = ipaddress.ip_address(request.remote or "0.0.0.0")
-    proxied = any(h in request.headers for h in _FORWARDING_HEADERS)
-    if not (loopback and remote.is_loopback) or proxied:
+        local = False
+    if (
+        not local
+        or _LOOPBACK_HOST.fullmatch(request.headers.get("Host", "")) is None
+        or any(h in request.headers for h in _FORWARDING_HEADERS)
+    ):
         raise web.HTTPForbidden(text="the chat page answers on loopback only, not through a proxy")
 
 

@@ -15,6 +15,7 @@ the eTag the page read.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import importlib.resources
 import json
@@ -28,6 +29,7 @@ from datetime import UTC, datetime
 from typing import Any, get_args
 
 from aiohttp import hdrs, web
+from yarl import URL
 
 from . import _body
 from ._body import NOT_JSON, BodyError
@@ -47,12 +49,27 @@ __all__ = ["add_inspector"]
 
 logger = logging.getLogger("inline_state")
 
-#: Session cookies are named this plus a suffix drawn per inspector: browsers scope
-#: cookies by host, not port, so two inspectors on one host must not share a name.
+#: Session cookies are named this plus a suffix from the inspector's path and local port:
+#: browsers scope cookies by host, not port, so two inspectors on one host must not share
+#: a name (and one inspector keeps its name across restarts, so old cookies are replaced).
 SESSION_COOKIE = "inline_state_inspector_"
-#: Headers a reverse proxy adds: no-auth mode refuses a request carrying any, since the
-#: proxy's own loopback connection would otherwise pass for a local client.
-FORWARDING_HEADERS = ("Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Real-IP", "Via")
+#: Headers reverse proxies and CDNs add: no-auth mode refuses a request carrying any,
+#: since the proxy's own loopback connection would pass for a local client. A proxy that
+#: adds none cannot be told apart: no-auth mode must never sit behind one.
+FORWARDING_HEADERS = (
+    "Forwarded",
+    "X-Forwarded-For",
+    "X-Forwarded-Host",
+    "X-Forwarded-Proto",
+    "X-Forwarded-Port",
+    "X-Forwarded-Server",
+    "X-Original-Forwarded-For",
+    "X-Real-IP",
+    "X-Client-IP",
+    "True-Client-IP",
+    "CF-Connecting-IP",
+    "Via",
+)
 _HOST = re.compile(r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<name>[^\[\]:]+))(?::\d{1,5})?")
 CSRF_HEADER = "X-Inline-State-CSRF"
 #: The policy of every answer: scripts and styles from the inspector's own files only.
@@ -94,6 +111,20 @@ def _pretty(data: bytes) -> str:
     return json.dumps(value, indent=2, ensure_ascii=False)
 
 
+def _origin_of(url: str) -> str:
+    """``scheme://host[:port]`` as browsers send it in ``Origin`` (host lower case, no
+    default port); ValueError for a URL with a path, query or fragment."""
+    parsed = URL(url)
+    if (
+        not parsed.absolute
+        or parsed.path not in ("", "/")
+        or parsed.query_string
+        or parsed.fragment
+    ):
+        raise ValueError(f"public_origin must be scheme://host[:port], got {url!r}")
+    return str(parsed.origin())
+
+
 def _host_name(host: str) -> str | None:
     """The name in a Host header, without its port (IPv6 literals without brackets),
     lower case; None when the header is not ``name[:port]`` or ``[v6][:port]``."""
@@ -123,8 +154,7 @@ class _Inspector:
         self._store: Store | None = store if isinstance(store, Store) else None
         self.credentials = credentials
         self.prefix = prefix
-        self.public_origin = public_origin.rstrip("/") if public_origin else None
-        self.cookie = SESSION_COOKIE + secrets.token_hex(4)
+        self.public_origin = _origin_of(public_origin) if public_origin else None
         if allowed_hosts is None and credentials.no_auth_bot_id is not None:
             allowed_hosts = frozenset(_LOOPBACK_NAMES)
         self.allowed_hosts = allowed_hosts
@@ -154,6 +184,13 @@ class _Inspector:
         return self._store
 
     # -- who is asking --------------------------------------------------------------------
+
+    def cookie(self, request: web.Request) -> str:
+        """The session cookie's name for this inspector (see ``SESSION_COOKIE``)."""
+        where = request.transport.get_extra_info("sockname") if request.transport else None
+        port = where[1] if isinstance(where, tuple) and len(where) > 1 else 0
+        digest = hashlib.sha256(f"{self.prefix}|{port}".encode()).hexdigest()
+        return SESSION_COOKIE + digest[:8]
 
     def own_origin(self, request: web.Request) -> str:
         """The origin a browser on the inspector's page sends."""
@@ -187,7 +224,7 @@ class _Inspector:
                 )
 
     def session(self, request: web.Request) -> _Session:
-        sid = request.cookies.get(self.cookie)
+        sid = request.cookies.get(self.cookie(request))
         session = self.sessions.get(sid) if sid else None
         if session is None or session.expires < time.monotonic():
             if sid:
@@ -228,7 +265,7 @@ class _Inspector:
         )
         response = web.json_response({"bot": bot, "csrf": session.csrf})
         response.set_cookie(
-            self.cookie,
+            self.cookie(request),
             sid,
             httponly=True,
             samesite="Strict",
@@ -251,9 +288,9 @@ class _Inspector:
         return web.json_response({"bot": session.bot, "csrf": session.csrf})
 
     async def logout(self, request: web.Request, session: _Session) -> web.Response:
-        self.sessions.pop(request.cookies.get(self.cookie, ""), None)
+        self.sessions.pop(request.cookies.get(self.cookie(request), ""), None)
         response = web.json_response({})
-        response.del_cookie(self.cookie, path=self.prefix + "/")
+        response.del_cookie(self.cookie(request), path=self.prefix + "/")
         return response
 
     # -- reading --------------------------------------------------------------------------

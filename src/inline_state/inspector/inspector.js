@@ -13,6 +13,8 @@ let listing = null;     // what the list shows: channel, kind and prefix, as sea
 let dirty = false;      // the editor holds changes not saved yet
 let cursor = null;
 let pollTimer = null;
+let opened = 0;         // counts records opened: a poll chain belongs to one opening
+let reads = 0;          // counts reads: only the answer to the latest is shown
 
 function text(tag, content, className) {
   const node = document.createElement(tag);
@@ -126,8 +128,9 @@ async function search(fresh) {
     $("records").replaceChildren();
     listing = Object.assign(channelKey(), { kind: $("kind").value, prefix: $("prefix").value });
   }
-  const body = Object.assign({}, listing, { cursor });
-  const result = await api("POST", "records", body);
+  const mine = listing;  // a newer search may start while this one waits
+  const result = await api("POST", "records", Object.assign({}, mine, { cursor }));
+  if (mine !== listing) return;
   if (result.status !== 200) {
     $("list-note").textContent = problem(result);
     return;
@@ -135,7 +138,7 @@ async function search(fresh) {
   for (const key of result.json.records) {
     const button = text("button", label(key));
     button.type = "button";
-    const full = Object.assign(listing.v1 ? { v1: true } : { channel: listing.channel }, key);
+    const full = Object.assign(mine.v1 ? { v1: true } : { channel: mine.channel }, key);
     button.addEventListener("click", () => openRecord(full));
     const item = document.createElement("li");
     item.append(button);
@@ -167,8 +170,15 @@ async function openFromHash() {
 
 function closeRecord() {
   open = null;
-  clearInterval(pollTimer);
+  opened += 1;
+  clearTimeout(pollTimer);
   $("record").hidden = true;
+}
+
+// One poll at a time: the next is scheduled when this one has answered.
+async function poll(opening) {
+  await refresh();
+  if (opening === opened) pollTimer = setTimeout(poll, POLL_MS, opening);
 }
 
 async function openRecord(key) {
@@ -180,16 +190,18 @@ async function openRecord(key) {
   $("confirm").hidden = true;
   $("record").hidden = false;
   $("delete-user").hidden = key.kind === "conversation";
+  clearTimeout(pollTimer);
+  const opening = ++opened;
   await refresh();
-  clearInterval(pollTimer);
-  pollTimer = setInterval(refresh, POLL_MS);
+  if (opening === opened) pollTimer = setTimeout(poll, POLL_MS, opening);
 }
 
 async function refresh() {
   if (!open) return;
   const key = open;
+  const mine = ++reads;
   const result = await api("POST", "read", Object.assign({}, key, { known: shownVersion }));
-  if (key !== open) return;
+  if (key !== open || mine !== reads) return;
   if (result.status !== 200) {
     $("record-live").textContent = problem(result);
     return;
