@@ -1,4 +1,5 @@
-"""A seeded hostile-input storm against the middleware, the REST API and the proxy.
+"""A seeded hostile-input storm against the middleware, the REST API, the inspector's API
+and the proxy.
 
 Every request is generated from one seed: bodies in every content type and charset
 (declared right, wrong or bogus), broken gzip, injected bags in every spelling, deep
@@ -10,7 +11,9 @@ too (bad bags, non-string keys, other JSON media types and charsets). What must 
 - the bot never sees a client-sent bag, through ``request.json()`` or ``get_message()``;
 - no response carries a bag field;
 - records of users no request names are untouched, and requests with wrong
-  credentials read and write nothing.
+  credentials read and write nothing;
+- an inspector call without its session's CSRF token, or from another Origin, is
+  refused (401 or 403) and changes nothing.
 
 ``python -m tests.storm --requests 100000`` (``make storm``) runs it longer than CI does.
 """
@@ -293,6 +296,52 @@ class Generator:
         target = user if wrong and user in GUARDED else None
         return method, path, body, headers, target
 
+    def inspector_request(self, csrf: str) -> tuple[str, str, bytes | None, dict[str, str], bool]:
+        """(method, path, body, headers, forged): a call of the inspector's API, in a
+        session or forged (no token, a wrong one, another Origin), then naming only
+        victims and guarded users."""
+        rng = self.rng
+        name = rng.choice(["read", "save", "records", "delete-user", "channels", "login"])
+        forged = rng.random() < 0.3
+        user = rng.choice(VICTIMS + GUARDED) if forged else self.ident()
+        key: dict[str, Any] = {
+            "kind": rng.choice(["user", "user", "conversation", "private", "nope", None, 5]),
+            "channel": rng.choice([CHANNEL, CHANNEL, "", None, 7, self.ident()]),
+            "user": rng.choice([user, user, user, 5, None, ""]),
+            "conversation": self.ident(),
+        }
+        if rng.random() < 0.1:
+            key["v1"] = rng.choice([True, "1", None, {}])
+        value: Any
+        if name == "save":
+            data = rng.choice(
+                ['{"n": 1}', '{"n": 2, "s": "\u00e9"}', "{", "[" * 300, "\ud800", 5, None]
+                + ['{"x": "' + "y" * 70_000 + '"}', json.dumps({"d": self.hostile_value()})]
+            )
+            value = {**key, "eTag": rng.choice(["*", "*", "", None, 3, "0.0"]), "data": data}
+        elif name == "records":
+            value = {
+                **key,
+                "cursor": rng.choice([None, None, "x", '["a", "b"]', "\ud800", 5, "[]"]),
+                "prefix": rng.choice(["", "u", "\ud800", 5, "%"]),
+            }
+        elif name == "login":
+            value = {"secret": rng.choice(["wrong", "\ud800", 5, None, "", SECRET + "x"])}
+        else:
+            value = key
+        value = rng.choice([value, value, value, [value], "text", None])
+        body, headers = self.encode(value) if name != "channels" else (None, {})
+        if forged:
+            choice = rng.random()
+            if choice < 0.4:
+                headers["X-Inline-State-CSRF"] = "not-the-token"
+            elif choice < 0.7:
+                headers |= {"X-Inline-State-CSRF": csrf, "Origin": "http://evil.example"}
+        elif name != "login":
+            headers["X-Inline-State-CSRF"] = csrf
+        method = "GET" if name == "channels" else rng.choice(["POST"] * 9 + ["PUT"])
+        return method, f"/inspector/api/{name}", body, headers, forged and name != "channels"
+
 
 # -- the bots --------------------------------------------------------------------------
 
@@ -411,8 +460,31 @@ async def _storm_app(
     count: int,
     rest: bool,
 ) -> None:
+    csrf = ""
+    if rest:
+        login = await client.post("/inspector/api/login", json={"secret": SECRET})
+        csrf = (await login.json())["csrf"]
     for i in range(count):
         report.requests += 1
+        if rest and i % 5 == 4:
+            method, path, body, headers, forged = gen.inspector_request(csrf)
+            async with client.request(
+                method, path, data=body, headers=headers, skip_auto_headers=["Content-Type"]
+            ) as response:
+                raw = await response.read()
+                if (
+                    forged
+                    and path != "/inspector/api/login"
+                    and response.status
+                    not in (
+                        401,
+                        403,
+                        405,
+                    )
+                ):
+                    report.fail(f"a forged inspector call got {response.status} on {path}")
+                _check_response(report, f"{method} {path}", response.status, raw)
+            continue
         if rest and i % 3 == 2:
             method, path, body, headers, _ = gen.rest_request()
             async with client.request(
@@ -435,6 +507,7 @@ def _bot_app(store: Store | str, bot: StormBot) -> web.Application:
     app = web.Application()
     inline_state.setup(app, store)
     inline_state.add_state_api(app, secret=SECRET, bot_id=BOT)
+    inline_state.add_inspector(app, secret=SECRET, bot_id=BOT)
     app.router.add_post("/api/messages", bot.handle)
     return app
 

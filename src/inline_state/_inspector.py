@@ -480,18 +480,38 @@ InSession = Callable[[web.Request, _Session], Awaitable[web.StreamResponse]]
 
 def _wrap(inspector: _Inspector, handler: Open | InSession, *, in_session: bool) -> Open:
     async def respond(request: web.Request) -> web.StreamResponse:
+        unreadable: BodyError | None = None
+        if request.body_exists:
+            # Read (and so check) every body before answering, even one a refusal
+            # ignores: aiohttp would read a broken one after the answer, and log it.
+            try:
+                await read_body(request)
+            except BodyError as exc:
+                unreadable = exc
         try:
             inspector.check_origin(request)
             if not in_session:
                 if request.method == "POST":  # the login: no session yet, but our Origin
                     inspector.check_same_origin(request)
+                if unreadable is not None:
+                    raise unreadable
                 return _secured(await handler(request))  # type: ignore[call-arg]
             session = inspector.session(request)
             if request.method == "POST":
                 inspector.check_change(request, session)
+            if unreadable is not None:
+                raise unreadable
             return _secured(await handler(request, session))  # type: ignore[call-arg]
+        except BodyError as exc:
+            refused = _error(exc.status, exc.code, str(exc))
+            if exc.close_connection:  # the body's bytes broke its parser (see read_body)
+                refused.force_close()
+            return _secured(refused)
         except _Refused as exc:
-            return _secured(_error(exc.status, exc.code, str(exc)))
+            refused = _error(exc.status, exc.code, str(exc))
+            if unreadable is not None and unreadable.close_connection:
+                refused.force_close()
+            return _secured(refused)
         except StoreUnavailable as exc:
             logger.error("state store unavailable: %s", exc)
             return _secured(
@@ -569,8 +589,24 @@ def add_inspector(
         ("POST", "save"): inspector.save,
         ("POST", "delete-user"): inspector.delete_user,
     }
+    allowed: dict[str, list[str]] = {"login": ["POST"], "session": ["GET"]}
     for (method, name), handler in in_session.items():
         router.add_route(method, f"{base}/api/{name}", _wrap(inspector, handler, in_session=True))
+        allowed.setdefault(name, []).append(method)
+    for name, methods in allowed.items():
+        # Any other method: a JSON 405, after the body was read (aiohttp's own skips it).
+        router.add_route(
+            "*", f"{base}/api/{name}", _wrap(inspector, _not_allowed(methods), in_session=False)
+        )
+
+
+def _not_allowed(methods: list[str]) -> Open:
+    listed = ", ".join(sorted({*methods, *(["HEAD"] if "GET" in methods else [])}))
+
+    async def refuse(request: web.Request) -> web.StreamResponse:
+        raise _Refused(405, "MethodNotAllowed", f"{request.method} is not allowed here: {listed}")
+
+    return refuse
 
 
 def _redirect_to(location: str) -> Open:
