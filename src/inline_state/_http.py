@@ -6,7 +6,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import logging
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from aiohttp import hdrs, web
@@ -15,7 +15,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from ._body import BodyError
 from ._engine import Engine
 from ._errors import StoreUnavailable, TurnError
-from .stores import Store
+from .stores import Store, open_store
 
 __all__ = ["ENGINE_KEY", "STORE_KEY"]
 
@@ -57,6 +57,18 @@ async def read_body(request: web.BaseRequest) -> bytes:
             f" {' '.join(str(exc).split())}",
             close_connection=True,
         ) from None
+
+
+async def unreadable_body(request: web.BaseRequest) -> BodyError | None:
+    """Read (and so check) a request's body before answering, even one the answer will
+    ignore: a body aiohttp finds broken after the handler would be logged with a
+    traceback. The BodyError, if it was broken."""
+    if request.body_exists:
+        try:
+            await read_body(request)
+        except BodyError as exc:
+            return exc
+    return None
 
 
 def body_error_response(exc: BodyError) -> web.Response:
@@ -157,3 +169,39 @@ class Credentials:
             if hmac.compare_digest(sent, known):
                 bot_id = bot
         return bot_id
+
+
+class StoreSlot:
+    """The store an adapter that reads records directly uses (the REST API, the
+    inspector): one it was given, one it opens from a URL for the app's lifetime
+    (``cleanup_ctx``), or, given none, the one ``setup()`` gave the app."""
+
+    def __init__(self, store: str | Store | None, what: str) -> None:
+        self._arg = store
+        self._store: Store | None = store if isinstance(store, Store) else None
+        self._what = what
+
+    def mount(self, app: web.Application) -> None:
+        """Open and close a store given as a URL with the app."""
+        if isinstance(self._arg, str):
+            app.cleanup_ctx.append(self._cleanup_ctx)
+
+    async def _cleanup_ctx(self, app: web.Application) -> AsyncIterator[None]:
+        assert isinstance(self._arg, str)
+        self._store = open_store(self._arg)
+        async with self._store:
+            yield
+
+    def get(self, request: web.Request) -> Store:
+        """The store, found on the app on first use when none was given."""
+        if self._store is None:
+            store = request.config_dict.get(STORE_KEY)
+            if store is None:
+                raise RuntimeError(f"{self._what} needs a store: call setup() first or pass one")
+            self._store = store
+        return self._store
+
+
+def methods_allowed(methods: list[str]) -> str:
+    """The methods of a route as a 405 lists them (HEAD beside GET)."""
+    return ", ".join(sorted({*methods, *(["HEAD"] if "GET" in methods else [])}))

@@ -23,7 +23,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, get_args
@@ -39,11 +39,18 @@ from ._codec import DEFAULT_MAX_DEPTH, dumps, loads
 from ._diff import encode_bag
 from ._engine import DEFAULT_MAX_ID_LENGTH, id_too_long
 from ._errors import BagError, InvalidCursor
-from ._http import STORE_KEY, Credentials, is_loopback, log_internal_error, read_body
+from ._http import (
+    Credentials,
+    StoreSlot,
+    is_loopback,
+    log_internal_error,
+    methods_allowed,
+    read_body,
+    unreadable_body,
+)
 from ._keys import RecordKey, UserRef
 from ._message import Kind
 from .stores import InspectedRecord, PreconditionFailed, RecordTooLarge, Store, StoreUnavailable
-from .stores import open_store as _open_store
 
 __all__ = ["add_inspector"]
 
@@ -150,8 +157,7 @@ class _Inspector:
         max_depth: int,
         max_id_length: int,
     ) -> None:
-        self._store_arg = store
-        self._store: Store | None = store if isinstance(store, Store) else None
+        self.slot = StoreSlot(store, "add_inspector")
         self.credentials = credentials
         self.prefix = prefix
         self.public_origin = _origin_of(public_origin) if public_origin else None
@@ -167,21 +173,8 @@ class _Inspector:
         folder = importlib.resources.files("inline_state") / "inspector"
         self.files = {name: (folder / name).read_bytes() for name in _FILES}
 
-    async def cleanup_ctx(self, app: web.Application) -> AsyncIterator[None]:
-        if isinstance(self._store_arg, str):
-            self._store = _open_store(self._store_arg)
-            async with self._store:
-                yield
-        else:
-            yield
-
     def store(self, request: web.Request) -> Store:
-        if self._store is None:
-            store = request.config_dict.get(STORE_KEY)
-            if store is None:
-                raise RuntimeError("add_inspector needs a store: call setup() first or pass one")
-            self._store = store
-        return self._store
+        return self.slot.get(request)
 
     # -- who is asking --------------------------------------------------------------------
 
@@ -480,14 +473,7 @@ InSession = Callable[[web.Request, _Session], Awaitable[web.StreamResponse]]
 
 def _wrap(inspector: _Inspector, handler: Open | InSession, *, in_session: bool) -> Open:
     async def respond(request: web.Request) -> web.StreamResponse:
-        unreadable: BodyError | None = None
-        if request.body_exists:
-            # Read (and so check) every body before answering, even one a refusal
-            # ignores: aiohttp would read a broken one after the answer, and log it.
-            try:
-                await read_body(request)
-            except BodyError as exc:
-                unreadable = exc
+        unreadable = await unreadable_body(request)
         try:
             inspector.check_origin(request)
             if not in_session:
@@ -572,8 +558,7 @@ def add_inspector(
         max_depth,
         max_id_length,
     )
-    if isinstance(store, str):
-        app.cleanup_ctx.append(inspector.cleanup_ctx)
+    inspector.slot.mount(app)
     base = inspector.prefix
     router = app.router
     router.add_get(base, _wrap(inspector, _redirect_to(base + "/"), in_session=False))
@@ -601,7 +586,7 @@ def add_inspector(
 
 
 def _not_allowed(methods: list[str]) -> Open:
-    listed = ", ".join(sorted({*methods, *(["HEAD"] if "GET" in methods else [])}))
+    listed = methods_allowed(methods)
 
     async def refuse(request: web.Request) -> web.StreamResponse:
         raise _Refused(405, "MethodNotAllowed", f"{request.method} is not allowed here: {listed}")

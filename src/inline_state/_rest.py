@@ -11,7 +11,7 @@ import hmac
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,7 +24,16 @@ from ._codec import DEFAULT_MAX_DEPTH, join_bag
 from ._diff import encode_bag
 from ._engine import DEFAULT_MAX_ID_LENGTH, id_too_long
 from ._errors import BagError, InvalidCursor
-from ._http import STORE_KEY, Credentials, header_bytes, is_loopback, log_internal_error, read_body
+from ._http import (
+    Credentials,
+    StoreSlot,
+    header_bytes,
+    is_loopback,
+    log_internal_error,
+    methods_allowed,
+    read_body,
+    unreadable_body,
+)
 from ._keys import RecordKey, UserRef
 from ._message import Kind
 from .stores import (
@@ -33,7 +42,6 @@ from .stores import (
     Store,
     StoredRecord,
     StoreUnavailable,
-    open_store,
 )
 
 __all__ = ["add_state_api"]
@@ -85,8 +93,7 @@ class _StateApi:
         max_depth: int,
         max_id_length: int,
     ) -> None:
-        self._store_arg = store
-        self._store: Store | None = store if isinstance(store, Store) else None
+        self.slot = StoreSlot(store, "add_state_api")
         self.credentials = credentials
         self.app_id = app_id
         self.max_bytes = max_bytes
@@ -94,21 +101,8 @@ class _StateApi:
         self.max_depth = max_depth
         self.max_id_length = max_id_length
 
-    async def cleanup_ctx(self, app: web.Application) -> AsyncIterator[None]:
-        if isinstance(self._store_arg, str):
-            self._store = open_store(self._store_arg)
-            async with self._store:
-                yield
-        else:
-            yield
-
     def store(self, request: web.Request) -> Store:
-        if self._store is None:
-            store = request.config_dict.get(STORE_KEY)
-            if store is None:
-                raise RuntimeError("add_state_api needs a store: call setup() first or pass one")
-            self._store = store
-        return self._store
+        return self.slot.get(request)
 
     # -- auth ---------------------------------------------------------------------------
 
@@ -297,14 +291,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 def _wrap(api: _StateApi, handler: Handler, v1: bool) -> Handler:
     async def respond(request: web.Request) -> web.StreamResponse:
-        unreadable: BodyError | None = None
-        if request.body_exists:
-            # Read (and so check) any body, even one a GET ignores: a body aiohttp finds
-            # broken after the handler would be logged with a traceback.
-            try:
-                await read_body(request)
-            except BodyError as exc:
-                unreadable = exc
+        unreadable = await unreadable_body(request)
         response = await _answer(api, handler, request, unreadable, v1)
         if unreadable is not None and unreadable.close_connection:
             response.force_close()
@@ -384,8 +371,7 @@ def add_state_api(
         max_depth,
         max_id_length,
     )
-    if isinstance(store, str):
-        app.cleanup_ctx.append(api.cleanup_ctx)
+    api.slot.mount(app)
     prefix = prefix.rstrip("/")
     kinds: dict[str, Kind] = {
         "/users/{userId}": "user",
@@ -417,7 +403,7 @@ def add_state_api(
 
 
 def _not_allowed(methods: list[str]) -> Handler:
-    listed = ", ".join(sorted({*methods, *(["HEAD"] if "GET" in methods else [])}))
+    listed = methods_allowed(methods)
 
     async def handler(request: web.Request) -> web.Response:
         raise ApiError(405, "MethodNotAllowed", f"{request.method} is not allowed here: {listed}")

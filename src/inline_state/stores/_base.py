@@ -16,7 +16,7 @@ from typing import NamedTuple, Self
 from .._change import Change
 from .._clock import HybridClock, lease_time
 from .._errors import InvalidCursor, StoreError
-from .._keys import RecordKey, UserRef, decode_key
+from .._keys import RecordKey, UserRef, decode_key, listing_prefix
 from .._message import Kind
 
 __all__ = ["ApplyResult", "ExportPage", "InspectedRecord", "KeyPage", "Store", "StoredRecord"]
@@ -84,6 +84,17 @@ class KeyPage:
 
     keys: list[RecordKey]
     cursor: str | None
+
+
+def listing_range(
+    bot: str, channel: str | None, kind: Kind, prefix: str, cursor: str | None, limit: int
+) -> tuple[str, str | None]:
+    """For a listing in key order (memory, SQLite): the prefix its keys share, and the
+    key a cursor continues after (None on the first page)."""
+    if limit <= 0:
+        raise ValueError("limit must be positive")
+    start = listing_prefix(bot, channel, kind, prefix)
+    return start, listing_after(start, cursor) if cursor is not None else None
 
 
 def listing_cursor(start: str, last: str) -> str:

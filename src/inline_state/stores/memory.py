@@ -24,7 +24,6 @@ from .._keys import (
     UserRef,
     channel_of,
     decode_key,
-    listing_prefix,
     namespace_prefix,
     sorted_channels,
 )
@@ -39,8 +38,8 @@ from ._base import (
     KeyPage,
     Store,
     StoredRecord,
-    listing_after,
     listing_cursor,
+    listing_range,
 )
 from ._record import PROPERTY_OVERHEAD, RECORD_OVERHEAD, Record
 
@@ -509,10 +508,7 @@ class MemoryStore(Store):
         limit: int = 50,
     ) -> KeyPage:
         """A page of keys in key order, read from the key index's range."""
-        if limit <= 0:
-            raise ValueError("limit must be positive")
-        start = listing_prefix(bot, channel, kind, prefix)
-        after = listing_after(start, cursor) if cursor is not None else None
+        start, after = listing_range(bot, channel, kind, prefix, cursor, limit)
         namespace, low = _split(after or start)
         index = self._index.get(namespace)
         if index is None:

@@ -45,7 +45,6 @@ from .._keys import (
     UserRef,
     channel_of,
     decode_key,
-    listing_prefix,
     namespace_prefix,
     prefix_end,
     sorted_channels,
@@ -62,8 +61,8 @@ from ._base import (
     KeyPage,
     Store,
     StoredRecord,
-    listing_after,
     listing_cursor,
+    listing_range,
 )
 from ._record import Record
 from ._sqlite_rows import (
@@ -802,10 +801,7 @@ class SqliteStore(Store):
         limit: int = 50,
     ) -> KeyPage:
         """A page of keys in key order: one range of the heads' primary key."""
-        if limit <= 0:
-            raise ValueError("limit must be positive")
-        start = listing_prefix(bot, channel, kind, prefix)
-        after = listing_after(start, cursor) if cursor is not None else None
+        start, after = listing_range(bot, channel, kind, prefix, cursor, limit)
 
         def read(conn: sqlite3.Connection, now_ms: int) -> list[str]:
             return live_keys(
