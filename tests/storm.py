@@ -314,10 +314,10 @@ class Generator:
             key["v1"] = rng.choice([True, "1", None, {}])
         value: Any
         if name == "save":
-            data = rng.choice(
-                ['{"n": 1}', '{"n": 2, "s": "\u00e9"}', "{", "[" * 300, "\ud800", 5, None]
-                + ['{"x": "' + "y" * 70_000 + '"}', json.dumps({"d": self.hostile_value()})]
-            )
+            too_large = '{"x": "' + "y" * 70_000 + '"}'
+            hostile = json.dumps({"d": self.hostile_value()})
+            texts = ['{"n": 1}', '{"n": 2, "s": "\u00e9"}', "{", "[" * 300, "\ud800"]
+            data = rng.choice([*texts, 5, None, too_large, hostile])
             value = {**key, "eTag": rng.choice(["*", "*", "", None, 3, "0.0"]), "data": data}
         elif name == "records":
             value = {
