@@ -1,0 +1,155 @@
+"""Exact counters as hidden stamped properties of a record (work in progress, issue 17).
+
+An increment of property ``p`` by ``d``, made by a change stamped ``s``, is stored as
+its own property ``INCREMENT + p + "\\0" + hex(s)`` holding ``d``; a set or removal of
+``p`` at stamp ``b`` writes ``MARK + p`` holding ``b`` beside it. Every store merges
+these like any property, so nothing in a backend changes, and:
+
+- every order of the same changes gives the same record (they are stamped entries);
+- a retried change counts once (its increment is the same entry at the same stamp);
+- the value played back (``effective``) is ``p``'s stored value if it is an integer (0
+  when absent or not one) plus every increment stamped above ``p``'s mark, or ``p`` as
+  stored when no increment is above its mark. A clear at stamp ``c`` removes every
+  entry below ``c``, increments and marks too.
+
+Increments older than a horizon are folded (``fold``) into one ordinary write stamped
+with the newest folded increment, which sets ``p`` and its mark and removes the folded
+entries; an increment that arrives older than the horizon after a fold is lost, as a
+late change past the tombstone window is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import NamedTuple
+
+__all__: list[str] = []
+
+#: Every hidden name starts with this; a bot's own property names must not.
+HIDDEN = "\x00is:"
+INCREMENT = HIDDEN + "+"
+MARK = HIDDEN + "="
+_INT64 = range(-(2**63), 2**63)
+
+
+def increment_name(name: str, stamp: int) -> str:
+    """The hidden property holding one change's increment of ``name``."""
+    return f"{INCREMENT}{name}\x00{stamp:x}"
+
+
+def mark_name(name: str) -> str:
+    """The hidden property holding the stamp of the last set or removal of ``name``."""
+    return MARK + name
+
+
+def may_hide(props: Mapping[str, bytes]) -> bool:
+    """False when no property of ``props`` can be hidden (one C-level pass over the
+    names: hidden names sort before every name that does not start with NUL)."""
+    return bool(props) and min(props)[:1] == "\x00"
+
+
+def _parse_increment(hidden: str) -> tuple[str, int] | None:
+    name, sep, stamp = hidden[len(INCREMENT) :].rpartition("\x00")
+    if not sep:
+        return None
+    try:
+        return name, int(stamp, 16)
+    except ValueError:
+        return None
+
+
+def _as_int(value: bytes | None) -> int | None:
+    """The integer a canonical JSON value is, or None (absent, or not an integer)."""
+    if value is None or not value or len(value) > 40:
+        return None
+    body = value[1:] if value[:1] == b"-" else value
+    return int(value) if body.isdigit() else None
+
+
+class _Counters(NamedTuple):
+    plain: dict[str, bytes]
+    marks: dict[str, int]
+    increments: dict[str, list[tuple[int, int, str]]]  # name -> (stamp, delta, hidden name)
+
+
+def _split(props: Mapping[str, bytes]) -> _Counters:
+    plain: dict[str, bytes] = {}
+    marks: dict[str, int] = {}
+    increments: dict[str, list[tuple[int, int, str]]] = {}
+    for name, value in props.items():
+        if not name.startswith(HIDDEN):
+            plain[name] = value
+        elif name.startswith(INCREMENT):
+            parsed = _parse_increment(name)
+            delta = _as_int(value)
+            if parsed is not None and delta is not None:
+                increments.setdefault(parsed[0], []).append((parsed[1], delta, name))
+        elif name.startswith(MARK):
+            stamp = _as_int(value)
+            if stamp is not None:
+                marks[name[len(MARK) :]] = stamp
+    return _Counters(plain, marks, increments)
+
+
+def effective(props: Mapping[str, bytes]) -> Mapping[str, bytes]:
+    """The properties as played back: hidden ones gone, counters summed (``props``
+    itself when it holds no hidden property)."""
+    if not may_hide(props):
+        return props
+    plain, marks, increments = _split(props)
+    for name, entries in increments.items():
+        above = marks.get(name, 0)
+        counted = [delta for stamp, delta, _ in entries if stamp > above]
+        if counted:
+            plain[name] = b"%d" % ((_as_int(plain.get(name)) or 0) + sum(counted))
+    return plain
+
+
+class Fold(NamedTuple):
+    """One ordinary write that folds old increments: stamped ``stamp``, it sets
+    ``sets`` and removes ``removes`` (apply it with the turn's base)."""
+
+    stamp: int
+    sets: dict[str, bytes]
+    removes: frozenset[str]
+
+
+def fold(props: Mapping[str, bytes], horizon: int) -> Fold | None:
+    """The write that folds every increment stamped at or below ``horizon`` into its
+    property, or None when there is none to fold (increments below their property's
+    mark, which no longer count, are removed with them)."""
+    if not may_hide(props):
+        return None
+    plain, marks, increments = _split(props)
+    folded: list[tuple[str, list[tuple[int, int, str]]]] = []
+    newest = 0
+    for name, entries in increments.items():
+        old = [entry for entry in entries if entry[0] <= horizon]
+        if old:
+            folded.append((name, old))
+            newest = max(newest, *(stamp for stamp, _, _ in old))
+    if not folded:
+        return None
+    sets: dict[str, bytes] = {}
+    removes: set[str] = set()
+    for name, old in folded:
+        above = marks.get(name, 0)
+        counted = [delta for stamp, delta, _ in old if stamp > above]
+        removes.update(hidden for _, _, hidden in old)
+        if counted:
+            value = (_as_int(plain.get(name)) or 0) + sum(counted)
+            sets[name] = b"%d" % value
+            sets[mark_name(name)] = b"%d" % newest
+    return Fold(newest, sets, frozenset(removes))
+
+
+def checked_delta(name: str, delta: object) -> int:
+    """An increment as a reply gives it: an integer within 64 bits (not a bool);
+    ValueError saying what is wrong otherwise."""
+    if type(delta) is not int:
+        raise ValueError(
+            f"the increment of {name!r} must be an integer, got {type(delta).__name__}"
+        )
+    if delta not in _INT64:
+        raise ValueError(f"the increment of {name!r} does not fit in 64 bits")
+    return delta
