@@ -91,7 +91,8 @@ def make_target(name: str, bag_bytes: int = 0, redis_url: str | None = None) -> 
 
     args.api = "plain" if name == "memory-plain" else "fast"
     args.no_metrics = name == "memory-nometrics"
-    if name == "sqlite":  # a fresh file, removed with the process's temporary directory
+    args.increments = name in ("memory-incr", "sqlite-incr")
+    if name in ("sqlite", "sqlite-incr"):  # a fresh file, removed with its temporary dir
         args.store = f"sqlite:///{tempfile.mkdtemp(prefix='inline_state-bench-')}/state.db"
     return inline.make_app(args)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import shlex
@@ -43,7 +44,8 @@ def blocks(language: str, section: str | None = None) -> list[str]:
 
 
 async def test_quick_start_and_the_state_api_snippet(client_for: StartFn) -> None:
-    quick_start, _, state_api = blocks("python")[:3]
+    quick_start = blocks("python", "Quick start")[0]
+    state_api = blocks("python", "The REST state API (ETags)")[0]
     namespace: dict[str, Any] = {"__name__": "readme"}
     exec(compile(quick_start, "README.md", "exec"), namespace)
     exec(compile(state_api, "README.md", "exec"), namespace)
@@ -59,7 +61,7 @@ async def test_quick_start_and_the_state_api_snippet(client_for: StartFn) -> Non
 
 
 async def test_client_middleware_snippet() -> None:
-    _, snippet, _ = blocks("python")[:3]
+    snippet = blocks("python", "Replies POSTed to the channel")[0]
     namespace: dict[str, Any] = {"aiohttp": aiohttp, "inline_state": inline_state}
     namespace["app"] = web.Application()
     exec(compile(snippet, "README.md", "exec"), namespace)
@@ -193,3 +195,17 @@ async def test_the_inspector_snippet(client_for: StartFn) -> None:
         headers={"X-Inline-State-CSRF": csrf},
     )
     assert [r["user"] for r in (await listing.json())["records"]] == ["user-1"]
+
+
+async def test_the_exact_counters_snippet(client_for: StartFn) -> None:
+    [snippet] = blocks("python", "Exact counters")
+    namespace: dict[str, Any] = {"inline_state": inline_state, "web": web}
+    exec(compile(snippet, "README.md", "exec"), namespace)
+    app = web.Application()
+    inline_state.setup(app, "memory://")
+    app.router.add_post("/api/messages", namespace["messages"])
+    client = await client_for(app)
+    answers = await asyncio.gather(*(post(client, activity()) for _ in range(20)))
+    assert all(status == 200 for status, _ in answers)
+    _, reply = await post(client, activity())
+    assert reply["text"] == "visit 21"

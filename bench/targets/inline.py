@@ -20,6 +20,7 @@ from aiohttp import web
 import inline_state
 
 PADDING = web.AppKey("padding", int)
+INCREMENTS = web.AppKey("increments", bool)
 SEED_BATCH = 1000
 
 
@@ -36,8 +37,12 @@ async def messages(request: web.Request) -> web.StreamResponse:
         "replyToId": act.get("id"),
         "text": f"echo: {act.get('text', '')} (turn {n})",
     }
-    inline_state.set_user_data(reply, "turns", n)
-    inline_state.set_conversation_data(reply, "turns", c)
+    if request.app[INCREMENTS]:  # exact counters: the reply records increments
+        inline_state.incr_user_data(reply, "turns")
+        inline_state.incr_conversation_data(reply, "turns")
+    else:
+        inline_state.set_user_data(reply, "turns", n)
+        inline_state.set_conversation_data(reply, "turns", c)
     padding = request.app[PADDING]
     if padding and inline_state.get_user_data(act, "padding") is None:
         inline_state.set_user_data(reply, "padding", "x" * padding)
@@ -103,6 +108,7 @@ def make_app(args: argparse.Namespace) -> web.Application:
         middleware.engine.metrics = None
     app.router.add_get("/cache-stats", cache_stats)
     app[PADDING] = args.bag_bytes
+    app[INCREMENTS] = getattr(args, "increments", False)
     if args.seed_users:
         app.on_startup.append(seeder(args.seed_users, middleware))
     app.router.add_post("/api/messages", plain_messages if args.api == "plain" else messages)
@@ -116,6 +122,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api", choices=["fast", "plain"], default="fast")
     parser.add_argument("--cache-bytes", type=int, help="memory:// with this cache bound")
     parser.add_argument("--no-metrics", action="store_true", help="the engine counts nothing")
+    parser.add_argument("--increments", action="store_true", help="count with incr_* helpers")
 
 
 if __name__ == "__main__":

@@ -48,16 +48,6 @@ def may_hide(props: Mapping[str, bytes]) -> bool:
     return bool(props) and min(props)[:1] == "\x00"
 
 
-def _parse_increment(hidden: str) -> tuple[str, int] | None:
-    name, sep, stamp = hidden[len(INCREMENT) :].rpartition("\x00")
-    if not sep:
-        return None
-    try:
-        return name, int(stamp, 16)
-    except ValueError:
-        return None
-
-
 def _as_int(value: bytes | None) -> int | None:
     """The integer a canonical JSON value is, or None (absent, or not an integer)."""
     if value is None or not value or len(value) > 40:
@@ -66,43 +56,58 @@ def _as_int(value: bytes | None) -> int | None:
     return int(value) if body.isdigit() else None
 
 
-class _Counters(NamedTuple):
+class Counters(NamedTuple):
+    """A stored record's properties split: the plain ones, each counter's mark, and its
+    increments as (stamp, delta, hidden name)."""
+
     plain: dict[str, bytes]
     marks: dict[str, int]
-    increments: dict[str, list[tuple[int, int, str]]]  # name -> (stamp, delta, hidden name)
+    increments: dict[str, list[tuple[int, int, str]]]
 
 
-def _split(props: Mapping[str, bytes]) -> _Counters:
+_AT_KIND = len(HIDDEN)  # where "+" or "=" stands in a hidden name
+_NAME_AT = len(INCREMENT)
+
+
+def parse(props: Mapping[str, bytes]) -> Counters:
+    """Split a stored record's properties (once per turn: every other function here
+    takes the result)."""
     plain: dict[str, bytes] = {}
     marks: dict[str, int] = {}
     increments: dict[str, list[tuple[int, int, str]]] = {}
     for name, value in props.items():
-        if not name.startswith(HIDDEN):
+        if name[:1] != "\x00" or not name.startswith(HIDDEN):
             plain[name] = value
-        elif name.startswith(INCREMENT):
-            parsed = _parse_increment(name)
-            delta = _as_int(value)
-            if parsed is not None and delta is not None:
-                increments.setdefault(parsed[0], []).append((parsed[1], delta, name))
-        elif name.startswith(MARK):
-            stamp = _as_int(value)
-            if stamp is not None:
-                marks[name[len(MARK) :]] = stamp
-    return _Counters(plain, marks, increments)
+            continue
+        which = name[_AT_KIND : _AT_KIND + 1]
+        try:
+            if which == "+":
+                head, _, stamp = name.rpartition("\x00")
+                if len(head) > _NAME_AT:
+                    entry = (int(stamp, 16), int(value), name)
+                    increments.setdefault(head[_NAME_AT:], []).append(entry)
+            elif which == "=":
+                marks[name[_NAME_AT:]] = int(value)
+        except ValueError:  # not written by us: ignored
+            continue
+    return Counters(plain, marks, increments)
 
 
-def effective(props: Mapping[str, bytes]) -> Mapping[str, bytes]:
-    """The properties as played back: hidden ones gone, counters summed (``props``
-    itself when it holds no hidden property)."""
-    if not may_hide(props):
-        return props
-    plain, marks, increments = _split(props)
+def played(counters: Counters) -> dict[str, bytes]:
+    """The properties as played back: hidden ones gone, counters summed."""
+    plain, marks, increments = counters
+    out = dict(plain)
     for name, entries in increments.items():
         above = marks.get(name, 0)
         counted = [delta for stamp, delta, _ in entries if stamp > above]
         if counted:
-            plain[name] = b"%d" % ((_as_int(plain.get(name)) or 0) + sum(counted))
-    return plain
+            out[name] = b"%d" % ((_as_int(out.get(name)) or 0) + sum(counted))
+    return out
+
+
+def effective(props: Mapping[str, bytes]) -> Mapping[str, bytes]:
+    """``played`` of a stored record (``props`` itself when it holds no hidden one)."""
+    return played(parse(props)) if may_hide(props) else props
 
 
 class Fold(NamedTuple):
@@ -114,13 +119,15 @@ class Fold(NamedTuple):
     removes: frozenset[str]
 
 
-def fold(props: Mapping[str, bytes], horizon: int) -> Fold | None:
+def fold(stored: Mapping[str, bytes] | Counters, horizon: int) -> Fold | None:
     """The write that folds every increment stamped at or below ``horizon`` into its
     property, or None when there is none to fold (increments below their property's
     mark, which no longer count, are removed with them)."""
-    if not may_hide(props):
-        return None
-    plain, marks, increments = _split(props)
+    if not isinstance(stored, Counters):
+        if not may_hide(stored):
+            return None
+        stored = parse(stored)
+    plain, marks, increments = stored
     folded: list[tuple[str, list[tuple[int, int, str]]]] = []
     newest = 0
     for name, entries in increments.items():
@@ -153,3 +160,33 @@ def checked_delta(name: str, delta: object) -> int:
     if delta not in _INT64:
         raise ValueError(f"the increment of {name!r} does not fit in 64 bits")
     return delta
+
+
+def counter_names(counters: Counters) -> set[str]:
+    """The properties of a stored record that have increments or a mark."""
+    return counters.marks.keys() | counters.increments.keys()
+
+
+def effective_stamps(props: Mapping[str, bytes], stamps: Mapping[str, int]) -> dict[str, int]:
+    """Each played property's stamp, from a record's stored stamps: a counter's is the
+    newest of its value, its mark and its increments."""
+    out = {name: stamp for name, stamp in stamps.items() if not name.startswith(HIDDEN)}
+    if not may_hide(props):
+        return out
+    for name, entries in parse(props).increments.items():
+        newest = max(stamp for stamp, _, _ in entries)
+        out[name] = max(out.get(name, 0), newest)
+    return out
+
+
+def entries_of(
+    increments: Mapping[str, int],
+    marked: set[str] | frozenset[str],
+    stamp: int,
+) -> dict[str, bytes]:
+    """The hidden properties one change stamped ``stamp`` writes: an increment entry per
+    incremented property, and a mark per property in ``marked`` (set or removed)."""
+    out = {increment_name(name, stamp): b"%d" % delta for name, delta in increments.items()}
+    for name in marked:
+        out[mark_name(name)] = b"%d" % stamp
+    return out

@@ -20,8 +20,9 @@ from ._codec import (
     json_key,
     string_json,
 )
+from ._counters import HIDDEN, checked_delta
 from ._errors import BagError
-from ._message import Kind, bag_field_names
+from ._message import INCREMENT_FIELD_OF_KIND, Kind, bag_field_names, increment_field_names
 
 __all__: list[str] = []
 
@@ -77,6 +78,8 @@ def encode_bag(
     size = 1  # the JSON object's braces and commas, counted as the members are encoded
     for key, value in bag.items():
         name = key if type(key) is str else _property_name(field_name, key, limit)
+        if name.startswith(HIDDEN):
+            _refuse_hidden(field_name, {name: value}, limit)
         if values is not None and type(value) in _IMMUTABLE and values.get(name, _ABSENT) is value:
             data = played[name]  # type: ignore[index]
         else:
@@ -197,6 +200,51 @@ def fold_replies(
 _NO_PROPS: Mapping[str, bytes] = {}
 
 
+def fold_increments(
+    replies: Sequence[dict[str, Any]], pending: Mapping[Kind, PendingChange], *, limit: int
+) -> dict[Kind, dict[str, int]]:
+    """Every reply's increments, summed per record kind and property (BagError for an
+    increment that is not an integer within 64 bits, a sum beyond them, or a property a
+    reply of the same response also sets). A property incremented is not removed: the
+    bag a reply left it out of only says nothing of it."""
+    summed: dict[Kind, dict[str, int]] = {}
+    for reply in replies:
+        for field_name, kind in increment_field_names(reply):
+            increments = reply[field_name]
+            if increments is None:
+                continue
+            if type(increments) is not dict:
+                raise BagError(
+                    field_name,
+                    "notAnObject",
+                    f"must be a JSON object of integers or null, got {type(increments).__name__}",
+                    limit=limit,
+                )
+            totals = summed.setdefault(kind, {})
+            for name, delta in increments.items():
+                if type(name) is not str or name.startswith(HIDDEN) or not name:
+                    raise BagError(field_name, "badName", f"cannot increment {name!r}", limit=limit)
+                try:
+                    total = checked_delta(name, totals.get(name, 0) + checked_delta(name, delta))
+                except ValueError as exc:
+                    raise BagError(field_name, "notAnInteger", str(exc), limit=limit) from None
+                totals[name] = total
+    for kind, totals in summed.items():
+        change = pending.get(kind)
+        if change is None:
+            continue
+        both = totals.keys() & change.sets.keys()
+        if both:
+            raise BagError(
+                INCREMENT_FIELD_OF_KIND[kind],
+                "setAndIncrement",
+                f"a reply both sets and increments {sorted(both)[0]!r}",
+                limit=limit,
+            )
+        change.removes -= totals.keys()
+    return {kind: totals for kind, totals in summed.items() if totals}
+
+
 def _refuse_duplicates(fields: Sequence[tuple[str, Kind]], limit: int) -> None:
     seen: dict[Kind, str] = {}
     for name, kind in sorted(fields):
@@ -255,6 +303,8 @@ def _fold_bag(
         _merge(change, encoded, played)
         return
     names = "".join(bag)
+    if "\x00" in names:
+        _refuse_hidden(field_name, bag, limit)
     sets = change.sets
     removes = change.removes
     values = played_values if played_values and played else None
@@ -305,6 +355,17 @@ def _fold_bag(
                 "tooLarge",
                 f"is {size} bytes of JSON, over the limit of {limit}",
                 size=size,
+                limit=limit,
+            )
+
+
+def _refuse_hidden(field_name: str, bag: Mapping[str, Any], limit: int) -> None:
+    for name in bag:
+        if name.startswith(HIDDEN):
+            raise BagError(
+                field_name,
+                "badName",
+                f"property names starting with {HIDDEN!r} are inline_state's own: {name!r}",
                 limit=limit,
             )
 

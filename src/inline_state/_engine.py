@@ -20,9 +20,11 @@ from time import perf_counter
 from typing import Any, Literal
 
 from ._change import DEFAULT_MAX_BAG_BYTES, DEFAULT_MAX_PROPERTIES, Change
-from ._clock import HybridClock
+from ._clock import EPOCH_MS, MS_SHIFT, HybridClock
 from ._codec import DEFAULT_MAX_DEPTH
-from ._diff import PendingChange, fold_replies
+from ._counters import Counters, counter_names, entries_of, fold, may_hide, parse
+from ._counters import played as played_of
+from ._diff import PendingChange, fold_increments, fold_replies
 from ._errors import BagError, IdTooLong, StoreUnavailable
 from ._keys import RecordKey, TurnKeys, turn_keys
 from ._message import FIELD_OF_KIND, KINDS, Kind, Shape, bag_field_names
@@ -36,10 +38,15 @@ __all__ = ["Engine"]
 logger = logging.getLogger("inline_state")
 
 DEFAULT_MAX_ID_LENGTH = 1024
+#: Increments older than this are folded into their property's value by the next turn
+#: that loads the record (one more write); one delivered later than this is lost.
+FOLD_AGE_MS = 10_000
 _NO_KINDS: frozenset[Kind] = frozenset()
 _NO_NAMES: frozenset[str] = frozenset()
 _INDEX: dict[Kind, int] = {kind: index for index, kind in enumerate(KINDS)}
 _new_change = tuple.__new__  # a NamedTuple without its Python-level __new__
+_NO_INCREMENTS: Mapping[Kind, Mapping[str, int]] = {}
+_NO_COUNTERS: Mapping[Kind, Counters] = {}
 
 
 def id_too_long(key: RecordKey, limit: int) -> str | None:
@@ -204,11 +211,18 @@ class Engine:
             seconds.counts[bisect_left(seconds.bounds, elapsed)] += 1
             seconds.total += elapsed
         played: dict[Kind, Mapping[str, bytes]] = {}
+        counters: dict[Kind, Counters] | None = None
         text_kinds: frozenset[Kind] = _NO_KINDS
         base = observed = 0
         for key, record in zip(wanted, records, strict=True):
-            if record.props:
-                played[key.kind] = record.props
+            props = record.props
+            if props and may_hide(props):
+                if counters is None:
+                    counters = {}
+                parsed = counters[key.kind] = parse(props)
+                props = played_of(parsed)
+            if props:
+                played[key.kind] = props
             elif record.text is not None:
                 text_kinds = text_kinds | {key.kind}
             top = record.observed if record.observed > record.deleted else record.deleted
@@ -217,7 +231,15 @@ class Engine:
             if top > base and key.kind != "conversation":  # the base rule
                 base = top
         self.clock.observe(observed)
-        return Turn(shape, keys, played, message=msg, text_kinds=text_kinds, base=base)
+        return Turn(
+            shape,
+            keys,
+            played,
+            message=msg,
+            text_kinds=text_kinds,
+            base=base,
+            counters=counters,
+        )
 
     # -- outgoing -------------------------------------------------------------------------
 
@@ -237,13 +259,14 @@ class Engine:
             max_properties=self.max_properties,
             max_depth=self.max_depth,
         )
-        if not pending:
+        increments = fold_increments(replies, pending, limit=self.max_bag_bytes)
+        if not pending and not increments and not turn.counters:
             return []
         if turn.deleted:
             logger.info("inline_state: bags of a reply to a user-data deletion are ignored")
             return []
         keys = turn.keys
-        return self._stamp(pending, keys, turn.base, turn.text_kinds)
+        return self._stamp(pending, keys, turn.base, turn.text_kinds, increments, turn.counters)
 
     async def posted_changes(
         self, msg: dict[str, Any], target: PostedTarget, turn: Turn | None
@@ -288,9 +311,16 @@ class Engine:
             max_properties=self.max_properties,
             max_depth=self.max_depth,
         )
+        increments = fold_increments([msg], pending, limit=self.max_bag_bytes)
         if turn is not None and turn.deleted:
             pending = {kind: change for kind, change in pending.items() if kind not in diffed}
-        return self._stamp(pending, keys, base, text_kinds) if pending else []
+            increments = {kind: i for kind, i in increments.items() if kind not in diffed}
+        counters = (
+            {k: v for k, v in turn.counters.items() if k in diffed} if turn is not None else {}
+        )
+        if not pending and not increments:
+            return []
+        return self._stamp(pending, keys, base, text_kinds, increments, counters)
 
     def _stamp(
         self,
@@ -298,9 +328,17 @@ class Engine:
         keys: TurnKeys | None,
         base: int,
         text_kinds: frozenset[Kind],
+        increments: Mapping[Kind, Mapping[str, int]] = _NO_INCREMENTS,
+        counters: Mapping[Kind, Counters] = _NO_COUNTERS,
     ) -> list[Change]:
         """One stamp for all of a response's changes (the only place stamps are taken
-        for bags)."""
+        for bags), with their increments and the folds of old ones (``_counters``)."""
+        if increments or counters:
+            pending = dict(pending)
+            for kind in increments.keys() | counters.keys():
+                if kind not in pending:
+                    replace = kind in text_kinds and kind in increments
+                    pending[kind] = PendingChange(replace=replace)
         ready: list[tuple[RecordKey, PendingChange]] = []
         limit = self.max_id_length
         for kind, change in pending.items():
@@ -330,6 +368,8 @@ class Engine:
             return []
         stamp = self.clock.stamp()
         max_bytes = self.max_bag_bytes
+        if increments or counters:
+            return self._with_counters(ready, stamp, base, increments, counters)
         return [
             _new_change(
                 Change,
@@ -345,6 +385,54 @@ class Engine:
             )
             for key, change in ready
         ]
+
+    def _with_counters(
+        self,
+        ready: list[tuple[RecordKey, PendingChange]],
+        stamp: int,
+        base: int,
+        increments: Mapping[Kind, Mapping[str, int]],
+        counters: Mapping[Kind, Counters],
+    ) -> list[Change]:
+        """The changes of a response that increments, or whose records hold counters:
+        each with its hidden entries, after the folds of the records' old increments."""
+        horizon = (self.clock.wall_ms() - FOLD_AGE_MS - EPOCH_MS) << MS_SHIFT
+        max_bytes = self.max_bag_bytes
+        changes: list[Change] = []
+        for key, change in ready:
+            stored = counters.get(key.kind)
+            marked: set[str] = set()
+            if stored is not None:
+                folding = fold(stored, horizon)
+                if folding is not None:
+                    changes.append(
+                        Change(
+                            key,
+                            folding.sets,
+                            folding.removes,
+                            False,
+                            folding.stamp,
+                            base,
+                            max_bytes,
+                        )
+                    )
+                # A set or removal of a counter marks it: older increments stop counting.
+                marked = counter_names(stored) & (change.sets.keys() | change.removes)
+            hidden = entries_of(increments.get(key.kind, {}), marked, stamp)
+            if not hidden and not change.sets and not change.removes and not change.replace:
+                continue
+            changes.append(
+                Change(
+                    key,
+                    {**change.sets, **hidden} if hidden else change.sets,
+                    frozenset(change.removes),
+                    change.replace,
+                    stamp,
+                    base,
+                    max_bytes,
+                )
+            )
+        return changes
 
     async def commit(self, changes: Sequence[Change]) -> None:
         """Apply changes, each atomically to its record.

@@ -17,6 +17,7 @@ from typing import Any, TypeVar, overload
 
 from ._message import (
     FIELD_OF_KIND,
+    INCREMENT_FIELD_OF_KIND,
     Kind,
     Shape,
     activity_address,
@@ -33,6 +34,9 @@ __all__ = [
     "get_conversation_data",
     "get_private_conversation_data",
     "get_user_data",
+    "incr_conversation_data",
+    "incr_private_conversation_data",
+    "incr_user_data",
     "set_conversation_data",
     "set_private_conversation_data",
     "set_user_data",
@@ -135,6 +139,21 @@ def _del(msg: object, kind: Kind, name: str) -> None:
     _writable_bag(msg, kind).pop(name, None)
 
 
+def _incr(msg: object, kind: Kind, name: str, by: int) -> None:
+    if type(by) is not int:
+        raise TypeError(f"an increment is an integer, got {type(by).__name__}")
+    if not isinstance(msg, dict):
+        raise TypeError(
+            "increments are recorded on dict replies only (an SDK activity does not carry"
+            f" {INCREMENT_FIELD_OF_KIND[kind]})"
+        )
+    field = INCREMENT_FIELD_OF_KIND[kind]
+    increments = msg.get(field)
+    if not isinstance(increments, dict):
+        increments = msg[field] = {}
+    increments[name] = increments.get(name, 0) + by
+
+
 @overload
 def get_user_data(msg: object, name: str, default: Any = None) -> Any: ...
 @overload
@@ -154,6 +173,13 @@ def set_user_data(msg: object, name: str, value: Any) -> None:
 def del_user_data(msg: object, name: str) -> None:
     """Remove a property from the reply's ``botUserData``."""
     _del(msg, "user", name)
+
+
+def incr_user_data(msg: object, name: str, by: int = 1) -> None:
+    """Add ``by`` to a ``botUserData`` number, exactly: overlapping turns that each add
+    to it all count (the reply records the increment, not a value; the next turn plays
+    the sum back)."""
+    _incr(msg, "user", name, by)
 
 
 @overload
@@ -177,6 +203,11 @@ def del_conversation_data(msg: object, name: str) -> None:
     _del(msg, "conversation", name)
 
 
+def incr_conversation_data(msg: object, name: str, by: int = 1) -> None:
+    """Add ``by`` to a ``botConversationData`` number, exactly (see ``incr_user_data``)."""
+    _incr(msg, "conversation", name, by)
+
+
 @overload
 def get_private_conversation_data(msg: object, name: str, default: Any = None) -> Any: ...
 @overload
@@ -198,6 +229,12 @@ def set_private_conversation_data(msg: object, name: str, value: Any) -> None:
 def del_private_conversation_data(msg: object, name: str) -> None:
     """Remove a property from the reply's ``botPerUserInConversationData``."""
     _del(msg, "private", name)
+
+
+def incr_private_conversation_data(msg: object, name: str, by: int = 1) -> None:
+    """Add ``by`` to a ``botPerUserInConversationData`` number, exactly (see
+    ``incr_user_data``)."""
+    _incr(msg, "private", name, by)
 
 
 def create_reply(msg: Message, text: str = "") -> Message:

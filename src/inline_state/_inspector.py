@@ -36,6 +36,7 @@ from ._body import NOT_JSON, BodyError
 from ._change import DEFAULT_MAX_BAG_BYTES, DEFAULT_MAX_PROPERTIES
 from ._clock import stamp_ms
 from ._codec import DEFAULT_MAX_DEPTH, dumps, loads
+from ._counters import effective, effective_stamps
 from ._diff import encode_bag
 from ._engine import DEFAULT_MAX_ID_LENGTH, id_too_long
 from ._errors import BagError, InvalidCursor
@@ -350,15 +351,17 @@ class _Inspector:
 
     @staticmethod
     def record_json(key: RecordKey, inspected: InspectedRecord) -> dict[str, Any]:
-        record, stamps = inspected
+        record, stored_stamps = inspected
+        props = effective(record.props)  # counters summed (_counters)
+        stamps = effective_stamps(record.props, stored_stamps)
         properties = [
             {"name": name, "value": _pretty(value), "modified": _iso(stamp_ms(stamps[name]))}
-            for name, value in sorted(record.props.items())
+            for name, value in sorted(props.items())
         ]
         data = None
-        if record.props:
+        if props:
             data = json.dumps(
-                {name: loads(value)[0] for name, value in record.props.items()},
+                {name: loads(value)[0] for name, value in props.items()},
                 indent=2,
                 ensure_ascii=False,
             )

@@ -41,6 +41,18 @@ LIFTED_PREFIX = f"{CHANNEL_DATA}.{NAMESPACE}."
 _FIELD_KINDS = dict(_KIND_OF_LOWERED)  # the names under channelData.inlineState
 _KIND_OF_LOWERED.update({LIFTED_PREFIX.lower() + name: k for name, k in _FIELD_KINDS.items()})
 
+#: Where a reply records increments instead of values (exact counters), by record kind:
+#: ``{"botUserDataIncrements": {"count": 1}}``; any case, and under
+#: ``channelData.inlineState`` too, like the bags.
+INCREMENT_FIELD_OF_KIND: dict[Kind, str] = {
+    kind: field + "Increments" for kind, field in FIELD_OF_KIND.items()
+}
+_INCREMENT_FIELD_KINDS = {name + "increments": kind for name, kind in _FIELD_KINDS.items()}
+_INCREMENT_KIND_OF_LOWERED = dict(_INCREMENT_FIELD_KINDS)
+_INCREMENT_KIND_OF_LOWERED.update(
+    {LIFTED_PREFIX.lower() + name: k for name, k in _INCREMENT_FIELD_KINDS.items()}
+)
+
 # Lowercase substrings that any spelling of a bag field contains. Used to skip parsing
 # reply bodies that cannot carry a bag (JSON escapes are checked separately).
 BAG_MARKERS: tuple[bytes, ...] = (b"botuserdata", b"botconversationdata", b"botperuser")
@@ -92,11 +104,21 @@ _PLAIN_KEYS_LIMIT = 512
 
 _KIND_OF_CANONICAL: dict[str, Kind] = {field: kind for kind, field in FIELD_OF_KIND.items()}
 # Every set of the names we emit, with its answer: most messages carry only these.
-_FIELDS_OF_CANONICAL: dict[frozenset[str], tuple[tuple[str, Kind], ...]] = {
-    frozenset(names): tuple((name, _KIND_OF_CANONICAL[name]) for name in names)
-    for count in (1, 2, 3)
-    for names in itertools.combinations(BAG_FIELDS, count)
+_INCREMENT_OF_CANONICAL: dict[str, Kind] = {
+    field + "Increments": kind for kind, field in FIELD_OF_KIND.items()
 }
+_CANONICAL = (*BAG_FIELDS, *_INCREMENT_OF_CANONICAL)
+# Every set of the names we emit (bags and increments), with the bag fields among them.
+_FIELDS_OF_CANONICAL: dict[frozenset[str], tuple[tuple[str, Kind], ...]] = {
+    frozenset(names): tuple(
+        (name, _KIND_OF_CANONICAL[name]) for name in names if name in BAG_FIELDS
+    )
+    for count in range(1, len(_CANONICAL) + 1)
+    for names in itertools.combinations(_CANONICAL, count)
+}
+
+
+_CANONICAL_SET = frozenset(_CANONICAL)
 
 
 def bag_field_names(msg: dict[Any, Any]) -> Sequence[tuple[str, Kind]]:
@@ -122,9 +144,26 @@ def bag_field_names(msg: dict[Any, Any]) -> Sequence[tuple[str, Kind]]:
             type(name) is str
             and len(_PLAIN_KEYS) < _PLAIN_KEYS_LIMIT
             and (name == CHANNEL_DATA or name.lower() != _CHANNEL_DATA_LOWERED)
+            and name.lower() not in _INCREMENT_KIND_OF_LOWERED
         ):
             _PLAIN_KEYS.add(name)
     return found
+
+
+def increment_field_names(msg: dict[Any, Any]) -> list[tuple[str, Kind]]:
+    """(spelling, kind) of every increments field in ``msg`` (any spelling)."""
+    rest = msg.keys() - _PLAIN_KEYS
+    if not rest:
+        return []
+    if rest <= _CANONICAL_SET:  # only names we emit: one lookup each
+        return [(n, k) for n in rest if (k := _INCREMENT_OF_CANONICAL.get(n)) is not None]
+    return [
+        (name, kind)
+        for name in rest
+        if isinstance(name, str)
+        and name[:1] in "bBc"
+        and (kind := _INCREMENT_KIND_OF_LOWERED.get(name.lower())) is not None
+    ]
 
 
 def lifted(msg: dict[str, Any]) -> dict[str, Any]:
@@ -141,7 +180,8 @@ def lifted(msg: dict[str, Any]) -> dict[str, Any]:
     bags = {
         LIFTED_PREFIX + name: value
         for name, value in spaced.items()
-        if isinstance(name, str) and name.lower() in _FIELD_KINDS
+        if isinstance(name, str)
+        and (name.lower() in _FIELD_KINDS or name.lower() in _INCREMENT_FIELD_KINDS)
     }
     return {**msg, **bags} if bags else msg
 
@@ -155,7 +195,7 @@ def strip_bags(msg: dict[str, Any]) -> bool:
     place (a bot may share it between replies); an ``inlineState``, then a
     ``channelData``, left empty is removed; one that is not an object is left alone.
     """
-    found = bag_field_names(msg)
+    found = [*bag_field_names(msg), *increment_field_names(msg)]
     for name, _ in found:
         del msg[name]
     removed = bool(found)
@@ -191,7 +231,12 @@ def _spaced_bags(data: Any) -> list[tuple[str, list[str]]]:
     found = []
     for name, spaced in data.items():
         if type(name) is str and name.lower() == _NAMESPACE_LOWERED and type(spaced) is dict:
-            bags = [n for n in spaced if isinstance(n, str) and n.lower() in _FIELD_KINDS]
+            bags = [
+                n
+                for n in spaced
+                if isinstance(n, str)
+                and (n.lower() in _FIELD_KINDS or n.lower() in _INCREMENT_FIELD_KINDS)
+            ]
             if bags:
                 found.append((name, bags))
     return found
@@ -227,7 +272,13 @@ def strip_nested_bags(value: Any, *, dry_run: bool) -> bool:
     if not isinstance(value, dict):
         return False
     found = (
-        (bool(bag_field_names(value)) or has_spaced_bags(value)) if dry_run else strip_bags(value)
+        (
+            bool(bag_field_names(value))
+            or bool(increment_field_names(value))
+            or has_spaced_bags(value)
+        )
+        if dry_run
+        else strip_bags(value)
     )
     for nested in ("activity", "activities"):
         inner = value.get(nested)

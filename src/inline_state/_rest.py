@@ -21,6 +21,7 @@ from . import _body
 from ._body import NOT_JSON, BodyError
 from ._change import DEFAULT_MAX_BAG_BYTES, DEFAULT_MAX_PROPERTIES
 from ._codec import DEFAULT_MAX_DEPTH, join_bag
+from ._counters import effective
 from ._diff import encode_bag
 from ._engine import DEFAULT_MAX_ID_LENGTH, id_too_long
 from ._errors import BagError, InvalidCursor
@@ -164,8 +165,9 @@ class _StateApi:
 
     @staticmethod
     def body_of(record: StoredRecord) -> bytes:
-        if record.props:
-            data = join_bag(dict(record.props))
+        props = effective(record.props)  # counters summed (_counters)
+        if props:
+            data = join_bag(dict(props))
         elif record.text is not None:
             data = json.dumps(record.text).encode()
         else:
@@ -268,7 +270,9 @@ class _StateApi:
         items = []
         for key, record in page.records:
             data = (
-                join_bag(dict(record.props)).decode() if record.props else json.dumps(record.text)
+                join_bag(dict(props)).decode()
+                if (props := effective(record.props))
+                else json.dumps(record.text)
             )
             items.append(
                 {

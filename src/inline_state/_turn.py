@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 
 from ._codec import join_bag
+from ._counters import Counters
 from ._keys import TurnKeys
 from ._message import FIELD_OF_KIND, KINDS, Kind, Shape
 
@@ -19,6 +20,9 @@ __all__ = ["Turn", "current_turn"]
 
 _EMPTY: Mapping[str, bytes] = MappingProxyType({})
 _INDEX: dict[Kind, int] = {kind: index for index, kind in enumerate(KINDS)}
+
+
+_NO_COUNTERS: Mapping[Kind, Counters] = MappingProxyType({})
 
 
 class Turn:
@@ -35,6 +39,7 @@ class Turn:
         "_message",
         "_shown",
         "base",
+        "counters",
         "deleted",
         "keys",
         "played",
@@ -52,6 +57,7 @@ class Turn:
         text_kinds: frozenset[Kind] = frozenset(),
         base: int = 0,
         deleted: bool = False,
+        counters: Mapping[Kind, Counters] | None = None,
     ) -> None:
         self.shape = shape
         self.keys = keys
@@ -61,6 +67,8 @@ class Turn:
         self.text_kinds = text_kinds
         self.base = base
         self.deleted = deleted
+        # The records of kinds holding counters, as stored (parsed: _counters).
+        self.counters: Mapping[Kind, Counters] = counters or _NO_COUNTERS
         self._message = message
         self._decoded: dict[Kind, dict[str, Any]] = {}
         self._json: dict[Kind, bytes] = {}
