@@ -12,6 +12,7 @@ import pytest
 from aiohttp import web
 
 import inline_state
+import inline_state._counters
 from inline_state import BagError, MemoryStore, RecordKey
 
 from .support import Channel, Client, activity, carries_a_bag, post, v1_message
@@ -287,3 +288,21 @@ async def test_bags_never_leave_in_other_charsets_lists_or_batches(
     ):
         assert answer.status == 200
     assert fake.received and not carries_a_bag(json.dumps(fake.received[0][2]))
+
+
+async def test_posted_replies_record_increments_exactly(
+    client_for: StartFn, channel: tuple[Channel, str]
+) -> None:
+    fake, base = channel
+    store = MemoryStore()
+
+    def add_two(msg: dict[str, Any], reply: dict[str, Any]) -> None:
+        inline_state.incr_user_data(reply, "n", 2)
+
+    client = await client_for(posting_bot(store, add_two))
+    answers = await asyncio.gather(*(post(client, activity(serviceUrl=base)) for _ in range(6)))
+    assert [status for status, _ in answers] == [200] * 6
+    for _, _, body in fake.received:
+        assert not [key for key in body if "ncrements" in key], "increments reached the channel"
+    [user] = await store.load([USER_KEY])
+    assert inline_state._counters.effective(user.props) == {"n": b"12"}

@@ -27,7 +27,7 @@ from ._counters import played as played_of
 from ._diff import PendingChange, fold_increments, fold_replies
 from ._errors import BagError, IdTooLong, StoreUnavailable
 from ._keys import RecordKey, TurnKeys, turn_keys
-from ._message import FIELD_OF_KIND, KINDS, Kind, Shape, bag_field_names
+from ._message import FIELD_OF_KIND, KINDS, Kind, Shape, bag_field_names, increment_field_names
 from ._metrics import Metrics
 from ._posted import PostedTarget, posted_keys
 from ._turn import Turn
@@ -282,6 +282,7 @@ class Engine:
         if keys is None:
             return []
         present: set[Kind] = {kind for _, kind in bag_field_names(msg)}
+        present |= {kind for _, kind in increment_field_names(msg)}
         played: dict[Kind, Mapping[str, bytes]] = {}
         diffed: set[Kind] = set()
         own = turn.keys if turn is not None else None

@@ -17,7 +17,7 @@ from urllib.parse import unquote
 
 from ._change import Change
 from ._keys import TurnKeys, keys_for
-from ._message import Shape, account_id, bag_field_names, detect_shape
+from ._message import Shape, account_id, bag_field_names, detect_shape, increment_field_names
 from ._turn import Turn
 
 _V3_REPLY = re.compile(
@@ -100,5 +100,5 @@ class PendingWrite:
 
 
 def has_bags(msg: dict[str, Any]) -> bool:
-    """True when any spelling of a bag field is present."""
-    return bool(bag_field_names(msg))
+    """True when any spelling of a bag field, or of an increments field, is present."""
+    return bool(bag_field_names(msg)) or bool(increment_field_names(msg))
