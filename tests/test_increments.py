@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import os
 import signal
 from collections.abc import Awaitable, Callable
@@ -151,6 +152,8 @@ async def test_every_order_of_sets_removals_clears_and_increments_agrees(
         ({"count": True}, "must be an integer"),
         ({"count": 2**63}, "64 bits"),
         ({"\x00is:+x": 1}, "cannot increment"),
+        ({"\ud800": 1}, "surrogate"),
+        ({f"p{i}": 1 for i in range(1001)}, "over the limit"),
         ([1], "JSON object"),
     ],
 )
@@ -172,6 +175,55 @@ async def test_a_bad_increment_is_a_bag_error(
     status, body = await post(client, activity())
     assert status == 500 and says in body["error"]["message"], body
     assert (await store.load([USER]))[0].props == {}
+
+
+async def test_two_spellings_of_increments_and_a_sum_past_64_bits_are_bag_errors(
+    client_for: StartFn,
+) -> None:
+    store = inline_state.MemoryStore()
+    replies: list[dict[str, Any]] = []
+    app = web.Application()
+    inline_state.setup(app, store)
+
+    async def handler(request: web.Request) -> web.Response:
+        msg = await request.json()
+        reply = inline_state.create_reply(msg, "ok")
+        reply.update(replies.pop(0))
+        return web.json_response(reply)
+
+    app.router.add_post("/api/messages", handler)
+    client = await client_for(app)
+    replies.append({"botUserDataIncrements": {"n": 1}, "BotUserDataIncrements": {"n": 1}})
+    status, body = await post(client, activity())
+    assert status == 500 and "duplicateField" in json.dumps(body), body
+    replies.append({"botUserData": {"n": 2**63 - 2}})
+    assert (await post(client, activity()))[0] == 200
+    replies.append({"botUserDataIncrements": {"n": 5}})
+    status, body = await post(client, activity())
+    assert status == 500 and "64 bits" in body["error"]["message"], body
+    replies.append({"botUserDataIncrements": {"n": 1}})
+    assert (await post(client, activity()))[0] == 200
+    [record] = await store.load([USER])
+    assert effective(record.props) == {"n": b"%d" % (2**63 - 1)}
+
+
+async def test_whole_bag_merge_takes_a_set_beside_an_increment(client_for: StartFn) -> None:
+    app = web.Application()
+    inline_state.setup(app, inline_state.MemoryStore(), merge="bag")
+
+    async def handler(request: web.Request) -> web.Response:
+        msg = await request.json()
+        reply = inline_state.create_reply(
+            msg, f"count {inline_state.get_user_data(msg, 'count', 0)}"
+        )
+        inline_state.set_user_data(reply, "name", "Ada")
+        inline_state.incr_user_data(reply, "count")
+        return web.json_response(reply)
+
+    app.router.add_post("/api/messages", handler)
+    client = await client_for(app)
+    texts = [(await post(client, activity()))[1]["text"] for _ in range(3)]
+    assert texts == ["count 0", "count 1", "count 2"]
 
 
 async def test_a_set_and_an_increment_of_one_property_is_a_bag_error(client_for: StartFn) -> None:
@@ -237,25 +289,37 @@ async def test_whole_bag_merge_keeps_the_replys_own_increments(
 async def test_old_increments_are_folded_into_the_value(backend: StoreFactory) -> None:
     now = [EPOCH_MS + 10**9]
     clock = HybridClock(3, wall_ms=lambda: now[0])
+
+    async def one_turn(engine: Engine, by: int | None) -> list[Change]:
+        turn = await engine.open_turn(activity(), Shape.V3)
+        reply = inline_state.create_reply(turn.message, "ok")
+        if by is None:  # the played bag with one more property (no middleware: by hand)
+            reply["botUserData"] = {**turn.bag("user"), "other": now[0]}
+        else:
+            inline_state.incr_user_data(reply, "count", by)
+        changes = engine.reply_changes(turn, [reply])
+        await engine.commit(changes)
+        return changes
+
+    def entries(props: Any) -> int:
+        return sum(name.startswith("\x00is:+") for name in props)
+
     async with backend(clock=clock) as store:
         engine = Engine(store, clock=clock)
         for _ in range(5):
-            turn = await engine.open_turn(activity(), Shape.V3)
-            reply = inline_state.create_reply(turn.message, "ok")
-            inline_state.incr_user_data(reply, "count")
-            await engine.commit(engine.reply_changes(turn, [reply]))
+            await one_turn(engine, 1)
+        now[0] += 120_000  # past the fold age, on this host's clock and the record's
+        await one_turn(engine, 1)
         [record] = await store.load([USER])
-        assert sum(name.startswith("\x00is:+") for name in record.props) == 5
-        now[0] += 120_000  # past the fold age
-        turn = await engine.open_turn(activity(), Shape.V3)
-        reply = inline_state.create_reply(turn.message, "ok")
-        inline_state.incr_user_data(reply, "count")
-        await engine.commit(engine.reply_changes(turn, [reply]))
+        assert entries(record.props) == 6, "the record had seen nothing newer: no fold yet"
+        changes = await one_turn(engine, None)
+        assert len(changes) == 2, "a fold, then the turn's own change"
         [record] = await store.load([USER])
-        assert effective(record.props) == {"count": b"6"}
-        # Left: this turn's increment, and the newest folded one (the fold is stamped
-        # with it, so it cannot tombstone it; it no longer counts, being at the mark).
-        assert sum(name.startswith("\x00is:+") for name in record.props) == 2, record.props
+        assert effective(record.props) == {"count": b"6", "other": b"%d" % now[0]}
+        assert entries(record.props) == 1, record.props
+        now[0] += 1
+        changes = await one_turn(engine, None)
+        assert len(changes) == 1, "a fold repeated"
 
 
 EXACT_COUNTER = REPO / "samples" / "counter_v1" / "bot.py"

@@ -101,7 +101,9 @@ json_values = st.recursive(
     ),
     max_leaves=10,
 )
-bags = st.dictionaries(st.text(max_size=6), json_values, max_size=6)
+# Names starting with "\x00is:" are inline_state's own (exact counters), refused in bags.
+bag_names = st.text(max_size=6).filter(lambda name: not name.startswith("\x00is:"))
+bags = st.dictionaries(bag_names, json_values, max_size=6)
 
 
 @given(st.sampled_from(KINDS), bags, st.booleans())

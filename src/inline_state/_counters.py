@@ -101,7 +101,7 @@ def played(counters: Counters) -> dict[str, bytes]:
         above = marks.get(name, 0)
         counted = [delta for stamp, delta, _ in entries if stamp > above]
         if counted:
-            out[name] = b"%d" % ((_as_int(out.get(name)) or 0) + sum(counted))
+            out[name] = b"%d" % _saturated((_as_int(out.get(name)) or 0) + sum(counted))
     return out
 
 
@@ -111,8 +111,10 @@ def effective(props: Mapping[str, bytes]) -> Mapping[str, bytes]:
 
 
 class Fold(NamedTuple):
-    """One ordinary write that folds old increments: stamped ``stamp``, it sets
-    ``sets`` and removes ``removes`` (apply it with the turn's base)."""
+    """The writes that fold old increments: ``sets`` (the summed values and their
+    marks, possibly none) stamped ``stamp``, the newest folded increment's; and
+    ``removes``, the folded entries, which must go in a change stamped above it (the
+    turn's own): a removal only takes an entry with a stamp above the entry's."""
 
     stamp: int
     sets: dict[str, bytes]
@@ -120,9 +122,10 @@ class Fold(NamedTuple):
 
 
 def fold(stored: Mapping[str, bytes] | Counters, horizon: int) -> Fold | None:
-    """The write that folds every increment stamped at or below ``horizon`` into its
+    """The writes that fold every increment stamped at or below ``horizon`` into its
     property, or None when there is none to fold (increments below their property's
-    mark, which no longer count, are removed with them)."""
+    mark, which no longer count, are removed with them; so is the mark of a property
+    that is gone and has no increment left)."""
     if not isinstance(stored, Counters):
         if not may_hide(stored):
             return None
@@ -135,19 +138,34 @@ def fold(stored: Mapping[str, bytes] | Counters, horizon: int) -> Fold | None:
         if old:
             folded.append((name, old))
             newest = max(newest, *(stamp for stamp, _, _ in old))
-    if not folded:
+    spent = {
+        mark_name(name)
+        for name, at in marks.items()
+        if at <= horizon and name not in plain and name not in increments
+    }
+    if not folded and not spent:
         return None
     sets: dict[str, bytes] = {}
-    removes: set[str] = set()
+    removes: set[str] = set(spent)
     for name, old in folded:
         above = marks.get(name, 0)
         counted = [delta for stamp, delta, _ in old if stamp > above]
         removes.update(hidden for _, _, hidden in old)
         if counted:
-            value = (_as_int(plain.get(name)) or 0) + sum(counted)
+            value = _saturated((_as_int(plain.get(name)) or 0) + sum(counted))
             sets[name] = b"%d" % value
             sets[mark_name(name)] = b"%d" % newest
     return Fold(newest, sets, frozenset(removes))
+
+
+def _saturated(value: int) -> int:
+    # Concurrent increments can sum past 64 bits, which JSON readers turn into floats.
+    return min(max(value, _INT64.start), _INT64.stop - 1)
+
+
+def newest_increment(counters: Counters) -> int:
+    """The stamp of the newest increment a record holds (0 when none)."""
+    return max((s for entries in counters.increments.values() for s, _, _ in entries), default=0)
 
 
 def checked_delta(name: str, delta: object) -> int:

@@ -201,15 +201,29 @@ _NO_PROPS: Mapping[str, bytes] = {}
 
 
 def fold_increments(
-    replies: Sequence[dict[str, Any]], pending: Mapping[Kind, PendingChange], *, limit: int
+    replies: Sequence[dict[str, Any]],
+    pending: dict[Kind, PendingChange],
+    played: Mapping[Kind, Mapping[str, bytes]],
+    *,
+    whole_bag: frozenset[Kind],
+    limit: int,
+    max_properties: int = DEFAULT_MAX_PROPERTIES,
 ) -> dict[Kind, dict[str, int]]:
-    """Every reply's increments, summed per record kind and property (BagError for an
-    increment that is not an integer within 64 bits, a sum beyond them, or a property a
-    reply of the same response also sets). A property incremented is not removed: the
-    bag a reply left it out of only says nothing of it."""
+    """Every reply's increments, summed per record kind and property.
+
+    BagError for an increment that is not an integer, a name that cannot be stored, two
+    spellings of one field in a reply, a property a reply of the same response also
+    sets, or a played value plus the sum beyond 64 bits. A property incremented is not
+    removed: the bag a reply left it out of only says nothing of it. In ``whole_bag``
+    kinds (``merge="bag"``) an increment becomes a value: the played one plus the sum,
+    last writer wins like the rest of the bag.
+    """
     summed: dict[Kind, dict[str, int]] = {}
     for reply in replies:
-        for field_name, kind in increment_field_names(reply):
+        fields = increment_field_names(reply)
+        if len(fields) > 1:
+            _refuse_duplicates(fields, limit)
+        for field_name, kind in fields:
             increments = reply[field_name]
             if increments is None:
                 continue
@@ -222,27 +236,64 @@ def fold_increments(
                 )
             totals = summed.setdefault(kind, {})
             for name, delta in increments.items():
-                if type(name) is not str or name.startswith(HIDDEN) or not name:
+                if type(name) is not str or not name or name.startswith(HIDDEN):
                     raise BagError(field_name, "badName", f"cannot increment {name!r}", limit=limit)
+                try:
+                    encode_name(name)
+                except UnstorableValue as exc:
+                    raise BagError(field_name, "unstorableValue", str(exc), limit=limit) from None
                 try:
                     total = checked_delta(name, totals.get(name, 0) + checked_delta(name, delta))
                 except ValueError as exc:
                     raise BagError(field_name, "notAnInteger", str(exc), limit=limit) from None
                 totals[name] = total
+            if len(totals) > max_properties:
+                raise BagError(
+                    field_name,
+                    "tooManyProperties",
+                    f"increments {len(totals)} properties, over the limit of {max_properties}",
+                    limit=limit,
+                )
+    out: dict[Kind, dict[str, int]] = {}
     for kind, totals in summed.items():
+        stored = played.get(kind, _NO_PROPS)
+        for name, total in totals.items():
+            try:
+                checked_delta(name, _played_int(stored.get(name)) + total)
+            except ValueError:
+                raise BagError(
+                    INCREMENT_FIELD_OF_KIND[kind],
+                    "notAnInteger",
+                    f"{name!r} plus its increment would leave 64 bits",
+                    limit=limit,
+                ) from None
         change = pending.get(kind)
-        if change is None:
+        if kind in whole_bag:
+            if change is None:
+                change = pending[kind] = PendingChange(replace=True)
+                change.sets.update(stored)
+            for name, total in totals.items():
+                change.sets[name] = b"%d" % (_played_int(stored.get(name)) + total)
             continue
-        both = totals.keys() & change.sets.keys()
-        if both:
-            raise BagError(
-                INCREMENT_FIELD_OF_KIND[kind],
-                "setAndIncrement",
-                f"a reply both sets and increments {sorted(both)[0]!r}",
-                limit=limit,
-            )
-        change.removes -= totals.keys()
-    return {kind: totals for kind, totals in summed.items() if totals}
+        if change is not None:
+            both = totals.keys() & change.sets.keys()
+            if both:
+                raise BagError(
+                    INCREMENT_FIELD_OF_KIND[kind],
+                    "setAndIncrement",
+                    f"a reply both sets and increments {sorted(both)[0]!r}",
+                    limit=limit,
+                )
+            change.removes -= totals.keys()
+        if totals:
+            out[kind] = totals
+    return out
+
+
+def _played_int(value: bytes | None) -> int:
+    if value is None or not value.lstrip(b"-").isdigit():
+        return 0
+    return int(value)
 
 
 def _refuse_duplicates(fields: Sequence[tuple[str, Kind]], limit: int) -> None:

@@ -22,7 +22,15 @@ from typing import Any, Literal
 from ._change import DEFAULT_MAX_BAG_BYTES, DEFAULT_MAX_PROPERTIES, Change
 from ._clock import EPOCH_MS, MS_SHIFT, HybridClock
 from ._codec import DEFAULT_MAX_DEPTH
-from ._counters import Counters, counter_names, entries_of, fold, may_hide, parse
+from ._counters import (
+    Counters,
+    counter_names,
+    entries_of,
+    fold,
+    may_hide,
+    newest_increment,
+    parse,
+)
 from ._counters import played as played_of
 from ._diff import PendingChange, fold_increments, fold_replies
 from ._errors import BagError, IdTooLong, StoreUnavailable
@@ -259,7 +267,14 @@ class Engine:
             max_properties=self.max_properties,
             max_depth=self.max_depth,
         )
-        increments = fold_increments(replies, pending, limit=self.max_bag_bytes)
+        increments = fold_increments(
+            replies,
+            pending,
+            turn.played,
+            whole_bag=self.whole_bag,
+            limit=self.max_bag_bytes,
+            max_properties=self.max_properties,
+        )
         if not pending and not increments and not turn.counters:
             return []
         if turn.deleted:
@@ -312,7 +327,14 @@ class Engine:
             max_properties=self.max_properties,
             max_depth=self.max_depth,
         )
-        increments = fold_increments([msg], pending, limit=self.max_bag_bytes)
+        increments = fold_increments(
+            [msg],
+            pending,
+            played,
+            whole_bag=self.whole_bag,  # a proactive reply's increments stay increments
+            limit=self.max_bag_bytes,
+            max_properties=self.max_properties,
+        )
         if turn is not None and turn.deleted:
             pending = {kind: change for kind, change in pending.items() if kind not in diffed}
             increments = {kind: i for kind, i in increments.items() if kind not in diffed}
@@ -397,36 +419,43 @@ class Engine:
     ) -> list[Change]:
         """The changes of a response that increments, or whose records hold counters:
         each with its hidden entries, after the folds of the records' old increments."""
-        horizon = (self.clock.wall_ms() - FOLD_AGE_MS - EPOCH_MS) << MS_SHIFT
+        wall_horizon = (self.clock.wall_ms() - FOLD_AGE_MS - EPOCH_MS) << MS_SHIFT
+        age = FOLD_AGE_MS << MS_SHIFT
         max_bytes = self.max_bag_bytes
         changes: list[Change] = []
         for key, change in ready:
             stored = counters.get(key.kind)
             marked: set[str] = set()
+            removes = change.removes
             if stored is not None:
+                # Not past the record's own newest increment less the age either: a host
+                # whose clock runs fast must not fold increments still on their way.
+                horizon = min(wall_horizon, newest_increment(stored) - age)
                 folding = fold(stored, horizon)
                 if folding is not None:
-                    changes.append(
-                        Change(
-                            key,
-                            folding.sets,
-                            folding.removes,
-                            False,
-                            folding.stamp,
-                            base,
-                            max_bytes,
+                    if folding.sets:
+                        changes.append(
+                            Change(
+                                key,
+                                folding.sets,
+                                _NO_NAMES,
+                                False,
+                                folding.stamp,
+                                base,
+                                max_bytes,
+                            )
                         )
-                    )
+                    removes = removes | folding.removes  # stamped above them: they go
                 # A set or removal of a counter marks it: older increments stop counting.
                 marked = counter_names(stored) & (change.sets.keys() | change.removes)
             hidden = entries_of(increments.get(key.kind, {}), marked, stamp)
-            if not hidden and not change.sets and not change.removes and not change.replace:
+            if not hidden and not change.sets and not removes and not change.replace:
                 continue
             changes.append(
                 Change(
                     key,
                     {**change.sets, **hidden} if hidden else change.sets,
-                    frozenset(change.removes),
+                    frozenset(removes),
                     change.replace,
                     stamp,
                     base,
