@@ -6,7 +6,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 from aiohttp import hdrs, web
@@ -202,6 +202,21 @@ class StoreSlot:
         return self._store
 
 
-def methods_allowed(methods: list[str]) -> str:
-    """The methods of a route as a 405 lists them (HEAD beside GET)."""
-    return ", ".join(sorted({*methods, *(["HEAD"] if "GET" in methods else [])}))
+class Refusal(Exception):
+    """A request refused with a status and an error code: the REST API and the
+    inspector answer it as JSON in their own shape."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+def not_allowed(methods: list[str]) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """A handler refusing every method but ``methods`` with a 405 that lists them."""
+    listed = ", ".join(sorted({*methods, *(["HEAD"] if "GET" in methods else [])}))
+
+    async def refuse(request: web.Request) -> web.Response:
+        raise Refusal(405, "MethodNotAllowed", f"{request.method} is not allowed here: {listed}")
+
+    return refuse

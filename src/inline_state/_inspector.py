@@ -26,7 +26,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, get_args
+from typing import Any
 
 from aiohttp import hdrs, web
 from yarl import URL
@@ -42,15 +42,16 @@ from ._engine import DEFAULT_MAX_ID_LENGTH, id_too_long
 from ._errors import BagError, InvalidCursor
 from ._http import (
     Credentials,
+    Refusal,
     StoreSlot,
     is_loopback,
     log_internal_error,
-    methods_allowed,
+    not_allowed,
     read_body,
     unreadable_body,
 )
 from ._keys import RecordKey, UserRef
-from ._message import Kind
+from ._message import KINDS
 from .stores import InspectedRecord, PreconditionFailed, RecordTooLarge, Store, StoreUnavailable
 
 __all__ = ["add_inspector"]
@@ -86,17 +87,9 @@ CONTENT_SECURITY_POLICY = (
     " img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
 _FILES = {"index.html": "text/html", "inspector.js": "text/javascript", "inspector.css": "text/css"}
-_KINDS: tuple[Kind, ...] = get_args(Kind)
 _PAGE_LIMIT = 50
 _MAX_SESSIONS = 1000
 _LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
-
-
-class _Refused(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
 
 
 @dataclass(slots=True)
@@ -193,17 +186,17 @@ class _Inspector:
     def check_same_origin(self, request: web.Request) -> None:
         origin = request.headers.get(hdrs.ORIGIN)
         if origin is not None and origin != self.own_origin(request):
-            raise _Refused(403, "Forbidden", "the request comes from another origin")
+            raise Refusal(403, "Forbidden", "the request comes from another origin")
 
     def check_origin(self, request: web.Request) -> None:
         """Loopback only in no-auth mode (and not through a proxy), and only the allowed
         Host names."""
         if self.credentials.no_auth_bot_id is not None:
             if not is_loopback(request.remote):
-                raise _Refused(403, "Forbidden", "no-auth mode answers loopback clients only")
+                raise Refusal(403, "Forbidden", "no-auth mode answers loopback clients only")
             forwarded = [h for h in FORWARDING_HEADERS if h in request.headers]
             if forwarded:
-                raise _Refused(
+                raise Refusal(
                     403,
                     "Forbidden",
                     f"no-auth mode answers no request through a proxy ({forwarded[0]} header)",
@@ -211,7 +204,7 @@ class _Inspector:
         if self.allowed_hosts is not None:
             name = _host_name(request.host)
             if name not in self.allowed_hosts:
-                raise _Refused(
+                raise Refusal(
                     403,
                     "Forbidden",
                     f"the Host {request.host!r} is not one this inspector answers to",
@@ -223,14 +216,14 @@ class _Inspector:
         if session is None or session.expires < time.monotonic():
             if sid:
                 self.sessions.pop(sid, None)
-            raise _Refused(401, "Unauthorized", "log in first (no session, or it ended)")
+            raise Refusal(401, "Unauthorized", "log in first (no session, or it ended)")
         return session
 
     def check_change(self, request: web.Request, session: _Session) -> None:
         """A change needs the session's CSRF token, and the inspector's own Origin."""
         sent = request.headers.get(CSRF_HEADER, "").encode("utf-8", "surrogateescape")
         if not hmac.compare_digest(sent, session.csrf.encode()):
-            raise _Refused(403, "Forbidden", f"missing or wrong {CSRF_HEADER} header")
+            raise Refusal(403, "Forbidden", f"missing or wrong {CSRF_HEADER} header")
         self.check_same_origin(request)
 
     # -- the page -------------------------------------------------------------------------
@@ -238,7 +231,7 @@ class _Inspector:
     async def page(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info.get("name") or "index.html"
         if name not in _FILES:
-            raise _Refused(404, "NotFound", "no such file")
+            raise Refusal(404, "NotFound", "no such file")
         return web.Response(body=self.files[name], content_type=_FILES[name], charset="utf-8")
 
     # -- sessions -------------------------------------------------------------------------
@@ -247,10 +240,10 @@ class _Inspector:
         body = await self.json_body(request)
         secret = body.get("secret")
         if secret is not None and not isinstance(secret, str):
-            raise _Refused(400, "BadArgument", "secret must be a string")
+            raise Refusal(400, "BadArgument", "secret must be a string")
         bot = self.credentials.no_auth_bot_id or self.credentials.bot_of(secret)
         if bot is None:
-            raise _Refused(401, "Unauthorized", "wrong secret")
+            raise Refusal(401, "Unauthorized", "wrong secret")
         while len(self.sessions) >= _MAX_SESSIONS:
             self.sessions.pop(next(iter(self.sessions)))
         sid = secrets.token_urlsafe(32)
@@ -272,7 +265,7 @@ class _Inspector:
     async def whoami(self, request: web.Request) -> web.Response:
         try:
             session = self.session(request)
-        except _Refused as exc:
+        except Refusal as exc:
             return _error(
                 exc.status,
                 exc.code,
@@ -293,9 +286,9 @@ class _Inspector:
         try:
             body = _body.parse(await read_body(request), request.charset, self.max_depth)
         except BodyError as exc:
-            raise _Refused(exc.status, exc.code, str(exc)) from None
+            raise Refusal(exc.status, exc.code, str(exc)) from None
         if body is NOT_JSON or not isinstance(body, dict):
-            raise _Refused(400, "BadArgument", "the body must be a JSON object")
+            raise Refusal(400, "BadArgument", "the body must be a JSON object")
         return body
 
     @staticmethod
@@ -305,13 +298,13 @@ class _Inspector:
             return None
         channel = fields.get("channel")
         if not isinstance(channel, str) or not channel:
-            raise _Refused(400, "BadArgument", "channel must be a non-empty string (or v1=1)")
+            raise Refusal(400, "BadArgument", "channel must be a non-empty string (or v1=1)")
         return channel
 
     def key_of(self, fields: Mapping[str, Any], bot: str) -> RecordKey:
         kind = fields.get("kind")
-        if kind not in _KINDS:
-            raise _Refused(400, "BadArgument", f"kind must be one of {', '.join(_KINDS)}")
+        if kind not in KINDS:
+            raise Refusal(400, "BadArgument", f"kind must be one of {', '.join(KINDS)}")
         ids = {}
         for name in ("user", "conversation"):
             if kind == "user" and name == "conversation":
@@ -322,7 +315,7 @@ class _Inspector:
                 continue
             value = fields.get(name)
             if not isinstance(value, str) or not value:
-                raise _Refused(400, "BadArgument", f"{name} must be a non-empty string")
+                raise Refusal(400, "BadArgument", f"{name} must be a non-empty string")
             ids[name] = value
         return RecordKey(kind, bot, self.channel_of(fields), ids["conversation"], ids["user"])
 
@@ -336,16 +329,16 @@ class _Inspector:
         channel = self.channel_of(body)
         kind = body.get("kind")
         prefix, cursor = body.get("prefix", ""), body.get("cursor")
-        if kind not in _KINDS:
-            raise _Refused(400, "BadArgument", f"kind must be one of {', '.join(_KINDS)}")
+        if kind not in KINDS:
+            raise Refusal(400, "BadArgument", f"kind must be one of {', '.join(KINDS)}")
         if not isinstance(prefix, str) or (cursor is not None and not isinstance(cursor, str)):
-            raise _Refused(400, "BadArgument", "prefix and cursor must be strings")
+            raise Refusal(400, "BadArgument", "prefix and cursor must be strings")
         try:
             page = await self.store(request).list_keys(
                 session.bot, channel, kind, prefix=prefix, cursor=cursor, limit=_PAGE_LIMIT
             )
         except InvalidCursor:
-            raise _Refused(400, "BadArgument", "the cursor is not one this listing gave") from None
+            raise Refusal(400, "BadArgument", "the cursor is not one this listing gave") from None
         keys = [{"kind": k.kind, "user": k.user, "conversation": k.conversation} for k in page.keys]
         return web.json_response({"records": keys, "cursor": page.cursor})
 
@@ -397,20 +390,20 @@ class _Inspector:
         key = self.key_of(body, session.bot)
         too_long = id_too_long(key, self.max_id_length)
         if too_long is not None:
-            raise _Refused(400, "BadArgument", f"the record cannot be written: {too_long}")
+            raise Refusal(400, "BadArgument", f"the record cannot be written: {too_long}")
         etag, text = body.get("eTag"), body.get("data")
         if not isinstance(etag, str) or not isinstance(text, str):
-            raise _Refused(400, "BadArgument", "eTag and data (the bag as JSON text) are strings")
+            raise Refusal(400, "BadArgument", "eTag and data (the bag as JSON text) are strings")
         try:
             raw = text.encode("utf-8")
         except UnicodeEncodeError:
-            raise _Refused(400, "BadArgument", "data holds a lone surrogate") from None
+            raise Refusal(400, "BadArgument", "data holds a lone surrogate") from None
         try:
             bag = _body.parse(raw, "utf-8", self.max_depth)
         except BodyError as exc:
-            raise _Refused(400, "BadArgument", f"data: {exc}") from None
+            raise Refusal(400, "BadArgument", f"data: {exc}") from None
         if bag is NOT_JSON or not isinstance(bag, dict):
-            raise _Refused(400, "BadArgument", "data must be a JSON object: the bag")
+            raise Refusal(400, "BadArgument", "data must be a JSON object: the bag")
         try:
             stored = encode_bag(
                 "data",
@@ -420,7 +413,7 @@ class _Inspector:
                 max_depth=self.max_depth,
             )
         except BagError as exc:
-            raise _Refused(400, "BadArgument", str(exc)) from None
+            raise Refusal(400, "BadArgument", str(exc)) from None
         store = self.store(request)
         try:
             new_etag = await store.compare_and_set(key, stored, etag, max_bytes=self.max_bytes)
@@ -433,14 +426,14 @@ class _Inspector:
                 current=current,
             )
         except RecordTooLarge as exc:
-            raise _Refused(400, "MessageSizeTooBig", str(exc)) from None
+            raise Refusal(400, "MessageSizeTooBig", str(exc)) from None
         return web.json_response({"eTag": new_etag})
 
     async def delete_user(self, request: web.Request, session: _Session) -> web.Response:
         body = await self.json_body(request)
         user = body.get("user")
         if not isinstance(user, str) or not user:
-            raise _Refused(400, "BadArgument", "user must be a non-empty string")
+            raise Refusal(400, "BadArgument", "user must be a non-empty string")
         store = self.store(request)
         await store.delete_user(
             UserRef(session.bot, self.channel_of(body), user), store.clock.stamp()
@@ -496,7 +489,7 @@ def _wrap(inspector: _Inspector, handler: Open | InSession, *, in_session: bool)
             if exc.close_connection:  # the body's bytes broke its parser (see read_body)
                 refused.force_close()
             return _secured(refused)
-        except _Refused as exc:
+        except Refusal as exc:
             refused = _error(exc.status, exc.code, str(exc))
             if unreadable is not None and unreadable.close_connection:
                 refused.force_close()
@@ -584,17 +577,8 @@ def add_inspector(
     for name, methods in allowed.items():
         # Any other method: a JSON 405, after the body was read (aiohttp's own skips it).
         router.add_route(
-            "*", f"{base}/api/{name}", _wrap(inspector, _not_allowed(methods), in_session=False)
+            "*", f"{base}/api/{name}", _wrap(inspector, not_allowed(methods), in_session=False)
         )
-
-
-def _not_allowed(methods: list[str]) -> Open:
-    listed = methods_allowed(methods)
-
-    async def refuse(request: web.Request) -> web.StreamResponse:
-        raise _Refused(405, "MethodNotAllowed", f"{request.method} is not allowed here: {listed}")
-
-    return refuse
 
 
 def _redirect_to(location: str) -> Open:

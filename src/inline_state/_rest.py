@@ -27,11 +27,12 @@ from ._engine import DEFAULT_MAX_ID_LENGTH, id_too_long
 from ._errors import BagError, InvalidCursor
 from ._http import (
     Credentials,
+    Refusal,
     StoreSlot,
     header_bytes,
     is_loopback,
     log_internal_error,
-    methods_allowed,
+    not_allowed,
     read_body,
     unreadable_body,
 )
@@ -69,16 +70,6 @@ ROUTES: tuple[tuple[str, str], ...] = (
     ("POST", V3 + "/conversations/{conversationId}/users/{userId}"),
     ("GET", V3 + "/exportBotStateData"),
 )
-_LOOPBACK = ("127.0.0.1", "::1", "localhost")
-
-
-class ApiError(Exception):
-    """An error answered as JSON in the shape of the path's API version."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
 
 
 class _StateApi:
@@ -108,12 +99,12 @@ class _StateApi:
     # -- auth ---------------------------------------------------------------------------
 
     def authenticate(self, request: web.Request) -> str:
-        """The bot id the request's credential maps to; ApiError 401 otherwise."""
+        """The bot id the request's credential maps to; Refusal 401 otherwise."""
         no_auth_bot_id = self.credentials.no_auth_bot_id
         if no_auth_bot_id is not None:
             if is_loopback(request.remote):
                 return no_auth_bot_id
-            raise ApiError(401, "Unauthorized", "no-auth mode answers loopback clients only")
+            raise Refusal(401, "Unauthorized", "no-auth mode answers loopback clients only")
         header = request.headers.get(hdrs.AUTHORIZATION, "")
         scheme, _, value = header.partition(" ")
         secret: str | None = None
@@ -133,16 +124,16 @@ class _StateApi:
                     secret = None
         bot_id = self.credentials.bot_of(secret)
         if bot_id is None:
-            raise ApiError(401, "Unauthorized", "missing or invalid credentials")
+            raise Refusal(401, "Unauthorized", "missing or invalid credentials")
         return bot_id
 
     # -- helpers ------------------------------------------------------------------------
 
     def writable(self, key: RecordKey) -> RecordKey:
-        """``key``, or ApiError 400 when one of its ids is too long to be written."""
+        """``key``, or Refusal 400 when one of its ids is too long to be written."""
         too_long = id_too_long(key, self.max_id_length)
         if too_long is not None:
-            raise ApiError(400, "BadArgument", f"the record cannot be written: {too_long}")
+            raise Refusal(400, "BadArgument", f"the record cannot be written: {too_long}")
         return key
 
     def key(self, request: web.Request, kind: Kind, bot: str) -> RecordKey:
@@ -160,7 +151,7 @@ class _StateApi:
         bot = self.authenticate(request)
         path_bot = request.match_info.get("botId")
         if path_bot is not None and path_bot != bot:
-            raise ApiError(403, "Forbidden", f"the credential does not allow bot {path_bot!r}")
+            raise Refusal(403, "Forbidden", f"the credential does not allow bot {path_bot!r}")
         return bot
 
     @staticmethod
@@ -186,28 +177,28 @@ class _StateApi:
         try:
             body = _body.parse(await read_body(request), request.charset, self.max_depth)
         except BodyError as exc:
-            raise ApiError(exc.status, exc.code, str(exc)) from None
+            raise Refusal(exc.status, exc.code, str(exc)) from None
         if body is NOT_JSON:
-            raise ApiError(400, "BadSyntax", "the body is not valid JSON in its charset")
+            raise Refusal(400, "BadSyntax", "the body is not valid JSON in its charset")
         if not isinstance(body, dict):
-            raise ApiError(400, "BadArgument", "the body must be a JSON object {data, eTag}")
+            raise Refusal(400, "BadArgument", "the body must be a JSON object {data, eTag}")
         etag = body.get("eTag")
         if etag is not None and not isinstance(etag, str):
-            raise ApiError(400, "BadArgument", f"eTag must be a string, got {type(etag).__name__}")
+            raise Refusal(400, "BadArgument", f"eTag must be a string, got {type(etag).__name__}")
         data = body.get("data")
         stored: Mapping[str, bytes] | str | None
         if isinstance(data, str):
             try:
                 size = len(data.encode("utf-8")) + 2
             except UnicodeEncodeError:
-                raise ApiError(
+                raise Refusal(
                     400,
                     "BadArgument",
                     "data holds a lone surrogate (an escape such as \\ud800 with no pair),"
                     " which cannot be stored",
                 ) from None
             if size > self.max_bytes:
-                raise ApiError(
+                raise Refusal(
                     400,
                     "MessageSizeTooBig",
                     f"data is {size} bytes, over the limit of {self.max_bytes}",
@@ -224,9 +215,9 @@ class _StateApi:
                 )
             except BagError as exc:
                 code = "MessageSizeTooBig" if exc.reason == "tooLarge" else "BadArgument"
-                raise ApiError(400, code, str(exc)) from None
+                raise Refusal(400, code, str(exc)) from None
         else:
-            raise ApiError(
+            raise Refusal(
                 400,
                 "BadArgument",
                 f"data must be an object, a string or null, got {type(data).__name__}",
@@ -236,9 +227,9 @@ class _StateApi:
                 key, stored, etag, max_bytes=self.max_bytes
             )
         except PreconditionFailed as exc:
-            raise ApiError(412, "PreconditionFailed", str(exc)) from None
+            raise Refusal(412, "PreconditionFailed", str(exc)) from None
         except RecordTooLarge as exc:
-            raise ApiError(400, "MessageSizeTooBig", str(exc)) from None
+            raise Refusal(400, "MessageSizeTooBig", str(exc)) from None
         return web.json_response({"data": data, "eTag": new_etag})
 
     async def delete_user(self, request: web.Request) -> web.Response:
@@ -256,7 +247,7 @@ class _StateApi:
             try:
                 cursor = base64.urlsafe_b64decode(token.encode()).decode()
             except ValueError:  # not base64, not ASCII, or not UTF-8 inside
-                raise ApiError(
+                raise Refusal(
                     400, "BadArgument", "continuationToken is not one this API issued"
                 ) from None
         try:
@@ -264,7 +255,7 @@ class _StateApi:
                 bot, request.match_info["channelId"], cursor=cursor
             )
         except InvalidCursor:
-            raise ApiError(
+            raise Refusal(
                 400, "BadArgument", "continuationToken is not one this API issued"
             ) from None
         items = []
@@ -310,9 +301,9 @@ async def _answer(
     try:
         api.bot_for(request)  # credentials first: a stranger learns nothing more
         if unreadable is not None:
-            raise ApiError(unreadable.status, unreadable.code, str(unreadable))
+            raise Refusal(unreadable.status, unreadable.code, str(unreadable))
         return await handler(request)
-    except ApiError as exc:
+    except Refusal as exc:
         response = _error(exc.status, exc.code, str(exc), v1)
         if exc.status == 405:
             response.headers[hdrs.ALLOW] = str(exc).rpartition(": ")[2]
@@ -402,17 +393,8 @@ def add_state_api(
     for pattern, methods in allowed.items():
         # Any other method: a JSON 405 (aiohttp's own is text, and skips reading the body).
         app.router.add_route(
-            "*", pattern, _wrap(api, _not_allowed(methods), pattern.startswith(prefix + V1))
+            "*", pattern, _wrap(api, not_allowed(methods), pattern.startswith(prefix + V1))
         )
-
-
-def _not_allowed(methods: list[str]) -> Handler:
-    listed = methods_allowed(methods)
-
-    async def handler(request: web.Request) -> web.Response:
-        raise ApiError(405, "MethodNotAllowed", f"{request.method} is not allowed here: {listed}")
-
-    return handler
 
 
 def _bind(verb: Callable[[web.Request, Kind], Awaitable[web.Response]], kind: Kind) -> Handler:
