@@ -33,12 +33,17 @@ PUBLIC = [
     "InvalidCursor",
     "KeyPage",
     "InlineStateMiddleware",
+    "DumpPage",
+    "DumpedRecord",
+    "KeyRing",
+    "KeyRingError",
     "MemoryStore",
     "PreconditionFailed",
     "RecordKey",
     "RecordTooLarge",
     "RedisStore",
     "ReplyResponse",
+    "SealedStore",
     "SqliteStore",
     "StateApiError",
     "StateClient",
@@ -73,7 +78,7 @@ PUBLIC = [
     "setup",
 ]
 #: Loaded on first use (module ``__getattr__``), so not in ``vars()`` after import.
-LAZY = {"RedisStore", "SqliteStore"}
+LAZY = {"KeyRing", "KeyRingError", "RedisStore", "SealedStore", "SqliteStore"}
 
 
 def test_public_names() -> None:

@@ -48,6 +48,8 @@ from ._state_client import BotData, StateApiError, StateClient
 from ._turn import Turn, current_turn
 from .stores import (
     ApplyResult,
+    DumpedRecord,
+    DumpPage,
     ExportPage,
     InspectedRecord,
     KeyPage,
@@ -58,7 +60,9 @@ from .stores import (
 )
 
 if _typing.TYPE_CHECKING:
+    from ._seal import KeyRing, KeyRingError
     from .stores.redis import RedisStore
+    from .stores.sealed import SealedStore
     from .stores.sqlite import SqliteStore
 
 __version__ = "0.1.0"
@@ -70,6 +74,8 @@ __all__ = [
     "BagError",
     "BotData",
     "Change",
+    "DumpPage",
+    "DumpedRecord",
     "Engine",
     "ExportPage",
     "HybridClock",
@@ -79,12 +85,15 @@ __all__ = [
     "InspectedRecord",
     "InvalidCursor",
     "KeyPage",
+    "KeyRing",
+    "KeyRingError",
     "MemoryStore",
     "PreconditionFailed",
     "RecordKey",
     "RecordTooLarge",
     "RedisStore",
     "ReplyResponse",
+    "SealedStore",
     "SqliteStore",
     "StateApiError",
     "StateClient",
@@ -123,12 +132,21 @@ __all__ = [
 def __getattr__(name: str) -> _typing.Any:
     # Backends that pull in a library load on first use: ``import inline_state`` loads
     # neither sqlite3 nor redis (which is the ``redis`` extra).
-    if name in ("RedisStore", "SqliteStore"):
+    if name in ("RedisStore", "SqliteStore", "SealedStore"):
         from . import stores
 
         backend = getattr(stores, name)
         backend.__module__ = __name__
         return backend
+    if name in ("KeyRing", "KeyRingError"):  # the ``encryption`` extra: cryptography
+        from . import stores
+
+        stores.__getattr__("SealedStore")  # the extra's message, when it is missing
+        from . import _seal
+
+        sealing = getattr(_seal, name)
+        sealing.__module__ = __name__
+        return sealing
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

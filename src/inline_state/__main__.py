@@ -1,8 +1,10 @@
-"""Command line: ``python -m inline_state {state-service,proxy} --listen HOST:PORT ...``."""
+"""Command line: ``python -m inline_state COMMAND``: ``state-service`` and ``proxy``
+serve; ``keygen``, ``rekey`` and ``copy`` look after a store."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import sys
@@ -11,11 +13,12 @@ from typing import Any
 
 from aiohttp import web
 
+from ._errors import StoreError
 from ._http import is_loopback
 from ._inspector import add_inspector
 from ._proxy import proxy_app
 from ._rest import add_state_api
-from .stores import open_store
+from .stores import Store, open_store
 
 SECRET_ENV = "INLINE_STATE_SECRET"
 
@@ -46,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     service.add_argument(
         "--no-auth", action="store_true", help="no credentials; only on a loopback address"
     )
+    service.add_argument("--encrypt", action="store_true", help=_ENCRYPT_HELP)
     service.add_argument(
         "--inspector",
         action="store_true",
@@ -72,14 +76,103 @@ def build_parser() -> argparse.ArgumentParser:
         " against the serviceUrl)",
     )
     proxy.add_argument("--timeout", type=float, default=10.0, help="seconds to wait upstream")
+    proxy.add_argument("--encrypt", action="store_true", help=_ENCRYPT_HELP)
+    commands.add_parser("keygen", help="print a new random key for encryption, and its id")
+    rekey = commands.add_parser(
+        "rekey",
+        help="re-seal every value under the first key of $INLINE_STATE_KEYS (or the"
+        " file $INLINE_STATE_KEY_FILE names), in place; then the old keys can go",
+    )
+    rekey.add_argument("--store", required=True, help="store URL (sqlite:// or redis://)")
+    copy = commands.add_parser(
+        "copy",
+        help="copy every record between two stores, keeping stamps, eTags and expiries"
+        " (safe to run again, and under traffic)",
+    )
+    copy.add_argument("--from", dest="source", required=True, help="store URL to copy from")
+    copy.add_argument("--to", dest="target", required=True, help="store URL to copy into")
     return parser
+
+
+_ENCRYPT_HELP = (
+    "seal stored values with the keys of $INLINE_STATE_KEYS or of the file"
+    " $INLINE_STATE_KEY_FILE names (the encryption extra)"
+)
+
+
+def _key_ring() -> Any:
+    from ._seal import KeyRing, KeyRingError
+
+    try:
+        return KeyRing.load()
+    except KeyRingError as exc:
+        raise SystemExit(f"inline_state: {exc}") from None
+
+
+def _lasting_store(url: str, what: str) -> Store:
+    if url.startswith("memory:"):
+        raise SystemExit(
+            f"{what}: memory:// lives in one process; give a sqlite:// or redis:// URL"
+        )
+    try:
+        return open_store(url)
+    except (ValueError, ImportError) as exc:
+        raise SystemExit(f"{what}: {exc}") from None
+
+
+def _progress(line: str, *, done: bool = False) -> None:
+    if sys.stderr.isatty():
+        print(f"\r{line}", end="\n" if done else "", file=sys.stderr, flush=True)
+    elif done:
+        print(line, file=sys.stderr, flush=True)
+
+
+async def rekey_command(url: str) -> dict[str, int]:
+    """Re-seal the store at ``url`` under the key ring's sealing key, printing progress."""
+    from .stores.sealed import SealedStore, rekey
+
+    keys = _key_ring()
+    store = SealedStore(_lasting_store(url, "rekey"), keys)
+
+    def show(seen: int, resealed: int) -> None:
+        _progress(f"rekey: {seen} records read, {resealed} re-sealed under key {keys.current_id}")
+
+    async with store:
+        found = await rekey(store, progress=show)
+    old = {ident: n for ident, n in found.items() if ident != keys.current_id and n}
+    summary = ", ".join(f"{n} under {ident}" for ident, n in sorted(old.items())) or "none"
+    _progress(f"rekey: done; values not under key {keys.current_id} before: {summary}", done=True)
+    return found
+
+
+async def copy_command(source_url: str, target_url: str) -> Any:
+    """Copy every record of one store into another, printing progress."""
+    from .stores._copying import Copied, copy_records
+
+    source = _lasting_store(source_url, "copy --from")
+    target = _lasting_store(target_url, "copy --to")
+
+    def show(copied: Copied) -> None:
+        _progress(
+            f"copy: {copied.records} records read, {copied.changed} written,"
+            f" {copied.deletions} deletion stamps"
+        )
+
+    async with source, target:
+        copied = await copy_records(source, target, progress=show)
+    show(copied)
+    _progress("copy: done", done=True)
+    return copied
 
 
 def proxy_app_from(args: argparse.Namespace) -> web.Application:
     """The proxy's app for parsed arguments."""
+    from ._engine import Engine
+
+    encryption = _key_ring() if args.encrypt else None
     return proxy_app(
         upstream=args.upstream,
-        store=args.store,
+        engine=Engine.create(args.store, encryption=encryption),
         channel=args.channel,
         allow_service_urls=args.allow_service_url,
         rewrite_service_url=args.rewrite_service_url,
@@ -105,6 +198,10 @@ def state_service_app(args: argparse.Namespace) -> web.Application:
         raise SystemExit(f"a secret is required: --secret or {SECRET_ENV} (or --no-auth)")
     app = web.Application()
     store = open_store(args.store)
+    if args.encrypt:
+        from .stores.sealed import SealedStore
+
+        store = SealedStore(store, _key_ring())
 
     async def opened(app: web.Application) -> AsyncIterator[None]:
         async with store:
@@ -127,6 +224,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of ``python -m inline_state`` and the ``inline-state`` script."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if args.command == "keygen":
+        from ._seal import key_id, new_key
+
+        key = new_key()
+        print(key)
+        print(f"key id {key_id(__import__('base64').b64decode(key))}", file=sys.stderr)
+        return
+    try:
+        if args.command == "rekey":
+            asyncio.run(rekey_command(args.store))
+            return
+        if args.command == "copy":
+            asyncio.run(copy_command(args.source, args.target))
+            return
+    except StoreError as exc:
+        raise SystemExit(f"inline_state {args.command}: {exc}") from None
     host, port = args.listen
     app = state_service_app(args) if args.command == "state-service" else proxy_app_from(args)
     web.run_app(app, host=host, port=port)

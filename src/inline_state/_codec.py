@@ -299,9 +299,24 @@ def join_bag(props: Mapping[str, bytes]) -> bytes:
     return b"".join(parts)
 
 
+#: The first byte of a sealed value (no JSON text starts with it), and what sealing adds
+#: to a value: that byte, a 4-byte key id, a 12-byte nonce and a 16-byte tag.
+SEALED_MARK = b"\x00"
+SEAL_OVERHEAD = 33
+
+
+def value_size(value: bytes) -> int:
+    """The JSON length of a stored value: a sealed one counts as the plaintext it holds,
+    so that a size limit means the same with encryption on."""
+    if value[:1] == SEALED_MARK:
+        return len(value) - SEAL_OVERHEAD
+    return len(value)
+
+
 def member_size(name: str, value: bytes) -> int:
-    """The UTF-8 length of ``"name":value`` in a bag's JSON."""
-    return len(encode_name(name)) + 1 + len(value)
+    """The UTF-8 length of ``"name":value`` in a bag's JSON (a sealed value counted as
+    its plaintext)."""
+    return len(encode_name(name)) + 1 + value_size(value)
 
 
 def bag_size(props: Mapping[str, bytes]) -> int:

@@ -17,7 +17,7 @@ import logging
 from bisect import bisect_left
 from collections.abc import Mapping, Sequence
 from time import perf_counter
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from ._change import DEFAULT_MAX_BAG_BYTES, DEFAULT_MAX_PROPERTIES, Change
 from ._clock import EPOCH_MS, MS_SHIFT, HybridClock
@@ -40,6 +40,9 @@ from ._metrics import Metrics
 from ._posted import PostedTarget, posted_keys
 from ._turn import Turn
 from .stores import DEFAULT_TOMBSTONE_TTL, ApplyResult, Store, StoredRecord, resolve_store
+
+if TYPE_CHECKING:
+    from ._seal import KeyRing
 
 __all__ = ["Engine"]
 
@@ -145,14 +148,21 @@ class Engine:
         prefix: str | None = None,
         timeout: float | None = None,
         metrics: bool = True,
+        encryption: KeyRing | None = None,
     ) -> Engine:
         """An engine over a store given as a URL (the engine opens and closes it), an
         existing ``redis.asyncio`` client (the caller keeps owning the client), or a Store
         instance (the caller opens and closes it). ``ttl``, ``tombstone_ttl``, ``prefix``
-        (Redis) and ``timeout`` configure a store made from a URL or a client."""
+        (Redis) and ``timeout`` configure a store made from a URL or a client.
+        ``encryption``: seal every stored value with these keys (a ``SealedStore``
+        around the store; opening it checks the keys)."""
         resolved, owned = resolve_store(
             store, clock=clock, ttl=ttl, tombstone_ttl=tombstone_ttl, prefix=prefix, timeout=timeout
         )
+        if encryption is not None:
+            from .stores.sealed import SealedStore
+
+            resolved, owned = SealedStore(resolved, encryption, owns_inner=owned), True
         return cls(
             resolved,
             owns_store=owned,

@@ -7,7 +7,7 @@ and the client middleware); the adapters never import each other.
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from aiohttp import web
 
@@ -20,6 +20,9 @@ from ._http import ENGINE_KEY, STORE_KEY
 from ._message import Kind
 from ._server import InlineStateMiddleware
 from .stores import DEFAULT_TOMBSTONE_TTL, Store
+
+if TYPE_CHECKING:
+    from ._seal import KeyRing
 
 __all__ = ["setup"]
 
@@ -40,6 +43,7 @@ def setup(
     tombstone_ttl: float = DEFAULT_TOMBSTONE_TTL,
     prefix: str | None = None,
     timeout: float | None = None,
+    encryption: KeyRing | None = None,
 ) -> InlineStateMiddleware:
     """Add inline state to an app: the middleware, and the store's lifecycle.
 
@@ -47,7 +51,9 @@ def setup(
     ``redis.asyncio`` client (the caller keeps owning it), or a Store instance (the
     caller opens and closes it). ``ttl``, ``tombstone_ttl``, ``prefix`` (Redis) and
     ``timeout`` configure a store made from a URL or a client. The rest are the
-    engine's: see ``Engine`` and the README's options table. Returns the middleware;
+    engine's: see ``Engine`` and the README's options table. ``encryption``, a
+    ``KeyRing`` (``KeyRing.load()`` reads the keys from the environment), seals every
+    stored value at rest (the ``encryption`` extra). Returns the middleware;
     ``middleware.engine`` is what the client middleware, the REST API and the SDK
     integrations share.
     """
@@ -64,6 +70,7 @@ def setup(
         tombstone_ttl=tombstone_ttl,
         prefix=prefix,
         timeout=timeout,
+        encryption=encryption,
     )
     middleware = InlineStateMiddleware(
         engine, paths=paths, client=InlineStateClientMiddleware(engine)

@@ -21,6 +21,8 @@ from .._message import Kind
 from ._base import (
     DEFAULT_TOMBSTONE_TTL,
     ApplyResult,
+    DumpedRecord,
+    DumpPage,
     ExportPage,
     InspectedRecord,
     KeyPage,
@@ -31,6 +33,7 @@ from .memory import MemoryStore
 
 if TYPE_CHECKING:
     from .redis import RedisStore
+    from .sealed import SealedStore
     from .sqlite import SqliteStore
 
 # What a store implementer needs, in one place.
@@ -38,6 +41,8 @@ __all__ = [
     "DEFAULT_TOMBSTONE_TTL",
     "ApplyResult",
     "Change",
+    "DumpPage",
+    "DumpedRecord",
     "ExportPage",
     "HybridClock",
     "InspectedRecord",
@@ -48,6 +53,7 @@ __all__ = [
     "RecordKey",
     "RecordTooLarge",
     "RedisStore",
+    "SealedStore",
     "SqliteStore",
     "Store",
     "StoreError",
@@ -67,7 +73,21 @@ def __getattr__(name: str) -> Any:
         return SqliteStore
     if name == "RedisStore":
         return _redis_store_class()
+    if name == "SealedStore":
+        return _sealed_store_class()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _sealed_store_class() -> type[SealedStore]:
+    try:
+        from .sealed import SealedStore
+    except ImportError as exc:
+        if exc.name is not None and exc.name.split(".")[0] == "cryptography":
+            raise ImportError(
+                "encryption needs the encryption extra: pip install 'inline_state[encryption]'"
+            ) from exc
+        raise
+    return SealedStore
 
 
 def _redis_store_class() -> type[RedisStore]:

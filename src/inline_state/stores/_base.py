@@ -19,7 +19,16 @@ from .._errors import InvalidCursor, StoreError
 from .._keys import RecordKey, UserRef, decode_key, listing_prefix
 from .._message import Kind
 
-__all__ = ["ApplyResult", "ExportPage", "InspectedRecord", "KeyPage", "Store", "StoredRecord"]
+__all__ = [
+    "ApplyResult",
+    "DumpPage",
+    "DumpedRecord",
+    "ExportPage",
+    "InspectedRecord",
+    "KeyPage",
+    "Store",
+    "StoredRecord",
+]
 
 DEFAULT_TOMBSTONE_TTL = 600.0
 #: How long a clock node id stays held without renewal (renewed every third of it).
@@ -123,6 +132,53 @@ class InspectedRecord(NamedTuple):
 
     record: StoredRecord
     stamps: Mapping[str, int]
+
+
+class DumpedRecord(NamedTuple):
+    """One record with everything a store keeps of it, as ``dump`` gives it and
+    ``restore`` takes it: the eTag's parts (``created``, ``writes``), the clear stamp,
+    each live property's stamp and stored value (sealed values as they are), each
+    tombstone's stamp, a string record's text and stamp, and when it expires (wall
+    milliseconds; 0 for never)."""
+
+    key: RecordKey
+    created: int
+    writes: int
+    clear: int
+    values: Mapping[str, tuple[int, bytes]]
+    tombs: Mapping[str, int]
+    text: str | None = None
+    text_stamp: int = 0
+    expires_ms: int = 0
+
+
+class DumpPage(NamedTuple):
+    """One page of a dump: records, users' deletion stamps, and the cursor of the next
+    page (None when the dump is done)."""
+
+    records: list[DumpedRecord]
+    deletions: list[tuple[UserRef, int]]
+    cursor: str | None
+
+
+def dump_cursor(phase: str, last: str) -> str:
+    """A dump cursor of memory and SQLite: deletion stamps (``"d"``) then records
+    (``"r"``), each in key order after ``last``."""
+    return json.dumps([phase, last])
+
+
+def dump_position(cursor: str | None) -> tuple[str, str]:
+    """The phase and last key of a ``dump_cursor``; InvalidCursor for anything else."""
+    if cursor is None:
+        return "d", ""
+    try:
+        phase, last = json.loads(cursor)
+        valid = phase in ("d", "r") and type(last) is str
+    except (ValueError, TypeError, RecursionError):
+        valid = False
+    if not valid:
+        raise InvalidCursor("not a dump cursor this store gave")
+    return str(phase), str(last)
 
 
 class Store(abc.ABC):
@@ -335,3 +391,35 @@ class Store(abc.ABC):
     async def inspect(self, key: RecordKey) -> InspectedRecord:
         """One record and the stamp of each live property, without refreshing the
         record's expiry (a missing record has no stamps)."""
+
+    # -- moving and re-sealing state: every record, whatever its bot -----------------------
+
+    @abc.abstractmethod
+    async def dump(self, *, cursor: str | None = None, limit: int = 100) -> DumpPage:
+        """A page of everything the store holds: records (holding data or only
+        tombstones) and users' deletion stamps, without refreshing an expiry; values
+        come as stored (sealed ones sealed). Pass the returned cursor for the next page.
+
+        A record that exists for the whole dump is in it; one written meanwhile may or
+        may not be. ``limit`` bounds a page roughly (Redis gives what its SCAN steps
+        found)."""
+
+    @abc.abstractmethod
+    async def restore(
+        self,
+        records: Sequence[DumpedRecord],
+        deletions: Sequence[tuple[UserRef, int]] = (),
+        *,
+        reseal: bool = False,
+    ) -> int:
+        """Merge dumped records in, each atomically; return how many records changed.
+
+        Deletion stamps are merged first (the higher stays). Each entry is merged by the
+        usual rules (a higher stamp wins; the higher clear stays; entries below the
+        owner's deletion stamp are dropped), and a value at the very stamp stored takes
+        the dumped bytes: a write is one value, so only its sealing can differ. A record
+        missing here takes the dumped eTag and expiry; one whose entries did not change
+        keeps its eTag. So a copy can be run again, under live traffic, safely.
+
+        ``reseal``: only replace values at the very stamp stored, and change nothing
+        else (no eTag, no expiry, no record created): re-sealing in place."""

@@ -14,7 +14,7 @@ from .._change import Change
 from .._clock import MAX_NODES, stamp_above
 from .._errors import RecordTooLarge
 from .._keys import RecordKey, UserRef
-from ._base import MISSING, ApplyResult, StoredRecord
+from ._base import MISSING, ApplyResult, DumpedRecord, StoredRecord
 from ._record import Record, check_etag
 
 __all__: list[str] = []
@@ -53,6 +53,11 @@ class RecordTable(abc.ABC):
     @abc.abstractmethod
     def set_deletion_stamp(self, user: UserRef, stamp: int) -> None:
         """Remember a user's deletion stamp."""
+
+    def put_restored(self, key: RecordKey, rec: Record, expires_ms: int) -> None:
+        """Store a record a restore merged into; ``expires_ms`` (wall ms, 0 for the
+        store's own rule) is when it expires. Default: ``put``."""
+        self.put(key, rec)
 
 
 def load_records(table: RecordTable, keys: Sequence[RecordKey]) -> list[StoredRecord]:
@@ -142,3 +147,30 @@ def delete_user(table: RecordTable, user: UserRef, stamp: int) -> int:
     deleted = max(stamp, stamp_above(highest, stamp % MAX_NODES))
     table.set_deletion_stamp(user, deleted)
     return deleted
+
+
+def restore_records(
+    table: RecordTable,
+    records: Sequence[DumpedRecord],
+    deletions: Sequence[tuple[UserRef, int]],
+    reseal: bool,
+) -> int:
+    """Merge dumped records and deletion stamps; see ``Store.restore``."""
+    if not reseal:
+        for user, stamp in deletions:
+            own = RecordKey("user", user.bot, user.channel, "", user.user)
+            if stamp > table.deletion_stamp(own):
+                table.set_deletion_stamp(user, stamp)
+    changed = 0
+    for dumped in records:
+        key = dumped.key
+        rec = table.get(key)
+        if rec is None:
+            if reseal:
+                continue
+            rec = Record()
+        new = rec.top == 0  # nothing here yet: the record takes the dumped expiry
+        if rec.merge(dumped, table.deletion_stamp(key), reseal=reseal):
+            table.put_restored(key, rec, dumped.expires_ms if new and not reseal else 0)
+            changed += 1
+    return changed

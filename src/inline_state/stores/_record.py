@@ -22,9 +22,10 @@ import msgpack
 
 from .._change import Change
 from .._clock import EPOCH_MS, MS_SHIFT, stamp_ms
-from .._codec import canonical, encode_name, member_size
+from .._codec import canonical, encode_name, member_size, value_size
 from .._errors import PreconditionFailed
-from ._base import MISSING, StoredRecord
+from .._keys import RecordKey
+from ._base import MISSING, DumpedRecord, StoredRecord
 
 FORMAT = 2
 # What a decoded record costs beyond its JSON, measured on CPython 3.11: the Record and
@@ -300,11 +301,11 @@ class Record:
                     continue
                 if tombs:
                     tombs.pop(name, None)
-                members += len(encode_name(name)) + 1 + len(value)
+                members += len(encode_name(name)) + 1 + value_size(value)
             elif stamp <= current:
                 continue
             else:
-                members += len(value) - len(values[name])
+                members += value_size(value) - value_size(values[name])
             values[name] = value
             stamps[name] = stamp
             set_any = True
@@ -317,7 +318,7 @@ class Record:
                 elif stamp <= current:
                     continue
                 else:
-                    members -= len(encode_name(name)) + 1 + len(values.pop(name))
+                    members -= len(encode_name(name)) + 1 + value_size(values.pop(name))
                     del stamps[name]
                     self._newest = -1
                 tombs[name] = stamp
@@ -381,6 +382,86 @@ class Record:
     def cost(self) -> int:
         """Roughly what the decoded record occupies in memory (see ``RECORD_OVERHEAD``)."""
         return RECORD_OVERHEAD + 2 * self.size() + PROPERTY_OVERHEAD * len(self.values)
+
+    # -- dumps: moving records between stores, re-sealing in place -------------------------
+
+    def dumped(self, key: RecordKey, expires_ms: int) -> DumpedRecord:
+        """Everything of this record, for ``Store.dump``."""
+        stamps = self.stamps
+        return DumpedRecord(
+            key,
+            self.created,
+            self.writes,
+            self.clear,
+            {name: (stamps[name], value) for name, value in self.values.items()},
+            dict(self.tombs),
+            self.text,
+            self.text_stamp,
+            expires_ms,
+        )
+
+    @classmethod
+    def from_dumped(cls, dumped: DumpedRecord) -> Record:
+        """A record holding exactly what was dumped."""
+        rows: list[tuple[str, bytes | None, int]] = [
+            (name, value, stamp) for name, (stamp, value) in dumped.values.items()
+        ]
+        rows += [(name, None, stamp) for name, stamp in dumped.tombs.items()]
+        return cls.from_rows(
+            dumped.created, dumped.writes, dumped.clear, dumped.text, dumped.text_stamp, rows
+        )
+
+    def merge(self, dumped: DumpedRecord, deleted: int, *, reseal: bool = False) -> bool:
+        """Merge a dumped record in place (see ``Store.restore``); True when anything
+        changed. ``deleted`` is the owner's deletion stamp here: entries below it are
+        gone."""
+        changed = False
+        stamps = self.stamps
+        for name, (stamp, value) in dumped.values.items():
+            if stamps.get(name) == stamp and self.values[name] != value:
+                self._members += value_size(value) - value_size(self.values[name])
+                self.values[name] = value
+                changed = True
+        text = dumped.text
+        if (
+            text is not None
+            and self.text not in (None, text)
+            and dumped.text_stamp == self.text_stamp
+        ):
+            self.text, changed = text, True
+        if reseal:
+            return changed
+        was_live, floor = self.live, max(dumped.clear, deleted)
+        grew = False
+        if dumped.clear > self.clear and dumped.clear >= deleted:
+            self._clear_below(dumped.clear)
+            grew = True
+        for name, (stamp, value) in dumped.values.items():
+            if stamp >= floor and self._accept(name, stamp):
+                self._set(name, value, stamp)
+                grew = True
+        for name, stamp in dumped.tombs.items():
+            if stamp >= floor and self._accept(name, stamp):
+                self._remove(name, stamp)
+                grew = True
+        newer_text = dumped.text_stamp > (self.text_stamp if self.text is not None else 0)
+        if text is not None and dumped.text_stamp >= floor and newer_text:
+            self.text, self.text_stamp, grew = text, dumped.text_stamp, True
+        if not grew:
+            return changed
+        self.top = max(
+            self.top, self.clear, self.text_stamp, *stamps.values(), *self.tombs.values()
+        )
+        if self.text is not None and self.values and self.modified_stamp() != self.text_stamp:
+            self.text = None
+        self._etag, self._newest = None, -1
+        if not was_live and self.created == 0:
+            self.created, self.writes = dumped.created, dumped.writes
+        elif self.live:
+            if not was_live:
+                self.created = dumped.created
+            self.writes = max(self.writes, dumped.writes) + 1
+        return True
 
     def forgettable(self, now_ms: int, tombstone_ttl_ms: int) -> bool:
         """True when nothing in the record is worth keeping any more."""

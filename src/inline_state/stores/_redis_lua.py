@@ -37,6 +37,14 @@ local rk = KEYS[1]
 local function S(x) return string.format('%.0f', x) end
 local function packed(s) return struct.pack('>I8', s) end
 local function stamp_of(v) return (struct.unpack('>I8', v)) end
+-- The JSON length of the value starting at byte `at` of `v`: a sealed one (its first
+-- byte 0, which no JSON text starts with) counts as the plaintext it holds.
+local SEAL_OVERHEAD = 33
+local function vlen(v, at)
+  local n = #v - at + 1
+  if n > 0 and string.byte(v, at) == 0 then n = n - SEAL_OVERHEAD end
+  return n
+end
 -- "bag,etag", with ",tombs,clear" only when either is set: most records fit in the
 -- smallest listpack allocation then.
 local function head(bag, tombs, clear, etag)
@@ -86,7 +94,7 @@ local function load_all(key)
     r.bag, r.tombs, r.clear, r.etag = read_head(f[HEAD])
     for k, v in pairs(f) do
       if k == TEXT then r.text = v; r.ts = stamp_of(v)
-      elseif k ~= HEAD then r.props[k] = {stamp_of(v), #v > 8, #v - 8, v} end
+      elseif k ~= HEAD then r.props[k] = {stamp_of(v), #v > 8, vlen(v, 9), v} end
     end
   elseif f['f'] then
     r.v1 = true
@@ -155,7 +163,7 @@ local was_live = bag > 0 or text ~= false
 local state, hdel, hset = {}, {}, {}
 for k = 4, #names do
   local v = m[k]
-  if v then state[names[k]] = {stamp_of(v), #v > 8, #v - 8} else state[names[k]] = {0, false, 0} end
+  if v then state[names[k]] = {stamp_of(v), #v > 8, vlen(v, 9)} else state[names[k]] = {0, false, 0} end
 end
 local accepted = false
 local function push(t, a, b) t[#t + 1] = a; if b ~= nil then t[#t + 1] = b end end
@@ -180,12 +188,12 @@ for _ = 1, nsets do
   local s = state[name]
   if stamp > s[1] and stamp >= clear then
     if s[2] then
-      bag = bag + #value - s[3]
+      bag = bag + vlen(value, 1) - s[3]
     else
       bag = bag + len + 1
       if s[1] > 0 then tombs = tombs - 1 end
     end
-    state[name] = {stamp, true, #value}
+    state[name] = {stamp, true, vlen(value, 1)}
     push(hset, name, at .. value)
     accepted = true
   end
@@ -314,3 +322,27 @@ redis.call('DEL', KEYS[3])
 return S(deleted)
 """
 )
+
+# A restore's whole-record write (see RedisStore.restore): only if the head is still the
+# one the merge started from, which every accepted write changes (its eTag does).
+RESTORE = r"""
+local rk = KEYS[1]
+if (redis.call('HGET', rk, '\255') or '') ~= ARGV[1] then return 0 end
+local at, fallback = tonumber(ARGV[2]), tonumber(ARGV[3])  -- ms left, ms by default
+local kept = redis.call('PTTL', rk)
+local fields = {}
+for i = 4, #ARGV do fields[#fields + 1] = ARGV[i] end
+redis.call('DEL', rk)
+redis.call('HSET', rk, unpack(fields))
+if at > 0 then redis.call('PEXPIRE', rk, at)
+elseif kept > 0 then redis.call('PEXPIRE', rk, kept)
+elseif fallback > 0 then redis.call('PEXPIRE', rk, fallback) end
+if #KEYS > 1 then redis.call('SADD', KEYS[2], rk) end
+return 1
+"""
+# A deletion stamp merged in: the higher stays.
+RESTORE_DELETION = r"""
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tonumber(ARGV[1]) > current then redis.call('SET', KEYS[1], ARGV[1]); return 1 end
+return 0
+"""

@@ -18,7 +18,7 @@ from collections.abc import Iterator, Mapping, Sequence
 
 from .._change import Change
 from .._clock import MAX_NODES, HybridClock, stamp_ms
-from .._errors import StoreUnavailable
+from .._errors import InvalidCursor, StoreUnavailable
 from .._keys import (
     RecordKey,
     UserRef,
@@ -33,11 +33,15 @@ from ._base import (
     DEFAULT_TOMBSTONE_TTL,
     MISSING,
     ApplyResult,
+    DumpedRecord,
+    DumpPage,
     ExportPage,
     InspectedRecord,
     KeyPage,
     Store,
     StoredRecord,
+    dump_cursor,
+    dump_position,
     listing_cursor,
     listing_range,
 )
@@ -223,6 +227,12 @@ class _Tables(_blob.RecordTable):
 
     def set_deletion_stamp(self, user: UserRef, stamp: int) -> None:
         self.store._deleted[user] = stamp
+
+    def put_restored(self, key: RecordKey, rec: Record, expires_ms: int) -> None:
+        expires = self.store._expires.get(key)
+        self.put(key, rec)
+        if expires_ms or expires is not None:
+            self.store._expires[key] = expires_ms or expires  # type: ignore[assignment]
 
 
 class MemoryStore(Store):
@@ -532,3 +542,63 @@ class MemoryStore(Store):
             return InspectedRecord(MISSING, {})
         deleted = self._deleted.get(key.owner, 0) if key.owner is not None else 0
         return InspectedRecord(rec.view(deleted), dict(rec.stamps))
+
+    # -- dumps ------------------------------------------------------------------------------
+
+    async def dump(self, *, cursor: str | None = None, limit: int = 100) -> DumpPage:
+        """Deletion stamps in key order (sorted per page: there are few), then records
+        in the key index's order."""
+        if limit <= 0:
+            raise ValueError("limit must be positive")
+        phase, last = dump_position(cursor)
+        if phase == "d":
+            users = sorted(
+                (encoded, user) for user in self._deleted if (encoded := user.encode()) > last
+            )[: limit + 1]
+            deletions = [(user, self._deleted[user]) for _, user in users[:limit]]
+            if len(users) > limit:
+                return DumpPage([], deletions, dump_cursor("d", users[limit - 1][0]))
+            return DumpPage([], deletions, dump_cursor("r", ""))
+        # In the order of (namespace, the rest of the key): the key index's own order.
+        keys: list[str] = []
+        try:
+            after_namespace, after_local = _split(last) if last else ("", b"")
+        except ValueError:
+            raise InvalidCursor("not a dump cursor this store gave") from None
+        for namespace in sorted(n for n in self._index if n >= after_namespace):
+            index = self._index[namespace]
+            if namespace == after_namespace:
+                locals_ = index.after(after_local, False)
+            else:
+                locals_ = index.after(b"", True)
+            for local in itertools.islice(locals_, limit + 1 - len(keys)):
+                keys.append(f"{namespace}/{local.decode('utf-8', 'surrogatepass')}")
+            if len(keys) > limit:
+                break
+        records: list[DumpedRecord] = []
+        now_ms = self.clock.wall_ms()
+        for encoded in keys[:limit]:
+            key = decode_key(encoded)
+            rec = self._hot.get(key)
+            if rec is None:
+                namespace, local = _split(encoded)
+                blob = self._packed.get(namespace, {}).get(local)
+                if blob is None:
+                    continue
+                rec = Record.unpack(blob)
+            expires = self._expires.get(key, 0)
+            if expires and expires < now_ms:
+                continue
+            records.append(rec.dumped(key, expires))
+        more = len(keys) > limit
+        return DumpPage(records, [], dump_cursor("r", keys[limit - 1]) if more else None)
+
+    async def restore(
+        self,
+        records: Sequence[DumpedRecord],
+        deletions: Sequence[tuple[UserRef, int]] = (),
+        *,
+        reseal: bool = False,
+    ) -> int:
+        """Merge dumped records in (see ``Store.restore``)."""
+        return _blob.restore_records(self._tables(), records, deletions, reseal)

@@ -37,8 +37,14 @@ from redis.maint_notifications import MaintNotificationsConfig
 
 from .._change import Change
 from .._clock import MAX_NODES, HybridClock, stamp_ms
-from .._codec import encode_name
-from .._errors import InvalidCursor, PreconditionFailed, RecordTooLarge, StoreUnavailable
+from .._codec import encode_name, value_size
+from .._errors import (
+    InvalidCursor,
+    PreconditionFailed,
+    RecordTooLarge,
+    StoreError,
+    StoreUnavailable,
+)
 from .._keys import (
     RecordKey,
     UserRef,
@@ -55,12 +61,15 @@ from ._base import (
     MISSING,
     NODE_LEASE_SECONDS,
     ApplyResult,
+    DumpedRecord,
+    DumpPage,
     ExportPage,
     InspectedRecord,
     KeyPage,
     Store,
     StoredRecord,
 )
+from ._record import Record
 
 __all__ = ["RedisStore"]
 
@@ -90,7 +99,7 @@ _HEAD, _TEXT = _redis_lua.HEAD, _redis_lua.TEXT
 
 
 def _member_len(name: str, value: bytes) -> int:
-    return len(encode_name(name)) + 1 + len(value)
+    return len(encode_name(name)) + 1 + value_size(value)
 
 
 class RedisStore(Store):
@@ -129,6 +138,8 @@ class RedisStore(Store):
         self._apply = client.register_script(_redis_lua.APPLY)
         self._cas = client.register_script(_redis_lua.COMPARE_AND_SET)
         self._delete_user = client.register_script(_redis_lua.DELETE_USER)
+        self._restore = client.register_script(_redis_lua.RESTORE)
+        self._restore_deletion = client.register_script(_redis_lua.RESTORE_DELETION)
         self._renew_node = client.register_script(_RENEW_NODE)
         self._release_node = client.register_script(_RELEASE_NODE)
         self._holder = uuid.uuid4().hex  # whose node id leases these are
@@ -578,17 +589,17 @@ class RedisStore(Store):
         return [None]
 
     async def _scan(
-        self, node: Any, position: int, pattern: str, count: int
+        self, node: Any, position: int, pattern: str, count: int, of_type: str | None = "HASH"
     ) -> tuple[int, list[Any]]:
         scan: Any = self.client.scan
         if node is None:
             plain: tuple[int, list[Any]] = await self._guard(
-                scan(position, match=pattern, count=count, _type="HASH")
+                scan(position, match=pattern, count=count, _type=of_type)
             )
             return plain
         # With target_nodes, redis-py answers ({node name: cursor}, keys).
         cursors, names = await self._guard(
-            scan(position, match=pattern, count=count, _type="HASH", target_nodes=node)
+            scan(position, match=pattern, count=count, _type=of_type, target_nodes=node)
         )
         return int(next(iter(cursors.values()))), names
 
@@ -685,6 +696,117 @@ class RedisStore(Store):
         if not record.exists:
             return InspectedRecord(MISSING, {})
         return InspectedRecord(record, _stamps(flat, record.props))
+
+    # -- dumps ------------------------------------------------------------------------------
+
+    async def dump(self, *, cursor: str | None = None, limit: int = 100) -> DumpPage:
+        """Records and deletion stamps as SCAN finds them under the prefix (each primary
+        of a cluster in turn), with their expiry; a page holds what a bounded number of
+        SCAN steps found, about ``limit``. As with ``export``, a key table that shrinks
+        or a slot that moves meanwhile can repeat or miss records; a restore of a
+        repeated one changes nothing."""
+        if limit <= 0:
+            raise ValueError("limit must be positive")
+        node, position = _dump_position(cursor)
+        nodes = self._scan_nodes()
+        pattern = _glob_escape(f"{self.prefix}:{{") + "*"
+        names: list[Any] = []
+        for _ in range(_SCANS_PER_PAGE):
+            if len(names) >= limit or node >= len(nodes):
+                break
+            position, found = await self._scan(
+                nodes[node], position, pattern, min(limit, _SCAN_COUNT), None
+            )
+            names += found
+            if position == 0:
+                node += 1
+        keys = [key for name in names if (key := self._record_of(name)) is not None]
+        users = [user for name in names if (user := self._deleted_user_of(name)) is not None]
+        pipe = self.client.pipeline(transaction=False)
+        for key in keys:
+            pipe.hgetall(self._record_key(key))
+            pipe.pttl(self._record_key(key))
+        for user in users:
+            pipe.get(f"{self._user_tag(user)}:d")
+        replies = iter(await self._guard(pipe.execute()) if keys or users else [])
+        now_ms = self.clock.wall_ms()
+        records: list[DumpedRecord] = []
+        for key in keys:
+            fields, pttl = next(replies), next(replies)
+            rec = _record_of_hash(key, fields)
+            if rec is not None:
+                records.append(rec.dumped(key, now_ms + pttl if pttl > 0 else 0))
+        deletions = [(user, int(stamp)) for user in users if (stamp := next(replies))]
+        after = json.dumps([node, position]) if node < len(nodes) else None
+        return DumpPage(records, deletions, after)
+
+    def _deleted_user_of(self, name: Any) -> UserRef | None:
+        """The user whose deletion stamp a key found by SCAN holds, or None."""
+        try:
+            tag, _, suffix = name.decode()[len(self.prefix) + 2 :].partition("}")
+            return decode_key(tag).owner if suffix == ":d" else None
+        except (ValueError, KeyError, IndexError):
+            return None
+
+    async def restore(
+        self,
+        records: Sequence[DumpedRecord],
+        deletions: Sequence[tuple[UserRef, int]] = (),
+        *,
+        reseal: bool = False,
+    ) -> int:
+        """Merge dumped records in (see ``Store.restore``): each is read, merged in
+        Python, and written whole by a script that checks its head is still the one
+        read (any accepted write changes it); a record that changed meanwhile is
+        merged again."""
+        if deletions and not reseal:
+            for user, stamp in deletions:
+                await self._guard(
+                    self._restore_deletion(keys=[f"{self._user_tag(user)}:d"], args=[stamp])
+                )
+        changed = 0
+        for dumped in records:
+            changed += await self._restore_one(dumped, reseal)
+        return changed
+
+    async def _restore_one(self, dumped: DumpedRecord, reseal: bool) -> int:
+        key = dumped.key
+        script_keys = self._script_keys(key)
+        for _ in range(_RESTORE_ATTEMPTS):
+            pipe = self.client.pipeline(transaction=False)
+            pipe.hgetall(script_keys[0])
+            if len(script_keys) > 1:
+                pipe.get(script_keys[1])
+            replies = await self._guard(pipe.execute())
+            fields: dict[bytes, bytes] = replies[0]
+            deleted = int(replies[1] or 0) if len(replies) > 1 else 0
+            rec = _record_of_hash(key, fields)
+            if rec is None:
+                if reseal:
+                    return 0
+                rec = Record()
+            if not rec.merge(dumped, deleted, reseal=reseal):
+                return 0
+            ttl = self.ttl_ms.get(key.kind, 0)
+            fallback = ttl if rec.live else max(ttl, self.tombstone_ttl_ms)
+            # A record new here takes the dumped expiry (as time left: the two stores'
+            # clocks may differ); one that was here keeps its own.
+            expires_in = 0
+            if not fields and dumped.expires_ms:
+                expires_in = max(1, dumped.expires_ms - self.clock.wall_ms())
+            args: list[Any] = [
+                fields.get(_HEAD, b""),
+                expires_in,
+                fallback,
+                *_hash_of(rec),
+            ]
+            index = script_keys[2:] if key.kind == "private" else []
+            written = await self._guard(self._restore(keys=[script_keys[0], *index], args=args))
+            if written:
+                return 1
+        raise StoreUnavailable(
+            f"a restored {key.kind} record kept changing under {_RESTORE_ATTEMPTS} merges"
+        )
 
 
 _SCANS_PER_PAGE = 64
@@ -825,3 +947,75 @@ def _view_layout_1(fields: Mapping[bytes, bytes], deleted: int) -> StoredRecord:
         deleted=deleted,
         modified_ms=stamp_ms(newest),
     )
+
+
+_RESTORE_ATTEMPTS = 16
+
+
+def _dump_position(cursor: str | None) -> tuple[int, int]:
+    if cursor is None:
+        return 0, 0
+    try:
+        node, position = json.loads(cursor)
+        valid = type(node) is int and type(position) is int
+        valid = valid and 0 <= node < 1 << 16 and 0 <= position < 1 << 64
+    except (ValueError, TypeError, RecursionError):
+        valid = False
+    if not valid:
+        raise InvalidCursor("not a dump cursor this store gave")
+    return node, position
+
+
+def _record_of_hash(key: RecordKey, fields: Mapping[bytes, bytes]) -> Record | None:
+    """A record from its hash fields (layout 2), None when there is none; a record still
+    in layout 1 is an error naming what rewrites it."""
+    if not fields:
+        return None
+    head = fields.get(_HEAD)
+    if head is None:
+        raise StoreError(
+            f"a {key.kind} record is still in layout 1 (written before inline_state 0.3):"
+            " any write to it rewrites it; dump and restore read layout 2 only"
+        )
+    parts = head.split(b",")
+    etag = parts[1].decode()
+    created, _, writes = etag.partition(".")
+    clear = int(parts[3]) if len(parts) > 3 else 0
+    text, text_stamp = None, 0
+    rows: list[tuple[str, bytes | None, int]] = []
+    for name, value in fields.items():
+        if name == _HEAD:
+            continue
+        stamp = int.from_bytes(value[:8])
+        if name == _TEXT:
+            text, text_stamp = value[8:].decode("utf-8", "surrogatepass"), stamp
+        else:
+            rows.append((name.decode(), value[8:] if len(value) > 8 else None, stamp))
+    return Record.from_rows(
+        int(created, 16) if writes else 0,
+        int(writes, 16) if writes else 0,
+        clear,
+        text,
+        text_stamp,
+        rows,
+    )
+
+
+def _hash_of(rec: Record) -> list[bytes]:
+    """The hash fields (layout 2) of a whole record, as HSET's arguments."""
+    out: list[bytes] = []
+    bag = 0
+    for name, value in rec.values.items():
+        out += (name.encode(), rec.stamps[name].to_bytes(8) + value)
+        bag += _member_len(name, value) + 1
+    for name, stamp in rec.tombs.items():
+        out += (name.encode(), stamp.to_bytes(8))
+    if rec.text is not None:
+        out += (_TEXT, rec.text_stamp.to_bytes(8) + rec.text.encode("utf-8", "surrogatepass"))
+    etag = rec.etag if rec.live else ""
+    if rec.tombs or rec.clear:
+        head = f"{bag},{etag},{len(rec.tombs)},{rec.clear}"
+    else:
+        head = f"{bag},{etag}"
+    out += (_HEAD, head.encode())
+    return out

@@ -56,11 +56,15 @@ from ._base import (
     MISSING,
     NODE_LEASE_SECONDS,
     ApplyResult,
+    DumpedRecord,
+    DumpPage,
     ExportPage,
     InspectedRecord,
     KeyPage,
     Store,
     StoredRecord,
+    dump_cursor,
+    dump_position,
     listing_cursor,
     listing_range,
 )
@@ -217,6 +221,16 @@ class _SqlTable(_blob.RecordTable):
         ).fetchall()
         own = RecordKey("user", user.bot, user.channel, "", user.user)
         return [own, *(decode_key(row[0]) for row in rows)]
+
+    def put_restored(self, key: RecordKey, rec: Record, expires_ms: int) -> None:
+        encoded = key.encode()
+        if not expires_ms:
+            row = self.conn.execute(
+                "SELECT expires FROM heads WHERE key = ?", (encoded,)
+            ).fetchone()
+            expires = self._expires(key) if row is None else row[0]
+        write_record(self.conn, encoded, rec, expires_ms or expires)
+        self._remember(key, rec)
 
     def set_deletion_stamp(self, user: UserRef, stamp: int) -> None:
         self.conn.execute(
@@ -826,6 +840,56 @@ class SqliteStore(Store):
         if rec is None or not rec.live:
             return InspectedRecord(MISSING, {})
         return InspectedRecord(rec.view(), dict(rec.stamps))
+
+    # -- dumps --------------------------------------------------------------------------------
+
+    async def dump(self, *, cursor: str | None = None, limit: int = 100) -> DumpPage:
+        """Deletion stamps, then records, each in key order: ranges of the primary keys,
+        read in a transaction of their own."""
+        if limit <= 0:
+            raise ValueError("limit must be positive")
+        phase, last = dump_position(cursor)
+
+        def read(conn: sqlite3.Connection, now_ms: int) -> DumpPage:
+            if phase == "d":
+                rows = conn.execute(
+                    "SELECT user, stamp FROM deletions WHERE user > ? ORDER BY user LIMIT ?",
+                    (last, limit + 1),
+                ).fetchall()
+                deletions = [(_user_of(user), int(stamp)) for user, stamp in rows[:limit]]
+                after = dump_cursor("d", rows[limit - 1][0]) if len(rows) > limit else None
+                return DumpPage([], deletions, after or dump_cursor("r", ""))
+            heads = conn.execute(
+                "SELECT key, expires FROM heads WHERE key > ? ORDER BY key LIMIT ?",
+                (last, limit + 1),
+            ).fetchall()
+            records: list[DumpedRecord] = []
+            for encoded, expires in heads[:limit]:
+                rec = read_record(conn, encoded, now_ms)
+                if rec is not None:
+                    records.append(rec.dumped(decode_key(encoded), expires or 0))
+            more = len(heads) > limit
+            return DumpPage(records, [], dump_cursor("r", heads[limit - 1][0]) if more else None)
+
+        return self._reading(read)
+
+    async def restore(
+        self,
+        records: Sequence[DumpedRecord],
+        deletions: Sequence[tuple[UserRef, int]] = (),
+        *,
+        reseal: bool = False,
+    ) -> int:
+        """Merge dumped records in, in one transaction (see ``Store.restore``)."""
+        return await self._write(
+            lambda table: _blob.restore_records(table, records, deletions, reseal)
+        )
+
+
+def _user_of(encoded: str) -> UserRef:
+    owner = decode_key(encoded).owner
+    assert owner is not None  # a deletion is keyed by a user record's key
+    return owner
 
 
 def _fail(batch: list[_Queued], error: StoreUnavailable) -> None:

@@ -1,0 +1,362 @@
+"""``SealedStore``: any store, its values sealed at rest (see ``_seal``).
+
+It wraps another store: values are sealed before that store sees them and opened after
+it reads them, so stamps, sizes (counted on the plaintext) and the merge rules, Redis's
+Lua included, work as they did. Property names, ids (in every key), stamps and sizes
+stay in the clear.
+
+Beside the data, the store keeps a record of the keys that sealed it (``KEYS_RECORD``):
+opening checks it, so a missing key fails at start-up, naming it, rather than turn by
+turn. Values written before encryption was turned on still read, until a rekey has
+sealed every one; from then on, a plain value is refused as tampering.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from .._change import Change
+from .._codec import SEALED_MARK
+from .._errors import RecordTooLarge, StoreUnavailable
+from .._keys import RecordKey, UserRef
+from .._message import Kind
+from .._seal import SEALED_TEXT, KeyRing, KeyRingError, SealError
+from ._base import (
+    DumpedRecord,
+    DumpPage,
+    ExportPage,
+    InspectedRecord,
+    KeyPage,
+    Store,
+    StoredRecord,
+)
+
+__all__ = ["KEYS_RECORD", "SealedStore", "UnreadableRecord"]
+
+logger = logging.getLogger("inline_state")
+
+#: The record of the keys that sealed the store: bot "" names no bot a message can.
+KEYS_RECORD = RecordKey("conversation", "", None, "inline_state.keys", "")
+_KEY_PREFIX = "key:"
+_ALL_SEALED = "all-sealed"
+_CHECK = b'"inline_state"'
+_new_change = tuple.__new__  # a Change without its Python-level __new__ (every turn)
+
+
+class UnreadableRecord(StoreUnavailable):
+    """A stored value does not open (tampered with, moved, or its key is missing): the
+    turn gets 503, never wrong data. Deleting the user's data and a REST overwrite still
+    work."""
+
+
+class SealedStore(Store):
+    """Another store, every value sealed with a ``KeyRing`` before it is stored.
+
+    ``owns_inner``: open and close the inner store with this one (else only lease its
+    clock, as an engine does for a store it was given).
+    """
+
+    def __init__(self, inner: Store, keys: KeyRing, *, owns_inner: bool = True) -> None:
+        super().__init__(clock=inner.clock)
+        self.ttl_ms = inner.ttl_ms
+        self.tombstone_ttl_ms = inner.tombstone_ttl_ms
+        self.inner = inner
+        self.keys = keys
+        self._owns_inner = owns_inner
+        self._leased = False
+        self._plain_ok = True  # until a rekey has sealed every value
+
+    @property
+    def cache_stats(self) -> Any:
+        """The inner store's cache counters (for the metrics)."""
+        return getattr(self.inner, "cache_stats", None)
+
+    async def open(self) -> None:
+        """Open (or lease the clock of) the inner store, then check its keys record:
+        every key that sealed values must be in the key ring (KeyRingError names a
+        missing one), and the sealing key is recorded."""
+        if self._owns_inner:
+            await self.inner.open()
+        else:
+            self._leased = await self.inner.ensure_clock()
+        try:
+            await self._check_keys()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        """Close the inner store (or end its clock's lease)."""
+        if self._owns_inner:
+            await self.inner.close()
+        elif self._leased:
+            self._leased = False
+            await self.inner.release_clock()
+
+    async def _check_keys(self) -> None:
+        (record,) = await self.inner.load([KEYS_RECORD])
+        encoded = KEYS_RECORD.encode()
+        for name, value in record.props.items():
+            if not name.startswith(_KEY_PREFIX):
+                continue
+            ident = name[len(_KEY_PREFIX) :]
+            if ident not in self.keys.ids:
+                raise KeyRingError(
+                    f"the store holds values sealed under key {ident}, which"
+                    f" {self.keys.source} does not hold: add it after the sealing key, and"
+                    " keep it until `python -m inline_state rekey` has re-sealed the store"
+                )
+            try:
+                self.keys.open(encoded, name, value)
+            except SealError as exc:
+                raise KeyRingError(f"key {ident} does not open the store's check: {exc}") from None
+        self._plain_ok = _ALL_SEALED not in record.props
+        current = _KEY_PREFIX + self.keys.current_id
+        if current not in record.props:
+            change = Change(
+                KEYS_RECORD,
+                {current: self.keys.seal(encoded, current, _CHECK)},
+                stamp=self.clock.stamp(),
+            )
+            await self.inner.apply([change])
+
+    async def finish_rekey(self, remaining: Mapping[str, int]) -> list[str]:
+        """After a rekey pass: forget the keys no value is sealed under any more
+        (``remaining`` counts values per key id, ``"plain"`` for unsealed ones), and
+        once none is plain, refuse plain values from then on. Returns the ids
+        forgotten."""
+        (record,) = await self.inner.load([KEYS_RECORD])
+        forgotten = [
+            name[len(_KEY_PREFIX) :]
+            for name in record.props
+            if name.startswith(_KEY_PREFIX)
+            and name[len(_KEY_PREFIX) :] != self.keys.current_id
+            and not remaining.get(name[len(_KEY_PREFIX) :])
+        ]
+        sets: dict[str, bytes] = {}
+        if not remaining.get("plain") and _ALL_SEALED not in record.props:
+            sets[_ALL_SEALED] = self.keys.seal(KEYS_RECORD.encode(), _ALL_SEALED, b"true")
+        if forgotten or sets:
+            removes = frozenset(_KEY_PREFIX + ident for ident in forgotten)
+            await self.inner.apply([Change(KEYS_RECORD, sets, removes, stamp=self.clock.stamp())])
+        self._plain_ok = self._plain_ok and bool(remaining.get("plain"))
+        return forgotten
+
+    # -- sealing and opening -----------------------------------------------------------------
+
+    def _opened(self, key: RecordKey, record: StoredRecord) -> StoredRecord:
+        props, text = record.props, record.text
+        if not props and text is None:
+            return record
+        encoded = key.encode()
+        keys = self.keys
+        try:
+            if props:
+                opened: dict[str, bytes] = {}
+                for name, value in props.items():
+                    if value[:1] == SEALED_MARK:
+                        opened[name] = keys.open(encoded, name, value)
+                    elif self._plain_ok:
+                        opened[name] = value
+                    else:
+                        raise SealError("a plain value where every value is sealed")
+                props = opened
+            if text is not None:
+                if text.startswith(SEALED_TEXT):
+                    text = keys.open_text(encoded, text)
+                elif not self._plain_ok:
+                    raise SealError("a plain string where every value is sealed")
+        except SealError as exc:
+            raise UnreadableRecord(
+                f"a value of the {key.kind} record does not open: {exc}"
+            ) from None
+        return record._replace(props=props, text=text)
+
+    def _sealed(self, change: Change) -> Change:
+        sets = change.sets
+        if not sets:
+            return change
+        encoded, seal = change.key.encode(), self.keys.seal
+        sealed = {name: seal(encoded, name, value) for name, value in sets.items()}
+        return _new_change(Change, (change.key, sealed, *change[2:]))
+
+    # -- the store interface -------------------------------------------------------------------
+
+    async def allocate_node_id(self) -> int:
+        """The inner store's."""
+        return await self.inner.allocate_node_id()
+
+    async def renew_node_id(self, node_id: int) -> bool:
+        """The inner store's."""
+        return await self.inner.renew_node_id(node_id)
+
+    async def release_node_id(self, node_id: int) -> None:
+        """The inner store's."""
+        await self.inner.release_node_id(node_id)
+
+    async def load(self, keys: Sequence[RecordKey]) -> list[StoredRecord]:
+        """The inner store's records, opened (UnreadableRecord when one does not)."""
+        records = await self.inner.load(keys)
+        opened = self._opened
+        return [opened(key, record) for key, record in zip(keys, records, strict=True)]
+
+    async def apply(self, changes: Sequence[Change]) -> list[Any]:
+        """The changes, sealed, applied by the inner store."""
+        sealed = self._sealed
+        return await self.inner.apply([sealed(change) for change in changes])
+
+    async def compare_and_set(
+        self,
+        key: RecordKey,
+        data: Mapping[str, bytes] | str | None,
+        etag: str | None,
+        *,
+        max_bytes: int,
+    ) -> str:
+        """The whole-record write, sealed; a string's size is checked on its plaintext."""
+        encoded = key.encode()
+        if isinstance(data, str):
+            size = len(data.encode("utf-8", "surrogatepass")) + 2
+            if size > max_bytes:
+                raise RecordTooLarge(key, size, max_bytes)
+            sealed: Mapping[str, bytes] | str | None = self.keys.seal_text(encoded, data)
+            max_bytes = max(max_bytes, 2 * size + 128)  # the sealed text's, checked above
+        elif data is not None:
+            seal = self.keys.seal
+            sealed = {name: seal(encoded, name, value) for name, value in data.items()}
+        else:
+            sealed = None
+        return await self.inner.compare_and_set(key, sealed, etag, max_bytes=max_bytes)
+
+    async def delete_user(self, user: UserRef, stamp: int) -> int:
+        """The inner store's: it needs no key, so a user whose records do not open can
+        still be deleted."""
+        return await self.inner.delete_user(user, stamp)
+
+    async def export(
+        self, bot: str, channel: str | None, *, cursor: str | None = None, limit: int = 100
+    ) -> ExportPage:
+        """The inner store's page, opened."""
+        page = await self.inner.export(bot, channel, cursor=cursor, limit=limit)
+        return ExportPage([(key, self._opened(key, rec)) for key, rec in page.records], page.cursor)
+
+    async def channels(self, bot: str) -> list[str | None]:
+        """The inner store's."""
+        return await self.inner.channels(bot)
+
+    async def list_keys(
+        self,
+        bot: str,
+        channel: str | None,
+        kind: Kind,
+        *,
+        prefix: str = "",
+        cursor: str | None = None,
+        limit: int = 50,
+    ) -> KeyPage:
+        """The inner store's."""
+        return await self.inner.list_keys(
+            bot, channel, kind, prefix=prefix, cursor=cursor, limit=limit
+        )
+
+    async def inspect(self, key: RecordKey) -> InspectedRecord:
+        """The inner store's, opened."""
+        inspected = await self.inner.inspect(key)
+        return InspectedRecord(self._opened(key, inspected.record), inspected.stamps)
+
+    async def dump(self, *, cursor: str | None = None, limit: int = 100) -> DumpPage:
+        """The inner store's, values as stored (sealed): a copy needs no key."""
+        return await self.inner.dump(cursor=cursor, limit=limit)
+
+    async def restore(
+        self,
+        records: Sequence[DumpedRecord],
+        deletions: Sequence[tuple[UserRef, int]] = (),
+        *,
+        reseal: bool = False,
+    ) -> int:
+        """The inner store's: values as dumped."""
+        return await self.inner.restore(records, deletions, reseal=reseal)
+
+    # -- rekey ---------------------------------------------------------------------------------
+
+    def resealed(self, dumped: DumpedRecord, counts: dict[str, int]) -> DumpedRecord | None:
+        """The record with every value not sealed under the sealing key sealed under
+        it (None when there is none); counts what it found, per key id (``"plain"``
+        for unsealed values). SealError for a value that does not open."""
+        keys, current = self.keys, self.keys.current_id
+        encoded = dumped.key.encode()
+        values: dict[str, tuple[int, bytes]] = {}
+        changed = False
+        for name, (stamp, value) in dumped.values.items():
+            by = keys.sealed_by(value) or "plain"
+            counts[by] = counts.get(by, 0) + 1
+            if by != current:
+                plain = value if by == "plain" else keys.open(encoded, name, value)
+                value, changed = keys.seal(encoded, name, plain), True
+            values[name] = (stamp, value)
+        text = dumped.text
+        if text is not None:
+            by = keys.text_sealed_by(text) or "plain"
+            counts[by] = counts.get(by, 0) + 1
+            if by != current:
+                plain_text = text if by == "plain" else keys.open_text(encoded, text)
+                text, changed = keys.seal_text(encoded, plain_text), True
+        return dumped._replace(values=values, text=text) if changed else None
+
+
+async def rekey(
+    store: SealedStore,
+    *,
+    limit: int = 200,
+    progress: Callable[[int, int], None] | None = None,
+    passes: int = 3,
+) -> dict[str, int]:
+    """Re-seal every value of the store under the key ring's sealing key, in place,
+    keeping stamps, eTags and expiries; then forget the keys nothing is sealed under any
+    more. ``progress(records seen, records re-sealed)`` is called after each page.
+
+    A pass walks the whole store; passes go on until one finds nothing to re-seal (at
+    most ``passes``), which shows no value is left under an old key (unless a process
+    still sealing with one writes meanwhile). Returns what the first pass found under
+    each key id (``"plain"`` for unsealed values)."""
+    first: dict[str, int] | None = None
+    counts: dict[str, int] = {}
+    seen = resealed_total = 0
+    for _ in range(passes):
+        counts = {}
+        resealed_now = 0
+        cursor: str | None = None
+        while True:
+            page = await store.inner.dump(cursor=cursor, limit=limit)
+            batch = []
+            for dumped in page.records:
+                if dumped.key == KEYS_RECORD:
+                    continue
+                try:
+                    resealed = store.resealed(dumped, counts)
+                except SealError as exc:
+                    raise UnreadableRecord(
+                        f"a value of a {dumped.key.kind} record does not open: {exc}"
+                    ) from None
+                if resealed is not None:
+                    batch.append(resealed)
+            seen += len(page.records)
+            if batch:
+                resealed_now += len(batch)
+                resealed_total += await store.inner.restore(batch, reseal=True)
+            if progress is not None:
+                progress(seen, resealed_total)
+            cursor = page.cursor
+            if cursor is None:
+                break
+        if first is None:
+            first = dict(counts)
+        if not resealed_now:
+            break
+    left = {ident: n for ident, n in counts.items() if ident != store.keys.current_id}
+    if not any(left.values()):
+        await store.finish_rekey(left)
+    return first or {}
