@@ -42,7 +42,7 @@ HERE = Path(__file__).resolve().parent
 LUA = HERE / "wrk" / "messages.lua"
 KNOWN = (
     "baseline", "baseline-orjson", "floor", "memory", "memory-plain", "memory-cold", "sqlite",
-    "redis", "redis-cluster",
+    "memory-sealed", "sqlite-sealed", "redis", "redis-cluster",
     "agents", "agents-inline", "botbuilder",
     "botbuilder-patched",
 )
@@ -201,9 +201,11 @@ def command(name: str, a: argparse.Namespace, workdir: Path, redis: Redis | None
         # A cache bound of a tenth of the working set (about 1 KiB counted per record, three
         # records per user): most turns decode their records and pack others out.
         return [*inline, "--store", "memory://", "--cache-bytes", str(a.users * 3 * 1000 // 10)]
-    if name == "sqlite":
+    if name == "memory-sealed":
+        return [*inline, "--store", "memory://", "--encrypt"]
+    if name in ("sqlite", "sqlite-sealed"):
         db = workdir / f"bench-{time.monotonic_ns()}.db"
-        return [*inline, "--store", f"sqlite:///{db}"]
+        return [*inline, "--store", f"sqlite:///{db}", *(["--encrypt"] if name != "sqlite" else [])]
     if name.startswith("redis"):
         assert redis is not None
         redis.flush()

@@ -11,7 +11,8 @@ import pytest
 from aiohttp import web
 from pytest_aiohttp import AiohttpClient, AiohttpServer
 
-from inline_state import MemoryStore, SqliteStore, Store, open_store
+from inline_state import KeyRing, MemoryStore, SealedStore, SqliteStore, Store, open_store
+from inline_state._seal import new_key
 from inline_state.stores.sqlite import DEFAULT_CACHE_BYTES as DEFAULT_SQLITE_CACHE_BYTES
 
 from .redis_servers import RedisCluster, RedisServer
@@ -47,27 +48,50 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClu
 StoreFactory = Callable[..., Store]
 
 
-@pytest.fixture(params=["memory", "memory-cold", "sqlite", "sqlite-cold", "redis", "redis-cluster"])
+TEST_KEYS = KeyRing.from_text(new_key(), source="the tests' key")
+
+
+@pytest.fixture(
+    params=[
+        "memory",
+        "memory-cold",
+        "sqlite",
+        "sqlite-cold",
+        "redis",
+        "redis-cluster",
+        "memory-sealed",
+        "sqlite-sealed",
+        "redis-sealed",
+    ]
+)
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
     """A factory of fresh, unopened stores of one backend.
 
     ``memory-cold`` is memory:// with a cache of one record, so nearly every operation
     packs a record out and decodes one back in; ``sqlite-cold`` keeps no decoded record,
-    so every operation reads the file.
+    so every operation reads the file. ``-sealed``: the backend behind a SealedStore
+    (encryption at rest), which must keep every rule.
     """
+    if request.param.endswith("-sealed"):
+        inner = _backend(request.param.removesuffix("-sealed"), request, tmp_path)
+        return lambda **options: SealedStore(inner(**options), TEST_KEYS)
+    return _backend(request.param, request, tmp_path)
+
+
+def _backend(param: str, request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
     names = itertools.count()
-    if request.param == "memory":
+    if param == "memory":
         return MemoryStore
-    if request.param == "memory-cold":
+    if param == "memory-cold":
         return lambda **options: MemoryStore(cache_bytes=0, **options)
-    if request.param in ("sqlite", "sqlite-cold"):
-        cache_bytes = 0 if request.param == "sqlite-cold" else DEFAULT_SQLITE_CACHE_BYTES
+    if param in ("sqlite", "sqlite-cold"):
+        cache_bytes = 0 if param == "sqlite-cold" else DEFAULT_SQLITE_CACHE_BYTES
         return lambda **options: SqliteStore(
             tmp_path / f"state-{next(names)}.db", cache_bytes=cache_bytes, **options
         )
     scheme, port = (
         ("redis", request.getfixturevalue("redis_server").port)
-        if request.param == "redis"
+        if param == "redis"
         else ("redis+cluster", request.getfixturevalue("redis_cluster").port)
     )
     # A fresh key prefix per store isolates tests sharing the session's server.

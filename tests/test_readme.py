@@ -30,6 +30,7 @@ import inline_state.botbuilder
 
 from .support import REPO, Client, RunningBot, activity, carries_a_bag, post
 from .test_agents import ANONYMOUS
+from .test_encryption import cli, file_and_wal
 
 StartFn = Callable[[web.Application], Awaitable[Client]]
 README = (REPO / "README.md").read_text(encoding="utf-8")
@@ -209,3 +210,31 @@ async def test_the_exact_counters_snippet(client_for: StartFn) -> None:
     assert all(status == 200 for status, _ in answers)
     _, reply = await post(client, activity())
     assert reply["text"] == "visit 21"
+
+
+async def test_the_encryption_snippet_seals_what_it_stores(
+    client_for: StartFn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    [keygen] = [b for b in blocks("sh", "Encryption at rest") if "keygen" in b]
+    assert "python -m inline_state keygen" in keygen
+    code, out, _ = await cli("keygen")
+    assert code == 0
+    monkeypatch.setenv("INLINE_STATE_KEYS", out.strip())
+    monkeypatch.chdir(tmp_path)
+    [snippet] = blocks("python", "Encryption at rest")
+    namespace: dict[str, Any] = {"__name__": "readme"}
+    exec(compile(snippet, "README.md", "exec"), namespace)
+    app = namespace["app"]
+
+    async def remember(request: web.Request) -> web.Response:
+        reply = inline_state.create_reply(await request.json(), "ok")
+        inline_state.set_user_data(reply, "name", "Ada Lovelace")
+        return web.json_response(reply)
+
+    app.router.add_post("/api/messages", remember)
+    client = await client_for(app)
+    assert (await post(client, activity()))[0] == 200
+    assert (await post(client, activity()))[0] == 200
+    await client.close()
+    raw = file_and_wal(tmp_path / "state.db")
+    assert b"Ada Lovelace" not in raw and b"name" in raw

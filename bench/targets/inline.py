@@ -93,6 +93,7 @@ def seeder(count: int, middleware: inline_state.InlineStateMiddleware) -> Any:
 async def cache_stats(request: web.Request) -> web.Response:
     """The memory or SQLite store's cache counters, for the bench's hit ratio."""
     store = request.app[inline_state.STORE_KEY]
+    store = getattr(store, "inner", store)  # a sealed store's
     if not isinstance(store, inline_state.MemoryStore | inline_state.SqliteStore):
         return web.json_response({})
     return web.json_response(store.cache_stats)
@@ -103,7 +104,12 @@ def make_app(args: argparse.Namespace) -> web.Application:
     store: str | inline_state.Store = args.store
     if args.cache_bytes is not None:
         store = inline_state.MemoryStore(cache_bytes=args.cache_bytes)
-    middleware = inline_state.setup(app, store)
+    encryption = None
+    if getattr(args, "encrypt", False):  # a fresh random key per run (never in code)
+        from inline_state._seal import new_key
+
+        encryption = inline_state.KeyRing.from_text(new_key(), source="the bench's key")
+    middleware = inline_state.setup(app, store, encryption=encryption)
     if getattr(args, "no_metrics", False):  # the engine's counters off, to measure them
         middleware.engine.metrics = None
     app.router.add_get("/cache-stats", cache_stats)
@@ -123,6 +129,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-bytes", type=int, help="memory:// with this cache bound")
     parser.add_argument("--no-metrics", action="store_true", help="the engine counts nothing")
     parser.add_argument("--increments", action="store_true", help="count with incr_* helpers")
+    parser.add_argument("--encrypt", action="store_true", help="seal stored values (AES-GCM)")
 
 
 if __name__ == "__main__":

@@ -238,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.command == "copy":
             asyncio.run(copy_command(args.source, args.target))
             return
-    except StoreError as exc:
+    except (StoreError, ValueError) as exc:  # a store's error, a key ring's (KeyRingError)
         raise SystemExit(f"inline_state {args.command}: {exc}") from None
     host, port = args.listen
     app = state_service_app(args) if args.command == "state-service" else proxy_app_from(args)

@@ -455,13 +455,27 @@ class Record:
         if self.text is not None and self.values and self.modified_stamp() != self.text_stamp:
             self.text = None
         self._etag, self._newest = None, -1
-        if not was_live and self.created == 0:
+        if (not was_live and self.created == 0) or (
+            dumped.created == self.created and dumped.writes > self.writes and self._is(dumped)
+        ):
+            # What the source holds, under the source's eTag: the target never gave that
+            # eTag to anything else (its write counts only grow).
             self.created, self.writes = dumped.created, dumped.writes
         elif self.live:
             if not was_live:
                 self.created = dumped.created
             self.writes = max(self.writes, dumped.writes) + 1
         return True
+
+    def _is(self, dumped: DumpedRecord) -> bool:
+        """Whether this record holds exactly the entries of ``dumped``."""
+        text_stamp = self.text_stamp if self.text is not None else 0
+        return (
+            self.clear == dumped.clear
+            and self.tombs == dumped.tombs
+            and text_stamp == (dumped.text_stamp if dumped.text is not None else 0)
+            and self.stamps == {name: stamp for name, (stamp, _) in dumped.values.items()}
+        )
 
     def forgettable(self, now_ms: int, tombstone_ttl_ms: int) -> bool:
         """True when nothing in the record is worth keeping any more."""

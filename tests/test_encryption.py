@@ -1,0 +1,501 @@
+"""Encryption at rest: nothing of a bag's values in what the stores keep, values bound to
+their record and property, keys checked at start-up, rotation and rekey under traffic,
+old plaintext still read, and a record that does not open failing its turn alone."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import os
+import sqlite3
+import sys
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+import inline_state
+from inline_state import (
+    Change,
+    KeyRing,
+    KeyRingError,
+    MemoryStore,
+    RecordKey,
+    SealedStore,
+    SqliteStore,
+    Store,
+    open_store,
+)
+from inline_state._codec import SEAL_OVERHEAD
+from inline_state._http import STORE_KEY
+from inline_state._seal import key_id, new_key
+from inline_state.stores.sealed import KEYS_RECORD, UnreadableRecord, rekey
+
+from .redis_servers import RedisServer
+from .support import Client, activity, post
+
+StartFn = Callable[[web.Application], Awaitable[Client]]
+USER = RecordKey("user", "bot-1", "test", "", "user-1")
+SECRET = "rest-secret"
+
+
+def ring(*keys: str) -> KeyRing:
+    return KeyRing.from_text(" ".join(keys), source="the test's keys")
+
+
+def remember(msg: dict[str, Any]) -> dict[str, Any]:
+    """Keeps the message's text in all three bags."""
+    reply = inline_state.create_reply(msg, "ok")
+    text = msg["text"]
+    inline_state.set_user_data(reply, "secret", text)
+    inline_state.set_conversation_data(reply, "topic", text + " (topic)")
+    inline_state.set_private_conversation_data(reply, "note", text + " (note)")
+    inline_state.incr_user_data(reply, "turns")
+    return reply
+
+
+def memo_bot(store: str | Store, keys: KeyRing | None) -> tuple[web.Application, list[Any]]:
+    seen: list[dict[str, Any]] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        msg = await request.json()
+        seen.append(msg)
+        return web.json_response(remember(msg))
+
+    app = web.Application()
+    inline_state.setup(app, store, encryption=keys)
+    inline_state.add_state_api(app, secret=SECRET, bot_id="bot-1")
+    app.router.add_post("/api/messages", handler)
+    return app, seen
+
+
+MARKERS = [f"PLAINTEXT-MARKER-{i}-ünï" for i in range(5)]
+
+
+async def chat(client: Client, users: int = 3) -> None:
+    for marker in MARKERS:
+        for user in range(users):
+            status, _ = await post(client, activity(text=marker, user=f"user-{user}"))
+            assert status == 200
+
+
+def markers_in(raw: bytes) -> list[str]:
+    return [m for m in MARKERS if m.encode() in raw]
+
+
+def expected(encrypted: bool) -> Callable[[list[str]], bool]:
+    """Sealed: no marker at all; plain (the check that the test can fail): at least the
+    latest one, in the clear."""
+    return (lambda found: found == []) if encrypted else (lambda found: MARKERS[-1] in found)
+
+
+# -- nothing in the clear at rest ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("encrypted", [True, False], ids=["sealed", "plain"])
+async def test_no_plaintext_in_memory_records(client_for: StartFn, encrypted: bool) -> None:
+    store = MemoryStore(cache_bytes=0)  # every record packed out after each operation
+    app, seen = memo_bot(store, ring(new_key()) if encrypted else None)
+    client = await client_for(app)
+    await chat(client)
+    assert seen[-1]["botUserData"]["secret"] == MARKERS[-2], "the bot reads its data"
+    raw = b"".join(blob for records in store._packed.values() for blob in records.values())
+    raw += b"".join(rec.pack() for rec in store._hot.values())
+    assert store._packed_count > 0
+    assert expected(encrypted)(markers_in(raw))
+
+
+def file_and_wal(path: Path) -> bytes:
+    wal = Path(f"{path}-wal")
+    return path.read_bytes() + (wal.read_bytes() if wal.exists() else b"")
+
+
+@pytest.mark.parametrize("encrypted", [True, False], ids=["sealed", "plain"])
+async def test_no_plaintext_in_the_sqlite_file_or_its_wal(
+    client_for: StartFn, tmp_path: Path, encrypted: bool
+) -> None:
+    path = tmp_path / "state.db"
+    app, _ = memo_bot(f"sqlite:///{path}", ring(new_key()) if encrypted else None)
+    client = await client_for(app)
+    await chat(client)
+    before_checkpoint = file_and_wal(path)
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA wal_checkpoint(FULL)")
+    after = file_and_wal(path)
+    assert expected(encrypted)(markers_in(before_checkpoint))
+    assert expected(encrypted)(markers_in(after))
+
+
+@pytest.mark.parametrize("encrypted", [True, False], ids=["sealed", "plain"])
+async def test_no_plaintext_in_any_redis_value(
+    client_for: StartFn, redis_server: RedisServer, encrypted: bool
+) -> None:
+    prefix = f"t{uuid.uuid4().hex}"
+    url = f"redis://127.0.0.1:{redis_server.port}?prefix={prefix}"
+    app, _ = memo_bot(url, ring(new_key()) if encrypted else None)
+    client = await client_for(app)
+    await chat(client)
+    store: Any = app[STORE_KEY]
+    redis = store.inner.client if encrypted else store.client
+    raw = b""
+    async for name in redis.scan_iter(match=f"{prefix}:*"):
+        if await redis.type(name) == b"hash":
+            raw += b"".join(k + v for k, v in (await redis.hgetall(name)).items())
+        elif await redis.type(name) == b"string":
+            raw += await redis.get(name)
+    assert raw
+    assert expected(encrypted)(markers_in(raw))
+
+
+# -- bound to its record and property, and never wrong data ----------------------------------
+
+
+async def sealed_memory(keys: KeyRing) -> SealedStore:
+    store = SealedStore(MemoryStore(), keys)
+    await store.open()
+    return store
+
+
+async def test_a_value_moved_to_another_record_or_property_does_not_open() -> None:
+    store = await sealed_memory(ring(new_key()))
+    other = USER._replace(user="user-2")
+    await store.apply([Change(USER, {"secret": b'"mine"'}, stamp=store.clock.stamp())])
+    [stored] = await store.inner.load([USER])
+    sealed = stored.props["secret"]
+    assert b"mine" not in sealed and len(sealed) == len(b'"mine"') + SEAL_OVERHEAD
+    stamp = store.clock.stamp()
+    await store.inner.apply([Change(other, {"secret": sealed}, stamp=stamp)])
+    await store.inner.apply([Change(USER, {"renamed": sealed}, stamp=stamp)])
+    for key in (other, USER):
+        with pytest.raises(UnreadableRecord, match="does not open"):
+            await store.load([key])
+
+
+@pytest.mark.parametrize("where", [1, 3, 8, 20, -1])
+async def test_a_tampered_value_does_not_open(where: int) -> None:
+    store = await sealed_memory(ring(new_key()))
+    await store.apply([Change(USER, {"secret": b'"mine"'}, stamp=store.clock.stamp())])
+    [stored] = await store.inner.load([USER])
+    tampered = bytearray(stored.props["secret"])
+    tampered[where] ^= 0x01
+    await store.inner.apply([Change(USER, {"secret": bytes(tampered)}, stamp=store.clock.stamp())])
+    with pytest.raises(UnreadableRecord, match=r"does not open|not configured"):
+        await store.load([USER])
+
+
+def tamper(path: Path, name: str, change: Callable[[bytes], bytes]) -> None:
+    """Another program rewrites a stored value in the SQLite file."""
+    with sqlite3.connect(path) as conn:
+        for key, value in conn.execute("SELECT key, value FROM properties WHERE name = ?", (name,)):
+            conn.execute(
+                "UPDATE properties SET value = ? WHERE key = ? AND name = ?",
+                (change(value), key, name),
+            )
+
+
+async def test_a_record_that_does_not_open_fails_its_turn_and_locks_no_one_out(
+    client_for: StartFn, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "state.db"
+    app, seen = memo_bot(f"sqlite:///{path}", ring(new_key()))
+    client = await client_for(app)
+    assert (await post(client, activity(text="hello")))[0] == 200
+    tamper(path, "secret", lambda v: v[:20] + bytes([v[20] ^ 1]) + v[21:])
+    caplog.set_level(logging.DEBUG, "inline_state")
+    status, body = await post(client, activity(text="again"))
+    assert status == 503
+    assert "does not open" in body["error"]["message"]
+    assert "Traceback" not in caplog.text and not any(r.exc_info for r in caplog.records)
+    # Another user is not affected.
+    assert (await post(client, activity(text="other", user="user-2")))[0] == 200
+    # A REST overwrite of the record works, and so does the next turn.
+    auth = {"Authorization": f"Bearer {SECRET}"}
+    response = await client.post(
+        "/v3/botstate/test/users/user-1",
+        json={"data": {"secret": "reset"}, "eTag": "*"},
+        headers=auth,
+    )
+    assert response.status == 200, await response.text()
+    assert (await post(client, activity(text="after")))[0] == 200
+    assert seen[-1]["botUserData"] == {"secret": "reset"}
+    # So does deleting the user's data, even while their record does not open.
+    tamper(path, "note", lambda v: b"\x00" + os.urandom(40))
+    assert (await post(client, activity(text="broken")))[0] == 503
+    response = await client.delete("/v3/botstate/test/users/user-1", headers=auth)
+    assert response.status == 200, await response.text()
+    assert (await post(client, activity(text="fresh start")))[0] == 200
+
+
+# -- keys: checked at start-up, rotated, rekeyed ---------------------------------------------
+
+
+async def test_a_missing_key_fails_at_start_up_naming_it(tmp_path: Path) -> None:
+    old, new = new_key(), new_key()
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    async with SealedStore(open_store(url), ring(old)) as store:
+        await store.apply([Change(USER, {"a": b"1"}, stamp=store.clock.stamp())])
+    old_id = key_id(base64.b64decode(old))
+    with pytest.raises(KeyRingError, match=f"sealed under key {old_id}, which"):
+        await SealedStore(open_store(url), ring(new)).open()
+    # With the old key beside the new one it opens, reads the old value, seals anew.
+    async with SealedStore(open_store(url), ring(new, old)) as store:
+        [record] = await store.load([USER])
+        assert dict(record.props) == {"a": b"1"}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "holds no key"),
+        ("not base64!", "key 1 of the test's keys is not base64"),
+        (base64.b64encode(b"short").decode(), "holds 5 bytes; a key is 32"),
+        (
+            f"{new_key()} {base64.b64encode(bytes(31)).decode()}",
+            "key 2 of the test's keys holds 31",
+        ),
+    ],
+)
+def test_a_malformed_key_is_named(text: str, message: str) -> None:
+    with pytest.raises(KeyRingError, match=message):
+        ring(text)
+
+
+def test_keys_come_from_the_environment_or_a_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    first, second = new_key(), new_key()
+    monkeypatch.delenv("INLINE_STATE_KEYS", raising=False)
+    monkeypatch.delenv("INLINE_STATE_KEY_FILE", raising=False)
+    with pytest.raises(KeyRingError, match="set INLINE_STATE_KEYS or INLINE_STATE_KEY_FILE"):
+        KeyRing.load()
+    keys_file = tmp_path / "keys"
+    keys_file.write_text(f"# the sealing key first\n{second}\n{first}  # the old one\n")
+    monkeypatch.setenv("INLINE_STATE_KEY_FILE", str(keys_file))
+    assert KeyRing.load().ids == [key_id(base64.b64decode(k)) for k in (second, first)]
+    monkeypatch.setenv("INLINE_STATE_KEYS", f"{first},{second}")
+    assert KeyRing.load().current_id == key_id(base64.b64decode(first))
+
+
+async def values_by_key(store: Store) -> dict[str, int]:
+    """How many stored values each key id sealed ("plain" for unsealed ones)."""
+    counts: dict[str, int] = {}
+    cursor = None
+    while True:
+        page = await store.dump(cursor=cursor, limit=50)
+        for dumped in page.records:
+            if dumped.key == KEYS_RECORD:
+                continue
+            for _, value in dumped.values.values():
+                by = value[1:5].hex() if value[:1] == b"\x00" else "plain"
+                counts[by] = counts.get(by, 0) + 1
+        cursor = page.cursor
+        if cursor is None:
+            return counts
+
+
+@pytest.fixture
+async def redis_url(redis_server: RedisServer) -> str:
+    return f"redis://127.0.0.1:{redis_server.port}?prefix=t{uuid.uuid4().hex}"
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'state.db'}"
+    return str(request.getfixturevalue("redis_url"))
+
+
+async def traffic(
+    client: Client, users: int, rounds: int, stop: asyncio.Event | None = None
+) -> dict[str, int]:
+    """Turns from many users, each counting its turns; returns how many each made."""
+    made = dict.fromkeys((f"user-{i}" for i in range(users)), 0)
+    for round_ in range(rounds):
+        if stop is not None and stop.is_set():
+            break
+        results = await asyncio.gather(
+            *(post(client, activity(text=f"r{round_}", user=user)) for user in made)
+        )
+        for user, (status, _) in zip(made, results, strict=True):
+            assert status == 200
+            made[user] += 1
+        await asyncio.sleep(0)
+    return made
+
+
+async def test_rotation_and_rekey_under_live_traffic_lose_nothing(
+    client_for: StartFn, store_url: str
+) -> None:
+    old, new = new_key(), new_key()
+    old_id, new_id = (key_id(base64.b64decode(k)) for k in (old, new))
+    app, _ = memo_bot(store_url, ring(old))
+    client = await client_for(app)
+    await traffic(client, users=10, rounds=3)
+    await client.close()
+    # Rotate: the new key seals, the old one still opens; the bot runs on while a rekey
+    # (another process's store on the same data) re-seals everything.
+    app, seen = memo_bot(store_url, ring(new, old))
+    client = await client_for(app)
+    async with SealedStore(open_store(store_url), ring(new, old)) as rekeying:
+        assert set(await values_by_key(rekeying)) == {old_id}
+        stop = asyncio.Event()
+        running = asyncio.create_task(traffic(client, users=10, rounds=200, stop=stop))
+        progress: list[tuple[int, int]] = []
+        found = await rekey(rekeying, limit=7, progress=lambda *p: progress.append(p))
+        stop.set()
+        made = await running
+        assert found.get(old_id, 0) > 0 and progress and progress[-1][1] > 0
+        assert set(await values_by_key(rekeying)) == {new_id}, "nothing left under the old key"
+    # Every turn counted, for every user.
+    for user, turns in made.items():
+        status, _ = await post(client, activity(text="count", user=user))
+        assert status == 200
+        assert seen[-1]["botUserData"]["turns"] == 3 + turns, user
+    await client.close()
+    # The old key can go now.
+    async with SealedStore(open_store(store_url), ring(new)) as store:
+        [record] = await store.load([USER._replace(user="user-0")])
+        assert record.props["secret"] == b'"count"'
+
+
+async def test_turning_encryption_on_reads_old_values_and_rekey_seals_them(
+    tmp_path: Path, client_for: StartFn
+) -> None:
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    app, _ = memo_bot(url, None)
+    client = await client_for(app)
+    await traffic(client, users=3, rounds=2)
+    await client.close()
+    keys = ring(new_key())
+    app, seen = memo_bot(url, keys)
+    client = await client_for(app)
+    await post(client, activity(text="now sealed", user="user-0"))
+    assert seen[-1]["botUserData"]["secret"] == "r1", "a plain value still reads"
+    assert seen[-1]["botUserData"]["turns"] == 2
+    async with SealedStore(open_store(url), keys) as store:
+        assert (await values_by_key(store)).get("plain", 0) > 0
+        found = await rekey(store)
+        assert found["plain"] > 0
+        assert set(await values_by_key(store)) == {keys.current_id}
+        # From now on a plain value is tampering.
+        await store.inner.apply([Change(USER, {"secret": b'"forged"'}, stamp=store.clock.stamp())])
+    await client.close()
+    async with SealedStore(open_store(url), keys) as store:
+        with pytest.raises(UnreadableRecord, match="plain value where every value is sealed"):
+            await store.load([USER])
+
+
+async def test_a_string_record_is_sealed_and_its_limit_is_on_the_plaintext() -> None:
+    store = await sealed_memory(ring(new_key()))
+    etag = await store.compare_and_set(USER, "a REST string ü", "*", max_bytes=100)
+    [stored] = await store.inner.load([USER])
+    assert stored.text is not None and "REST string" not in stored.text
+    [record] = await store.load([USER])
+    assert record.text == "a REST string ü" and record.etag == etag
+    exact = "x" * 98  # 100 bytes as JSON
+    await store.compare_and_set(USER, exact, "*", max_bytes=100)
+    with pytest.raises(inline_state.RecordTooLarge):
+        await store.compare_and_set(USER, exact + "x", "*", max_bytes=100)
+
+
+async def test_a_copy_needs_no_key_and_opens_on_the_target(tmp_path: Path) -> None:
+    keys = ring(new_key())
+    source_url = f"sqlite:///{tmp_path / 'a.db'}"
+    target_url = f"sqlite:///{tmp_path / 'b.db'}"
+    async with SealedStore(open_store(source_url), keys) as source:
+        await source.apply([Change(USER, {"a": b'"x"'}, stamp=source.clock.stamp())])
+    from inline_state.stores._copying import copy_records
+
+    async with open_store(source_url) as raw_source, open_store(target_url) as raw_target:
+        copied = await copy_records(raw_source, raw_target)
+        assert copied.records == 2 and copied.changed == 2  # the record, and the keys' record
+    async with SealedStore(SqliteStore(tmp_path / "b.db"), keys) as target:
+        [record] = await target.load([USER])
+        assert dict(record.props) == {"a": b'"x"'}
+
+
+# -- the command line: keygen, rekey, copy -----------------------------------------------------
+
+
+async def cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "inline_state",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **(env or {})},
+    )
+    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def test_copy_from_sqlite_to_redis_under_traffic_then_the_bot_runs_on_redis(
+    client_for: StartFn, tmp_path: Path, redis_url: str
+) -> None:
+    keys_text = new_key()
+    sqlite_url = f"sqlite:///{tmp_path / 'state.db'}"
+    app, _ = memo_bot(sqlite_url, ring(keys_text))
+    client = await client_for(app)
+    await traffic(client, users=12, rounds=2)
+    stop = asyncio.Event()
+    running = asyncio.create_task(traffic(client, users=12, rounds=100, stop=stop))
+    code, _, err = await cli("copy", "--from", sqlite_url, "--to", redis_url)  # no key needed
+    stop.set()
+    made = await running
+    assert code == 0, err
+    assert "copy: done" in err
+    # The bot stopped; a second run brings what the first missed, and changes nothing else.
+    await client.close()
+    code, _, err = await cli("copy", "--from", sqlite_url, "--to", redis_url)
+    assert code == 0, err
+    async with (
+        SealedStore(open_store(sqlite_url), ring(keys_text)) as source,
+        SealedStore(open_store(redis_url), ring(keys_text)) as target,
+    ):
+        users = [USER._replace(user=user) for user in made]
+        keys = users + [RecordKey("private", "bot-1", "test", "conv-1", u.user) for u in users]
+        keys.append(RecordKey("conversation", "bot-1", "test", "conv-1", ""))
+        on_source, on_target = await source.load(keys), await target.load(keys)
+        assert [(r.props, r.etag) for r in on_target] == [(r.props, r.etag) for r in on_source]
+        assert all(r.exists for r in on_target)
+    # The bot on the target: every user's state is there.
+    app, seen = memo_bot(redis_url, ring(keys_text))
+    client = await client_for(app)
+    for user, turns in made.items():
+        assert (await post(client, activity(text="on redis", user=user)))[0] == 200
+        assert seen[-1]["botUserData"]["turns"] == 2 + turns, user
+
+
+async def test_copy_refuses_memory_and_names_a_bad_url(tmp_path: Path) -> None:
+    code, _, err = await cli("copy", "--from", "memory://", "--to", f"sqlite:///{tmp_path}/a.db")
+    assert code != 0 and "memory:// lives in one process" in err
+    code, _, err = await cli("copy", "--from", "ftp://x", "--to", f"sqlite:///{tmp_path}/a.db")
+    assert code != 0 and "unsupported store URL" in err and "Traceback" not in err
+
+
+async def test_keygen_then_rekey_from_the_command_line(tmp_path: Path) -> None:
+    code, out, err = await cli("keygen")
+    assert code == 0
+    new = out.strip()
+    assert f"key id {key_id(base64.b64decode(new))}" in err
+    old = new_key()
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    async with SealedStore(open_store(url), ring(old)) as store:
+        await store.apply([Change(USER, {"a": b"1"}, stamp=store.clock.stamp())])
+    code, _, err = await cli("rekey", "--store", url, env={"INLINE_STATE_KEYS": new})
+    assert code != 0 and f"sealed under key {key_id(base64.b64decode(old))}" in err
+    assert "Traceback" not in err
+    code, _, err = await cli("rekey", "--store", url, env={"INLINE_STATE_KEYS": f"{new},{old}"})
+    assert code == 0, err
+    assert f"1 under {key_id(base64.b64decode(old))}" in err
+    async with SealedStore(open_store(url), ring(new)) as store:  # the old key can go
+        assert await values_by_key(store) == {key_id(base64.b64decode(new)): 1}
+        [record] = await store.load([USER])
+        assert dict(record.props) == {"a": b"1"}
