@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 
@@ -37,6 +38,7 @@ from inline_state.stores.sealed import KEYS_RECORD, UnreadableRecord, rekey
 
 from .redis_servers import RedisServer
 from .support import Client, activity, post
+from .test_cli import state_service
 
 StartFn = Callable[[web.Application], Awaitable[Client]]
 USER = RecordKey("user", "bot-1", "test", "", "user-1")
@@ -499,3 +501,33 @@ async def test_keygen_then_rekey_from_the_command_line(tmp_path: Path) -> None:
         assert await values_by_key(store) == {key_id(base64.b64decode(new)): 1}
         [record] = await store.load([USER])
         assert dict(record.props) == {"a": b"1"}
+
+
+async def test_the_state_service_reads_sealed_state_only_with_encrypt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = new_key()
+    monkeypatch.setenv("INLINE_STATE_KEYS", key)
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    async with SealedStore(open_store(url), ring(key)) as store:
+        await store.apply([Change(USER, {"name": b'"Ada"'}, stamp=store.clock.stamp())])
+    args = ["--store", url, "--secret", SECRET, "--bot-id", "bot-1"]
+    auth = {"Authorization": f"Bearer {SECRET}"}
+    for extra, status in (([], 503), (["--encrypt"], 200)):
+        service = state_service(*args, *extra).start()
+        try:
+            async with aiohttp.ClientSession() as session:
+                base = f"http://127.0.0.1:{service.port}/v3/botstate/test/users/user-1"
+                async with session.get(base, headers=auth) as response:
+                    body = await response.json()
+                    assert response.status == status, body
+                if status == 503:
+                    assert "the store holds sealed values" in body["error"]["message"]
+                    continue
+                assert body["data"] == {"name": "Ada"}
+                written = {"data": {"name": "Grace Hopper"}, "eTag": body["eTag"]}
+                async with session.post(base, json=written, headers=auth) as response:
+                    assert response.status == 200, await response.text()
+        finally:
+            service.stop()
+    assert b"Grace Hopper" not in file_and_wal(tmp_path / "state.db")

@@ -13,6 +13,7 @@ from aiohttp import hdrs, web
 from aiohttp.web_protocol import RequestPayloadError
 
 from ._body import BodyError
+from ._codec import SEALED_MARK
 from ._engine import Engine
 from ._errors import StoreUnavailable, TurnError
 from .stores import Store, open_store
@@ -200,6 +201,21 @@ class StoreSlot:
                 raise RuntimeError(f"{self._what} needs a store: call setup() first or pass one")
             self._store = store
         return self._store
+
+
+def readable(record: Any) -> Any:
+    """The record, unless it holds sealed values (the adapter was given the plain store
+    under a ``SealedStore``): then a 503 saying so, never the sealed bytes as data."""
+    if any(value[:1] == SEALED_MARK for value in record.props.values()) or (
+        record.text is not None and record.text.startswith("\x00is:sealed:")
+    ):
+        raise Refusal(
+            503,
+            "StoreUnavailable",
+            "the store holds sealed values: read it through the SealedStore"
+            " (the one setup(encryption=...) gives the app, or SealedStore(store, keys))",
+        )
+    return record
 
 
 class Refusal(Exception):

@@ -48,6 +48,7 @@ from ._http import (
     log_internal_error,
     not_allowed,
     read_body,
+    readable,
     unreadable_body,
 )
 from ._keys import RecordKey, UserRef
@@ -345,7 +346,7 @@ class _Inspector:
     @staticmethod
     def record_json(key: RecordKey, inspected: InspectedRecord) -> dict[str, Any]:
         record, stored_stamps = inspected
-        props = effective(record.props)  # counters summed (_counters)
+        props = effective(readable(record).props)  # counters summed (_counters)
         stamps = effective_stamps(record.props, stored_stamps)
         properties = [
             {"name": name, "value": _pretty(value), "modified": _iso(stamp_ms(stamps[name]))}

@@ -34,6 +34,7 @@ from ._http import (
     log_internal_error,
     not_allowed,
     read_body,
+    readable,
     unreadable_body,
 )
 from ._keys import RecordKey, UserRef
@@ -156,7 +157,7 @@ class _StateApi:
 
     @staticmethod
     def body_of(record: StoredRecord) -> bytes:
-        props = effective(record.props)  # counters summed (_counters)
+        props = effective(readable(record).props)  # counters summed (_counters)
         if props:
             data = join_bag(dict(props))
         elif record.text is not None:
@@ -262,7 +263,7 @@ class _StateApi:
         for key, record in page.records:
             data = (
                 join_bag(dict(props)).decode()
-                if (props := effective(record.props))
+                if (props := effective(readable(record).props))
                 else json.dumps(record.text)
             )
             items.append(

@@ -23,7 +23,7 @@ import hashlib
 import hmac
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
@@ -97,6 +97,8 @@ class KeyRing:
         self.source = source
         self._current = next(iter(self._keys))
         self._derived: dict[tuple[bytes, str], AESGCM] = {}
+        self._nonces, self._nonce_at = b"", 0
+        self._prefix = SEALED_MARK + self._current
 
     @classmethod
     def from_text(cls, text: str, *, source: str) -> KeyRing:
@@ -167,14 +169,42 @@ class KeyRing:
             self._derived[ident, record] = derived
         return derived
 
+    def record_aead(self, record: str) -> AESGCM:
+        """The AEAD of the sealing key for the record of encoded key ``record``."""
+        return self._aead(self._current, record)
+
     def seal(self, record: str, name: str, value: bytes) -> bytes:
         """The sealed form of a property's value in the record of encoded key ``record``."""
-        ident = self._current
-        nonce = os.urandom(NONCE_BYTES)
-        sealed = self._aead(ident, record).encrypt(
-            nonce, value, name.encode("utf-8", "surrogatepass")
-        )
-        return SEALED_MARK + ident + nonce + sealed
+        return self.seal_bag(self.record_aead(record), {name: value}, {}, {})[0][name]
+
+    def seal_bag(
+        self,
+        aead: AESGCM,
+        values: Mapping[str, bytes],
+        sealed_seen: dict[str, bytes],
+        plain_seen: dict[str, bytes],
+    ) -> tuple[dict[str, bytes], int]:
+        """Several values of one record (``aead`` is its ``record_aead``) sealed; each
+        sealed value goes in ``sealed_seen`` and its plaintext in ``plain_seen``. Returns
+        them and the bytes remembered."""
+        prefix, nonces, at = self._prefix, self._nonces, self._nonce_at
+        sealed: dict[str, bytes] = {}
+        grown = 0
+        for name, value in values.items():
+            if at >= len(nonces):
+                # Nonces are drawn from the OS 256 at a time: a call per seal would cost a
+                # third of the seal.
+                nonces, at = os.urandom(NONCE_BYTES * 256), 0
+                self._nonces = nonces
+            nonce = nonces[at : at + NONCE_BYTES]
+            at += NONCE_BYTES
+            encrypted = aead.encrypt(nonce, value, name.encode("utf-8", "surrogatepass"))
+            sealed[name] = stored = prefix + nonce + encrypted
+            sealed_seen[name] = stored
+            plain_seen[name] = value
+            grown += len(stored) + len(value) + 200
+        self._nonce_at = at
+        return sealed, grown
 
     def open(self, record: str, name: str, value: bytes) -> bytes:
         """The plaintext of a sealed value; SealError when it does not open."""
@@ -201,11 +231,11 @@ class KeyRing:
 
     def seal_text(self, record: str, text: str) -> str:
         """The sealed form of a string record's text (itself text)."""
-        ident, nonce = self._current, os.urandom(NONCE_BYTES)
-        sealed = self._aead(ident, record).encrypt(
+        nonce = os.urandom(NONCE_BYTES)
+        sealed = self.record_aead(record).encrypt(
             nonce, text.encode("utf-8", "surrogatepass"), _TEXT_AAD
         )
-        return SEALED_TEXT + base64.b64encode(SEALED_MARK + ident + nonce + sealed).decode()
+        return SEALED_TEXT + base64.b64encode(self._prefix + nonce + sealed).decode()
 
     def open_text(self, record: str, text: str) -> str:
         """The plaintext of a sealed string record; SealError when it does not open."""

@@ -42,7 +42,28 @@ KEYS_RECORD = RecordKey("conversation", "", None, "inline_state.keys", "")
 _KEY_PREFIX = "key:"
 _ALL_SEALED = "all-sealed"
 _CHECK = b'"inline_state"'
-_new_change = tuple.__new__  # a Change without its Python-level __new__ (every turn)
+_new = tuple.__new__  # a NamedTuple without its Python-level __new__ (every turn)
+#: Plaintext bytes of recently sealed or opened values kept in the process, so that a
+#: value read again as it was stored is not opened again (a value changed in the store
+#: is not the one remembered, and is opened).
+OPENED_CACHE_BYTES = 16 * 1024 * 1024
+
+
+_RECORDS_KNOWN = 100_000
+_ENTRY_BYTES = 200  # what an entry of _Known.values costs beyond its two values, roughly
+
+
+class _Known:
+    """What a sealed store keeps of one record between turns: its AEAD, and for each
+    property the sealed value as last stored or read and its plaintext (two dicts of
+    bytes: no object per value for the garbage collector to follow)."""
+
+    __slots__ = ("aead", "plain", "sealed")
+
+    def __init__(self, aead: Any) -> None:
+        self.aead = aead
+        self.sealed: dict[str, bytes] = {}
+        self.plain: dict[str, bytes] = {}
 
 
 class UnreadableRecord(StoreUnavailable):
@@ -67,6 +88,10 @@ class SealedStore(Store):
         self._owns_inner = owns_inner
         self._leased = False
         self._plain_ok = True  # until a rekey has sealed every value
+        # Per record: its AEAD under the sealing key, and for each property the sealed
+        # value as last stored or read, with its plaintext.
+        self._records: dict[RecordKey, _Known] = {}
+        self._known_bytes = 0
 
     @property
     def cache_stats(self) -> Any:
@@ -146,18 +171,31 @@ class SealedStore(Store):
 
     # -- sealing and opening -----------------------------------------------------------------
 
+    def _known(self, key: RecordKey) -> _Known:
+        known = self._records.get(key)
+        if known is None:
+            if self._known_bytes > OPENED_CACHE_BYTES or len(self._records) > _RECORDS_KNOWN:
+                self._records.clear()
+                self._known_bytes = 0
+            known = self._records[key] = _Known(self.keys.record_aead(key.encode()))
+        return known
+
     def _opened(self, key: RecordKey, record: StoredRecord) -> StoredRecord:
         props, text = record.props, record.text
         if not props and text is None:
             return record
         encoded = key.encode()
-        keys = self.keys
         try:
             if props:
+                known = self._known(key)
                 opened: dict[str, bytes] = {}
                 for name, value in props.items():
-                    if value[:1] == SEALED_MARK:
-                        opened[name] = keys.open(encoded, name, value)
+                    if known.sealed.get(name) == value:
+                        opened[name] = known.plain[name]
+                    elif value[:1] == SEALED_MARK:
+                        opened[name] = plain = self.keys.open(encoded, name, value)
+                        known.sealed[name], known.plain[name] = value, plain
+                        self._known_bytes += len(value) + len(plain) + _ENTRY_BYTES
                     elif self._plain_ok:
                         opened[name] = value
                     else:
@@ -165,22 +203,14 @@ class SealedStore(Store):
                 props = opened
             if text is not None:
                 if text.startswith(SEALED_TEXT):
-                    text = keys.open_text(encoded, text)
+                    text = self.keys.open_text(encoded, text)
                 elif not self._plain_ok:
                     raise SealError("a plain string where every value is sealed")
         except SealError as exc:
             raise UnreadableRecord(
                 f"a value of the {key.kind} record does not open: {exc}"
             ) from None
-        return record._replace(props=props, text=text)
-
-    def _sealed(self, change: Change) -> Change:
-        sets = change.sets
-        if not sets:
-            return change
-        encoded, seal = change.key.encode(), self.keys.seal
-        sealed = {name: seal(encoded, name, value) for name, value in sets.items()}
-        return _new_change(Change, (change.key, sealed, *change[2:]))
+        return _new(StoredRecord, (props, text, *record[2:]))
 
     # -- the store interface -------------------------------------------------------------------
 
@@ -199,13 +229,41 @@ class SealedStore(Store):
     async def load(self, keys: Sequence[RecordKey]) -> list[StoredRecord]:
         """The inner store's records, opened (UnreadableRecord when one does not)."""
         records = await self.inner.load(keys)
-        opened = self._opened
-        return [opened(key, record) for key, record in zip(keys, records, strict=True)]
+        known = self._records
+        out: list[StoredRecord] = []
+        for key, record in zip(keys, records, strict=True):
+            props = record.props
+            if not props and record.text is None:
+                out.append(record)
+                continue
+            # The common case, inline (every turn): the values as last sealed or read here.
+            state = known.get(key)
+            if state is not None and record.text is None:
+                sealed, plain = state.sealed, state.plain
+                opened: dict[str, bytes] = {}
+                for name, value in props.items():
+                    if sealed.get(name) != value:
+                        break
+                    opened[name] = plain[name]
+                else:
+                    out.append(_new(StoredRecord, (opened, None, *record[2:])))
+                    continue
+            out.append(self._opened(key, record))
+        return out
 
     async def apply(self, changes: Sequence[Change]) -> list[Any]:
         """The changes, sealed, applied by the inner store."""
-        sealed = self._sealed
-        return await self.inner.apply([sealed(change) for change in changes])
+        seal, records = self.keys.seal_bag, self._records
+        sealed_changes: list[Change] = []
+        for change in changes:
+            sets = change.sets
+            if sets:
+                known = records.get(change.key) or self._known(change.key)
+                sealed, grown = seal(known.aead, sets, known.sealed, known.plain)
+                self._known_bytes += grown
+                change = _new(Change, (change.key, sealed, *change[2:]))
+            sealed_changes.append(change)
+        return await self.inner.apply(sealed_changes)
 
     async def compare_and_set(
         self,
