@@ -241,7 +241,7 @@ async def test_a_missing_key_fails_at_start_up_naming_it(tmp_path: Path) -> None
     async with SealedStore(open_store(url), ring(old)) as store:
         await store.apply([Change(USER, {"a": b"1"}, stamp=store.clock.stamp())])
     old_id = key_id(base64.b64decode(old))
-    with pytest.raises(KeyRingError, match=f"sealed under key {old_id}, which"):
+    with pytest.raises(KeyRingError, match=f"sealed under key '{old_id}', which"):
         await SealedStore(open_store(url), ring(new)).open()
     # With the old key beside the new one it opens, reads the old value, seals anew.
     async with SealedStore(open_store(url), ring(new, old)) as store:
@@ -347,7 +347,7 @@ async def test_rotation_and_rekey_under_live_traffic_lose_nothing(
         stop = asyncio.Event()
         running = asyncio.create_task(traffic(client, users=10, rounds=200, stop=stop))
         progress: list[tuple[int, int]] = []
-        found = await rekey(rekeying, limit=7, progress=lambda *p: progress.append(p))
+        found = (await rekey(rekeying, limit=7, progress=lambda *p: progress.append(p))).found
         stop.set()
         made = await running
         assert found.get(old_id, 0) > 0 and progress and progress[-1][1] > 0
@@ -380,7 +380,7 @@ async def test_turning_encryption_on_reads_old_values_and_rekey_seals_them(
     assert seen[-1]["botUserData"]["turns"] == 2
     async with SealedStore(open_store(url), keys) as store:
         assert (await values_by_key(store)).get("plain", 0) > 0
-        found = await rekey(store)
+        found = (await rekey(store)).found
         assert found["plain"] > 0
         assert set(await values_by_key(store)) == {keys.current_id}
         # From now on a plain value is tampering.
@@ -492,11 +492,12 @@ async def test_keygen_then_rekey_from_the_command_line(tmp_path: Path) -> None:
     async with SealedStore(open_store(url), ring(old)) as store:
         await store.apply([Change(USER, {"a": b"1"}, stamp=store.clock.stamp())])
     code, _, err = await cli("rekey", "--store", url, env={"INLINE_STATE_KEYS": new})
-    assert code != 0 and f"sealed under key {key_id(base64.b64decode(old))}" in err
+    assert code != 0 and f"sealed under key '{key_id(base64.b64decode(old))}'" in err
     assert "Traceback" not in err
     code, _, err = await cli("rekey", "--store", url, env={"INLINE_STATE_KEYS": f"{new},{old}"})
     assert code == 0, err
     assert f"1 under {key_id(base64.b64decode(old))}" in err
+    assert "rekey: done; the old keys can go" in err
     async with SealedStore(open_store(url), ring(new)) as store:  # the old key can go
         assert await values_by_key(store) == {key_id(base64.b64decode(new)): 1}
         [record] = await store.load([USER])
@@ -531,3 +532,32 @@ async def test_the_state_service_reads_sealed_state_only_with_encrypt(
         finally:
             service.stop()
     assert b"Grace Hopper" not in file_and_wal(tmp_path / "state.db")
+
+
+async def test_a_bot_without_the_keys_does_not_start_on_a_sealed_store(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    async with SealedStore(open_store(url), ring(new_key())) as store:
+        await store.apply([Change(USER, {"a": b'"x"'}, stamp=store.clock.stamp())])
+    engine = inline_state.Engine.create(url)
+    with pytest.raises(inline_state.StoreError, match=r"sealed: open it with its keys"):
+        await engine.start()
+    engine = inline_state.Engine.create("sqlite:///" + str(tmp_path / "other.db"))
+    await engine.start()  # a plain store of plain data starts
+    await engine.stop()
+
+
+async def test_rekey_names_a_record_that_does_not_open_and_exits_1(tmp_path: Path) -> None:
+    old, new = new_key(), new_key()
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    async with SealedStore(open_store(url), ring(old)) as store:
+        await store.apply([Change(USER, {"a": b"1"}, stamp=store.clock.stamp())])
+        other = USER._replace(user="user-2")
+        await store.apply([Change(other, {"b": b"2"}, stamp=store.clock.stamp())])
+    tamper(tmp_path / "state.db", "a", lambda v: v[:-1] + bytes([v[-1] ^ 1]))
+    code, _, err = await cli("rekey", "--store", url, env={"INLINE_STATE_KEYS": f"{new},{old}"})
+    assert code == 1, err
+    assert "does not open: 'v3/bot-1/test/u/user-1'" in err
+    assert "1 records do not open" in err and "Traceback" not in err
+    code, _, err = await cli("copy", "--from", f"sqlite:///{tmp_path / 'typo.db'}", "--to", url)
+    assert code != 0 and "no such SQLite file" in err
+    assert not (tmp_path / "typo.db").exists()

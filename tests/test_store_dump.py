@@ -22,7 +22,7 @@ from inline_state import (
 from inline_state.stores.sealed import KEYS_RECORD
 
 from .conftest import StoreFactory
-from .test_store_contract import CONV, PRIV, USER, FakeTime, change, stamp
+from .test_store_contract import CONV, PRIV, USER, FakeTime, change, props, stamp
 
 
 @pytest.fixture
@@ -233,3 +233,55 @@ async def test_a_restore_of_nothing_changes_nothing(pair: tuple[Store, Store]) -
     _, target = pair
     assert await target.restore([], []) == 0
     assert (await everything(target)) == ([], {})
+
+
+async def test_a_copied_deletion_deletes_the_users_data_there(pair: tuple[Store, Store]) -> None:
+    source, target = pair
+    user = UserRef("bot", "chan", "u1")
+    await source.apply([change(USER, stamp(1), {"a": b"1"}), change(PRIV, stamp(1), {"p": b"1"})])
+    await copy(source, target)
+    deleted = await source.delete_user(user, stamp(5))
+    # Meanwhile the bot, running on the target, wrote after the deletion.
+    await target.apply([change(USER, deleted + 256, {"new": b"1"}, base=deleted)])
+    assert await copy(source, target) > 0
+    mine, private = await target.load([USER, PRIV])
+    assert dict(mine.props) == {"new": b"1"}, "what predates the deletion is gone"
+    assert not private.exists
+    assert mine.deleted == deleted
+    assert await copy(source, target) == 0
+
+
+async def test_a_copy_does_not_bring_back_a_string_deleted_there(pair: tuple[Store, Store]) -> None:
+    source, target = pair
+    await source.compare_and_set(CONV, "a string", "*", max_bytes=1000)
+    await copy(source, target)
+    await target.delete(CONV)
+    await copy(source, target)
+    [record] = await target.load([CONV])
+    assert not record.exists
+
+
+async def test_a_record_revived_by_a_copy_keeps_no_tombstone_expiry(
+    pair: tuple[Store, Store],
+) -> None:
+    source, target = (getattr(store, "inner", store) for store in pair)  # values as written
+    await source.apply([change(CONV, stamp(1), {"a": b"1"})])
+    await source.apply([change(CONV, stamp(2), removes={"a"})])  # tombstones only
+    await copy(source, target)
+    await source.apply([change(CONV, stamp(3), {"a": b"3"})])
+    await copy(source, target)
+    [copied], _ = await everything(target)
+    assert dict(copied.values) == {"a": (stamp(3), b"3")}
+    assert copied.expires_ms == 0, "a live record of a store without TTLs never expires"
+
+
+async def test_a_copy_keeps_the_bytes_here_at_the_same_stamp(pair: tuple[Store, Store]) -> None:
+    # As when an old backup is copied back over a store re-sealed since.
+    live, backup = (getattr(store, "inner", store) for store in pair)
+    await live.apply([change(USER, stamp(1), {"a": b"1"})])
+    await copy(live, backup)
+    dumped, _ = await everything(live)
+    resealed = [r._replace(values={"a": (stamp(1), b"1 ")}) for r in dumped]
+    assert await live.restore(resealed, reseal=True) == 1
+    assert await copy(backup, live) == 0
+    assert await props(live, USER) == {"a": b"1 "}

@@ -540,3 +540,30 @@ async def test_a_slot_migration_under_load_loses_no_acknowledged_write(
     # ASK, TRYAGAIN and MOVED (both ways, then one way) are followed within the
     # timeout: none fails.
     assert not failed, f"{len(failed)} of {len(failed) + len(acknowledged)} turns failed"
+
+
+async def test_a_dump_reads_layout_1_records(redis_server: RedisServer) -> None:
+    """A record still in layout 1 is dumped whole: a copy of it reads the same."""
+    clock = inline_state.HybridClock(5)
+    user = RecordKey("user", "b", "c", "", "u1")
+    async with (
+        open_store(url_of(redis_server, f"t{uuid.uuid4().hex}")) as store,
+        open_store(url_of(redis_server, f"t{uuid.uuid4().hex}")) as target,
+    ):
+        assert isinstance(store, RedisStore)
+        old_apply = store.client.register_script(layout_1.APPLY_LAYOUT_1)
+        for change in (
+            inline_state.Change(user, {"a": b"1", "b": b'"x"'}, stamp=clock.stamp()),
+            inline_state.Change(user, {}, frozenset({"b"}), stamp=clock.stamp()),
+        ):
+            keys = store._script_keys(change.key)
+            assert await old_apply(keys=keys, args=_old_apply_args(change, 0)) == b"applied"
+        assert await store.client.hget(store._record_key(user), "f") == b"1"
+        page = await store.dump()
+        [dumped] = page.records
+        assert dict(dumped.tombs) == {"b": change.stamp}
+        assert await target.restore(page.records) == 1
+        [source], [copied] = await store.load([user]), await target.load([user])
+        assert (
+            (copied.props, copied.etag) == (source.props, source.etag) == ({"a": b"1"}, source.etag)
+        )

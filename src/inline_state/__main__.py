@@ -109,15 +109,19 @@ def _key_ring() -> Any:
         raise SystemExit(f"inline_state: {exc}") from None
 
 
-def _lasting_store(url: str, what: str) -> Store:
+def _lasting_store(url: str, what: str, *, existing: bool = False) -> Store:
     if url.startswith("memory:"):
         raise SystemExit(
             f"{what}: memory:// lives in one process; give a sqlite:// or redis:// URL"
         )
     try:
-        return open_store(url)
+        store = open_store(url)
     except (ValueError, ImportError) as exc:
         raise SystemExit(f"{what}: {exc}") from None
+    path = getattr(store, "path", None)
+    if existing and path is not None and not os.path.exists(path):  # a mistyped path
+        raise SystemExit(f"{what}: no such SQLite file: {os.fspath(path)!r}")
+    return store
 
 
 def _progress(line: str, *, done: bool = False) -> None:
@@ -127,29 +131,43 @@ def _progress(line: str, *, done: bool = False) -> None:
         print(line, file=sys.stderr, flush=True)
 
 
-async def rekey_command(url: str) -> dict[str, int]:
-    """Re-seal the store at ``url`` under the key ring's sealing key, printing progress."""
+async def rekey_command(url: str) -> bool:
+    """Re-seal the store at ``url`` under the key ring's sealing key, printing progress;
+    False when it is not done (old keys still needed)."""
     from .stores.sealed import SealedStore, rekey
 
     keys = _key_ring()
-    store = SealedStore(_lasting_store(url, "rekey"), keys)
+    store = SealedStore(_lasting_store(url, "rekey", existing=True), keys)
 
     def show(seen: int, resealed: int) -> None:
         _progress(f"rekey: {seen} records read, {resealed} re-sealed under key {keys.current_id}")
 
     async with store:
-        found = await rekey(store, progress=show)
-    old = {ident: n for ident, n in found.items() if ident != keys.current_id and n}
+        result = await rekey(store, progress=show)
+    old = {i: n for i, n in result.found.items() if i != keys.current_id and n}
     summary = ", ".join(f"{n} under {ident}" for ident, n in sorted(old.items())) or "none"
-    _progress(f"rekey: done; values not under key {keys.current_id} before: {summary}", done=True)
-    return found
+    _progress(f"rekey: values not under key {keys.current_id} before: {summary}", done=True)
+    for encoded in result.unreadable:
+        print(f"rekey: does not open: {encoded!r}", file=sys.stderr)
+    if result.unreadable_count:
+        print(
+            f"rekey: {result.unreadable_count} records do not open (tampered, or sealed under"
+            " a key not in the ring): delete or overwrite them, then run rekey again",
+            file=sys.stderr,
+        )
+    if result.left:
+        left = ", ".join(f"{n} under {ident}" for ident, n in sorted(result.left.items()))
+        print(f"rekey: still {left}: keep those keys and run rekey again", file=sys.stderr)
+    if result.done:
+        print("rekey: done; the old keys can go", file=sys.stderr)
+    return result.done
 
 
 async def copy_command(source_url: str, target_url: str) -> Any:
     """Copy every record of one store into another, printing progress."""
     from .stores._copying import Copied, copy_records
 
-    source = _lasting_store(source_url, "copy --from")
+    source = _lasting_store(source_url, "copy --from", existing=True)
     target = _lasting_store(target_url, "copy --to")
 
     def show(copied: Copied) -> None:
@@ -233,7 +251,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     try:
         if args.command == "rekey":
-            asyncio.run(rekey_command(args.store))
+            if not asyncio.run(rekey_command(args.store)):
+                raise SystemExit(1)
             return
         if args.command == "copy":
             asyncio.run(copy_command(args.source, args.target))

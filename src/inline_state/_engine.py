@@ -33,13 +33,20 @@ from ._counters import (
 )
 from ._counters import played as played_of
 from ._diff import PendingChange, fold_increments, fold_replies
-from ._errors import BagError, IdTooLong, StoreUnavailable
+from ._errors import BagError, IdTooLong, StoreError, StoreUnavailable
 from ._keys import RecordKey, TurnKeys, turn_keys
 from ._message import FIELD_OF_KIND, KINDS, Kind, Shape, bag_field_names, increment_field_names
 from ._metrics import Metrics
 from ._posted import PostedTarget, posted_keys
 from ._turn import Turn
-from .stores import DEFAULT_TOMBSTONE_TTL, ApplyResult, Store, StoredRecord, resolve_store
+from .stores import (
+    DEFAULT_TOMBSTONE_TTL,
+    KEYS_RECORD,
+    ApplyResult,
+    Store,
+    StoredRecord,
+    resolve_store,
+)
 
 if TYPE_CHECKING:
     from ._seal import KeyRing
@@ -183,6 +190,17 @@ class Engine:
             await self.store.open()
         elif self.clock is self.store.clock:
             self._leased = await self.store.ensure_clock()
+        if not hasattr(self.store, "keys"):  # a plain store: is the data sealed?
+            try:
+                (keys_record,) = await self.store.load([KEYS_RECORD])
+            except StoreUnavailable:  # down now: its turns will say so, one by one
+                return
+            if keys_record.exists:
+                await self.stop()
+                raise StoreError(
+                    "the store's values are sealed: open it with its keys,"
+                    " setup(..., encryption=inline_state.KeyRing.load())"
+                )
 
     async def stop(self) -> None:
         """Close the store if the engine owns it; end a lease ``start`` began."""

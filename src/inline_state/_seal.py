@@ -97,7 +97,6 @@ class KeyRing:
         self.source = source
         self._current = next(iter(self._keys))
         self._derived: dict[tuple[bytes, str], AESGCM] = {}
-        self._nonces, self._nonce_at = b"", 0
         self._prefix = SEALED_MARK + self._current
 
     @classmethod
@@ -187,23 +186,18 @@ class KeyRing:
         """Several values of one record (``aead`` is its ``record_aead``) sealed; each
         sealed value goes in ``sealed_seen`` and its plaintext in ``plain_seen``. Returns
         them and the bytes remembered."""
-        prefix, nonces, at = self._prefix, self._nonces, self._nonce_at
+        prefix, urandom = self._prefix, os.urandom
         sealed: dict[str, bytes] = {}
         grown = 0
         for name, value in values.items():
-            if at >= len(nonces):
-                # Nonces are drawn from the OS 256 at a time: a call per seal would cost a
-                # third of the seal.
-                nonces, at = os.urandom(NONCE_BYTES * 256), 0
-                self._nonces = nonces
-            nonce = nonces[at : at + NONCE_BYTES]
-            at += NONCE_BYTES
+            # A nonce from the OS per seal: nothing shared that a thread or a forked
+            # worker could hand out twice.
+            nonce = urandom(NONCE_BYTES)
             encrypted = aead.encrypt(nonce, value, name.encode("utf-8", "surrogatepass"))
             sealed[name] = stored = prefix + nonce + encrypted
             sealed_seen[name] = stored
             plain_seen[name] = value
             grown += len(stored) + len(value) + 200
-        self._nonce_at = at
         return sealed, grown
 
     def open(self, record: str, name: str, value: bytes) -> bytes:

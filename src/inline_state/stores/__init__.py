@@ -20,6 +20,7 @@ from .._keys import RecordKey, UserRef
 from .._message import Kind
 from ._base import (
     DEFAULT_TOMBSTONE_TTL,
+    KEYS_RECORD,
     ApplyResult,
     DumpedRecord,
     DumpPage,
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
 # What a store implementer needs, in one place.
 __all__ = [
     "DEFAULT_TOMBSTONE_TTL",
+    "KEYS_RECORD",
     "ApplyResult",
     "Change",
     "DumpPage",

@@ -134,6 +134,11 @@ class InspectedRecord(NamedTuple):
     stamps: Mapping[str, int]
 
 
+#: The record a SealedStore keeps of the keys that sealed it (bot "" names no bot a
+#: message can): a store holding it is sealed.
+KEYS_RECORD = RecordKey("conversation", "", None, "inline_state.keys", "")
+
+
 class DumpedRecord(NamedTuple):
     """One record with everything a store keeps of it, as ``dump`` gives it and
     ``restore`` takes it: the eTag's parts (``created``, ``writes``), the clear stamp,
@@ -414,12 +419,15 @@ class Store(abc.ABC):
     ) -> int:
         """Merge dumped records in, each atomically; return how many records changed.
 
-        Deletion stamps are merged first (the higher stays). Each entry is merged by the
-        usual rules (a higher stamp wins; the higher clear stays; entries below the
-        owner's deletion stamp are dropped), and a value at the very stamp stored takes
-        the dumped bytes: a write is one value, so only its sealing can differ. A record
-        missing here takes the dumped eTag and expiry; one whose entries did not change
-        keeps its eTag. So a copy can be run again, under live traffic, safely.
+        Deletion stamps are merged first (the higher stays; one that rises here deletes
+        the user's entries below it, as ``delete_user`` would). Each entry is merged by
+        the usual rules (a higher stamp wins; the higher clear stays; entries below the
+        owner's deletion stamp are dropped); a value at the very stamp stored keeps its
+        bytes here. A record missing here takes the dumped eTag and expiry; one whose
+        entries did not change keeps its eTag. So a copy can be run again, under live
+        traffic, safely (within the tombstone window: a removal older than it is
+        forgotten, and a copy then brings the removed entry back).
 
-        ``reseal``: only replace values at the very stamp stored, and change nothing
-        else (no eTag, no expiry, no record created): re-sealing in place."""
+        ``reseal``: only replace the bytes of values at the very stamp stored (a write
+        is one value, so only its sealing differs), and change nothing else (no eTag,
+        no expiry, no record created): re-sealing in place."""

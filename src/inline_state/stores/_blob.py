@@ -156,12 +156,23 @@ def restore_records(
     reseal: bool,
 ) -> int:
     """Merge dumped records and deletion stamps; see ``Store.restore``."""
+    changed = 0
     if not reseal:
         for user, stamp in deletions:
             own = RecordKey("user", user.bot, user.channel, "", user.user)
             if stamp > table.deletion_stamp(own):
+                # The user's data below the stamp goes, as delete_user would take it;
+                # what was written here after it stays.
+                cleared = DumpedRecord(own, 0, 0, stamp, {}, {})
+                for key in table.user_records(user):
+                    rec = table.get(key)
+                    if rec is not None and rec.merge(cleared._replace(key=key), 0):
+                        if rec.live or rec.tombs:
+                            table.put_restored(key, rec, 0)
+                        else:
+                            table.drop(key)
+                        changed += 1
                 table.set_deletion_stamp(user, stamp)
-    changed = 0
     for dumped in records:
         key = dumped.key
         rec = table.get(key)

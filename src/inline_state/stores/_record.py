@@ -417,19 +417,21 @@ class Record:
         gone."""
         changed = False
         stamps = self.stamps
-        for name, (stamp, value) in dumped.values.items():
-            if stamps.get(name) == stamp and self.values[name] != value:
-                self._members += value_size(value) - value_size(self.values[name])
-                self.values[name] = value
-                changed = True
         text = dumped.text
-        if (
-            text is not None
-            and self.text not in (None, text)
-            and dumped.text_stamp == self.text_stamp
-        ):
-            self.text, changed = text, True
         if reseal:
+            # The very write, sealed anew: only its bytes change. (A copy keeps the bytes
+            # here: they may be sealed under a newer key than an old backup's.)
+            for name, (stamp, value) in dumped.values.items():
+                if stamps.get(name) == stamp and self.values[name] != value:
+                    self._members += value_size(value) - value_size(self.values[name])
+                    self.values[name] = value
+                    changed = True
+            if (
+                text is not None
+                and self.text not in (None, text)
+                and dumped.text_stamp == self.text_stamp
+            ):
+                self.text, changed = text, True
             return changed
         was_live, floor = self.live, max(dumped.clear, deleted)
         grew = False
@@ -445,7 +447,7 @@ class Record:
                 self._remove(name, stamp)
                 grew = True
         newer_text = dumped.text_stamp > (self.text_stamp if self.text is not None else 0)
-        if text is not None and dumped.text_stamp >= floor and newer_text:
+        if text is not None and dumped.text_stamp >= max(floor, self.clear) and newer_text:
             self.text, self.text_stamp, grew = text, dumped.text_stamp, True
         if not grew:
             return changed

@@ -324,25 +324,33 @@ return S(deleted)
 )
 
 # A restore's whole-record write (see RedisStore.restore): only if the head is still the
-# one the merge started from, which every accepted write changes (its eTag does).
+# one the merge started from, which every accepted write changes (its eTag does), and the
+# owner's deletion stamp too. KEYS: the record, then for user-owned ones the deletion
+# stamp, then for private ones the owner's index. ARGV: the head read, the deletion stamp
+# read, the expiry (-1: keep it, 0: none, else ms), whether the record is live, fields.
 RESTORE = r"""
 local rk = KEYS[1]
 if (redis.call('HGET', rk, '\255') or '') ~= ARGV[1] then return 0 end
-local at, fallback = tonumber(ARGV[2]), tonumber(ARGV[3])  -- ms left, ms by default
+if #KEYS > 1 and (redis.call('GET', KEYS[2]) or '') ~= ARGV[2] then return 0 end
+local expiry, live = tonumber(ARGV[3]), ARGV[4] == '1'
 local kept = redis.call('PTTL', rk)
 local fields = {}
-for i = 4, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 5, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('DEL', rk)
 redis.call('HSET', rk, unpack(fields))
-if at > 0 then redis.call('PEXPIRE', rk, at)
-elseif kept > 0 then redis.call('PEXPIRE', rk, kept)
-elseif fallback > 0 then redis.call('PEXPIRE', rk, fallback) end
-if #KEYS > 1 then redis.call('SADD', KEYS[2], rk) end
+if expiry > 0 then redis.call('PEXPIRE', rk, expiry)
+elseif expiry < 0 and kept > 0 then redis.call('PEXPIRE', rk, kept) end
+if live and #KEYS > 2 then redis.call('SADD', KEYS[3], rk) end
 return 1
 """
-# A deletion stamp merged in: the higher stays.
+# A deletion stamp merged in: the higher stays. When it rises, the keys of the user's
+# records (their record and those in the index) are returned, for the caller to clear
+# below the stamp.
 RESTORE_DELETION = r"""
 local current = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tonumber(ARGV[1]) > current then redis.call('SET', KEYS[1], ARGV[1]); return 1 end
-return 0
+if tonumber(ARGV[1]) <= current then return false end
+redis.call('SET', KEYS[1], ARGV[1])
+local keys = redis.call('SMEMBERS', KEYS[2])
+keys[#keys + 1] = string.sub(KEYS[1], 1, -2) .. 'r'
+return keys
 """

@@ -207,6 +207,13 @@ class _Tables(_blob.RecordTable):
             if records is not None and records.pop(local, None) is not None:
                 store._packed_count -= 1
         store._expires.pop(key, None)
+        if key.kind == "private":
+            owner = UserRef(key.bot, key.channel, key.user)
+            private = store._private_index.get(owner)
+            if private is not None:
+                private.discard(key)
+                if not private:
+                    del store._private_index[owner]
         namespace, local = _split(key.encode())
         index = store._index.get(namespace)
         if index is not None:
@@ -222,7 +229,7 @@ class _Tables(_blob.RecordTable):
 
     def user_records(self, user: UserRef) -> list[RecordKey]:
         own = RecordKey("user", user.bot, user.channel, "", user.user)
-        private = self.store._private_index.pop(user, set())
+        private = self.store._private_index.get(user, ())
         return [own, *sorted(private)]
 
     def set_deletion_stamp(self, user: UserRef, stamp: int) -> None:

@@ -42,7 +42,6 @@ from .._errors import (
     InvalidCursor,
     PreconditionFailed,
     RecordTooLarge,
-    StoreError,
     StoreUnavailable,
 )
 from .._keys import (
@@ -759,17 +758,27 @@ class RedisStore(Store):
         Python, and written whole by a script that checks its head is still the one
         read (any accepted write changes it); a record that changed meanwhile is
         merged again."""
+        changed = 0
         if deletions and not reseal:
             for user, stamp in deletions:
-                await self._guard(
-                    self._restore_deletion(keys=[f"{self._user_tag(user)}:d"], args=[stamp])
+                tag = self._user_tag(user)
+                raised = await self._guard(
+                    self._restore_deletion(keys=[f"{tag}:d", f"{tag}:i"], args=[stamp])
                 )
-        changed = 0
+                # The user's data below the stamp goes, as delete_user would take it; what
+                # was written here after it stays.
+                for name in raised or ():
+                    key = self._record_of(name)
+                    if key is not None:
+                        cleared = DumpedRecord(key, 0, 0, int(stamp), {}, {})
+                        changed += await self._restore_one(cleared, False, existing=True)
         for dumped in records:
             changed += await self._restore_one(dumped, reseal)
         return changed
 
-    async def _restore_one(self, dumped: DumpedRecord, reseal: bool) -> int:
+    async def _restore_one(
+        self, dumped: DumpedRecord, reseal: bool, *, existing: bool = False
+    ) -> int:
         key = dumped.key
         script_keys = self._script_keys(key)
         for _ in range(_RESTORE_ATTEMPTS):
@@ -779,29 +788,32 @@ class RedisStore(Store):
                 pipe.get(script_keys[1])
             replies = await self._guard(pipe.execute())
             fields: dict[bytes, bytes] = replies[0]
-            deleted = int(replies[1] or 0) if len(replies) > 1 else 0
+            deleted_text = replies[1] if len(replies) > 1 else None
+            deleted = int(deleted_text or 0)
             rec = _record_of_hash(key, fields)
             if rec is None:
-                if reseal:
+                if reseal or existing:
                     return 0
                 rec = Record()
             if not rec.merge(dumped, deleted, reseal=reseal):
                 return 0
+            # The expiry: a reseal keeps it; a record new here takes the dumped one (as
+            # time left: the two stores' clocks may differ); else this store's rule.
             ttl = self.ttl_ms.get(key.kind, 0)
-            fallback = ttl if rec.live else max(ttl, self.tombstone_ttl_ms)
-            # A record new here takes the dumped expiry (as time left: the two stores'
-            # clocks may differ); one that was here keeps its own.
-            expires_in = 0
-            if not fields and dumped.expires_ms:
-                expires_in = max(1, dumped.expires_ms - self.clock.wall_ms())
+            if reseal:
+                expiry = -1
+            elif not fields and dumped.expires_ms:
+                expiry = max(1, dumped.expires_ms - self.clock.wall_ms())
+            else:
+                expiry = ttl if rec.live else max(ttl, self.tombstone_ttl_ms)
             args: list[Any] = [
                 fields.get(_HEAD, b""),
-                expires_in,
-                fallback,
+                deleted_text or b"",
+                expiry,
+                int(rec.live),
                 *_hash_of(rec),
             ]
-            index = script_keys[2:] if key.kind == "private" else []
-            written = await self._guard(self._restore(keys=[script_keys[0], *index], args=args))
+            written = await self._guard(self._restore(keys=script_keys, args=args))
             if written:
                 return 1
         raise StoreUnavailable(
@@ -973,10 +985,7 @@ def _record_of_hash(key: RecordKey, fields: Mapping[bytes, bytes]) -> Record | N
         return None
     head = fields.get(_HEAD)
     if head is None:
-        raise StoreError(
-            f"a {key.kind} record is still in layout 1 (written before inline_state 0.3):"
-            " any write to it rewrites it; dump and restore read layout 2 only"
-        )
+        return _record_of_layout_1(fields)
     parts = head.split(b",")
     etag = parts[1].decode()
     created, _, writes = etag.partition(".")
@@ -1019,3 +1028,23 @@ def _hash_of(rec: Record) -> list[bytes]:
         head = f"{bag},{etag}"
     out += (_HEAD, head.encode())
     return out
+
+
+def _record_of_layout_1(fields: Mapping[bytes, bytes]) -> Record:
+    """A record from its layout-1 fields (see ``_redis_lua``): a stamp ``s:<name>`` per
+    entry, its value ``v:<name>`` when live, ``created``, ``writes``, ``clear``,
+    ``text``/``ts``."""
+    rows: list[tuple[str, bytes | None, int]] = [
+        (name[2:].decode(), fields.get(b"v:" + name[2:]), int(stamp))
+        for name, stamp in fields.items()
+        if name[:2] == b"s:"
+    ]
+    text = fields.get(b"text")
+    return Record.from_rows(
+        int(fields.get(b"created", 0)),
+        int(fields.get(b"writes", 0)),
+        int(fields.get(b"clear", 0)),
+        text.decode("utf-8", "surrogatepass") if text is not None else None,
+        int(fields.get(b"ts", 0)),
+        rows,
+    )

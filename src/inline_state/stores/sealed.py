@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from .._change import Change
 from .._codec import SEALED_MARK
@@ -24,6 +24,7 @@ from .._keys import RecordKey, UserRef
 from .._message import Kind
 from .._seal import SEALED_TEXT, KeyRing, KeyRingError, SealError
 from ._base import (
+    KEYS_RECORD,
     DumpedRecord,
     DumpPage,
     ExportPage,
@@ -33,12 +34,10 @@ from ._base import (
     StoredRecord,
 )
 
-__all__ = ["KEYS_RECORD", "SealedStore", "UnreadableRecord"]
+__all__ = ["KEYS_RECORD", "Rekeyed", "SealedStore", "UnreadableRecord", "rekey"]
 
 logger = logging.getLogger("inline_state")
 
-#: The record of the keys that sealed the store: bot "" names no bot a message can.
-KEYS_RECORD = RecordKey("conversation", "", None, "inline_state.keys", "")
 _KEY_PREFIX = "key:"
 _ALL_SEALED = "all-sealed"
 _CHECK = b'"inline_state"'
@@ -129,14 +128,16 @@ class SealedStore(Store):
             ident = name[len(_KEY_PREFIX) :]
             if ident not in self.keys.ids:
                 raise KeyRingError(
-                    f"the store holds values sealed under key {ident}, which"
+                    f"the store holds values sealed under key {ident!r}, which"
                     f" {self.keys.source} does not hold: add it after the sealing key, and"
                     " keep it until `python -m inline_state rekey` has re-sealed the store"
                 )
             try:
                 self.keys.open(encoded, name, value)
             except SealError as exc:
-                raise KeyRingError(f"key {ident} does not open the store's check: {exc}") from None
+                raise KeyRingError(
+                    f"key {ident!r} does not open the store's check: {exc}"
+                ) from None
         self._plain_ok = _ALL_SEALED not in record.props
         current = _KEY_PREFIX + self.keys.current_id
         if current not in record.props:
@@ -296,9 +297,16 @@ class SealedStore(Store):
     async def export(
         self, bot: str, channel: str | None, *, cursor: str | None = None, limit: int = 100
     ) -> ExportPage:
-        """The inner store's page, opened."""
+        """The inner store's page, opened; a record that does not open is left out (and
+        logged)."""
         page = await self.inner.export(bot, channel, cursor=cursor, limit=limit)
-        return ExportPage([(key, self._opened(key, rec)) for key, rec in page.records], page.cursor)
+        records: list[tuple[RecordKey, StoredRecord]] = []
+        for key, rec in page.records:
+            try:
+                records.append((key, self._opened(key, rec)))
+            except UnreadableRecord as exc:  # one such record must not stop the export
+                logger.warning("inline_state: export skipped a record: %s", exc)
+        return ExportPage(records, page.cursor)
 
     async def channels(self, bot: str) -> list[str | None]:
         """The inner store's."""
@@ -352,6 +360,8 @@ class SealedStore(Store):
             by = keys.sealed_by(value) or "plain"
             counts[by] = counts.get(by, 0) + 1
             if by != current:
+                if by == "plain" and not self._plain_ok:
+                    raise SealError("a plain value where every value is sealed")
                 plain = value if by == "plain" else keys.open(encoded, name, value)
                 value, changed = keys.seal(encoded, name, plain), True
             values[name] = (stamp, value)
@@ -360,9 +370,24 @@ class SealedStore(Store):
             by = keys.text_sealed_by(text) or "plain"
             counts[by] = counts.get(by, 0) + 1
             if by != current:
+                if by == "plain" and not self._plain_ok:
+                    raise SealError("a plain string where every value is sealed")
                 plain_text = text if by == "plain" else keys.open_text(encoded, text)
                 text, changed = keys.seal_text(encoded, plain_text), True
         return dumped._replace(values=values, text=text) if changed else None
+
+
+class Rekeyed(NamedTuple):
+    """What a rekey found: values per key id on its first pass (``"plain"`` for
+    unsealed ones), values still not under the sealing key after its last, the records
+    that did not open (encoded keys, the first 100) and how many, and whether it is
+    done: nothing left under an old key, which the store then forgets."""
+
+    found: dict[str, int]
+    left: dict[str, int]
+    unreadable: list[str]
+    unreadable_count: int
+    done: bool
 
 
 async def rekey(
@@ -371,20 +396,22 @@ async def rekey(
     limit: int = 200,
     progress: Callable[[int, int], None] | None = None,
     passes: int = 3,
-) -> dict[str, int]:
+) -> Rekeyed:
     """Re-seal every value of the store under the key ring's sealing key, in place,
     keeping stamps, eTags and expiries; then forget the keys nothing is sealed under any
     more. ``progress(records seen, records re-sealed)`` is called after each page.
 
     A pass walks the whole store; passes go on until one finds nothing to re-seal (at
     most ``passes``), which shows no value is left under an old key (unless a process
-    still sealing with one writes meanwhile). Returns what the first pass found under
-    each key id (``"plain"`` for unsealed values)."""
+    still sealing with one writes meanwhile). A record that does not open is skipped and
+    reported; it keeps the rekey from being done."""
     first: dict[str, int] | None = None
     counts: dict[str, int] = {}
+    unreadable: list[str] = []
     seen = resealed_total = 0
     for _ in range(passes):
         counts = {}
+        unreadable_now: list[str] = []
         resealed_now = 0
         cursor: str | None = None
         while True:
@@ -395,10 +422,9 @@ async def rekey(
                     continue
                 try:
                     resealed = store.resealed(dumped, counts)
-                except SealError as exc:
-                    raise UnreadableRecord(
-                        f"a value of a {dumped.key.kind} record does not open: {exc}"
-                    ) from None
+                except SealError:
+                    unreadable_now.append(dumped.key.encode())
+                    continue
                 if resealed is not None:
                     batch.append(resealed)
             seen += len(page.records)
@@ -410,11 +436,13 @@ async def rekey(
             cursor = page.cursor
             if cursor is None:
                 break
+        unreadable = unreadable_now
         if first is None:
             first = dict(counts)
         if not resealed_now:
             break
-    left = {ident: n for ident, n in counts.items() if ident != store.keys.current_id}
-    if not any(left.values()):
+    left = {i: n for i, n in counts.items() if i != store.keys.current_id and n}
+    done = not left and not unreadable
+    if done:
         await store.finish_rekey(left)
-    return first or {}
+    return Rekeyed(first or {}, left, unreadable[:100], len(unreadable), done)
