@@ -37,7 +37,7 @@ from inline_state._seal import key_id, new_key
 from inline_state.stores.sealed import KEYS_RECORD, UnreadableRecord, rekey
 
 from .redis_servers import RedisServer
-from .support import Client, activity, post
+from .support import Client, activity, echo_app, post
 from .test_cli import state_service
 
 StartFn = Callable[[web.Application], Awaitable[Client]]
@@ -61,17 +61,9 @@ def remember(msg: dict[str, Any]) -> dict[str, Any]:
 
 
 def memo_bot(store: str | Store, keys: KeyRing | None) -> tuple[web.Application, list[Any]]:
-    seen: list[dict[str, Any]] = []
-
-    async def handler(request: web.Request) -> web.Response:
-        msg = await request.json()
-        seen.append(msg)
-        return web.json_response(remember(msg))
-
-    app = web.Application()
-    inline_state.setup(app, store, encryption=keys)
+    """A bot keeping each message's text, with the REST API, its store sealed by ``keys``."""
+    app, seen = echo_app(remember, store, encryption=keys)
     inline_state.add_state_api(app, secret=SECRET, bot_id="bot-1")
-    app.router.add_post("/api/messages", handler)
     return app, seen
 
 
