@@ -62,6 +62,7 @@ TEST_KEYS = KeyRing.from_text(new_key(), source="the tests' key")
         "memory-sealed",
         "sqlite-sealed",
         "redis-sealed",
+        "redis-cluster-sealed",
     ]
 )
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
