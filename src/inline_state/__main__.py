@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import logging
 import os
 import sys
@@ -247,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         key = new_key()
         print(key)
-        print(f"key id {key_id(__import__('base64').b64decode(key))}", file=sys.stderr)
+        print(f"key id {key_id(base64.b64decode(key))}", file=sys.stderr)
         return
     try:
         if args.command == "rekey":

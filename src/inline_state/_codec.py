@@ -303,6 +303,8 @@ def join_bag(props: Mapping[str, bytes]) -> bytes:
 #: to a value: that byte, a 4-byte key id, a 12-byte nonce and a 16-byte tag.
 SEALED_MARK = b"\x00"
 SEAL_OVERHEAD = 33
+#: A sealed string record (REST) is text: this prefix, then base64 of the sealed form.
+SEALED_TEXT = "\x00is:sealed:"
 
 
 def value_size(value: bytes) -> int:

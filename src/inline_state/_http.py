@@ -13,10 +13,10 @@ from aiohttp import hdrs, web
 from aiohttp.web_protocol import RequestPayloadError
 
 from ._body import BodyError
-from ._codec import SEALED_MARK
+from ._codec import SEALED_MARK, SEALED_TEXT
 from ._engine import Engine
 from ._errors import StoreUnavailable, TurnError
-from .stores import Store, open_store
+from .stores import Store, StoredRecord, open_store
 
 __all__ = ["ENGINE_KEY", "STORE_KEY"]
 
@@ -203,11 +203,11 @@ class StoreSlot:
         return self._store
 
 
-def readable(record: Any) -> Any:
+def readable(record: StoredRecord) -> StoredRecord:
     """The record, unless it holds sealed values (the adapter was given the plain store
     under a ``SealedStore``): then a 503 saying so, never the sealed bytes as data."""
     if any(value[:1] == SEALED_MARK for value in record.props.values()) or (
-        record.text is not None and record.text.startswith("\x00is:sealed:")
+        record.text is not None and record.text.startswith(SEALED_TEXT)
     ):
         raise Refusal(
             503,

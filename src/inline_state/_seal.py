@@ -29,7 +29,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from ._codec import SEAL_OVERHEAD, SEALED_MARK
+from ._codec import SEAL_OVERHEAD, SEALED_MARK, SEALED_TEXT
 
 __all__ = ["KeyRing", "KeyRingError"]
 
@@ -38,8 +38,6 @@ ID_BYTES = 4
 NONCE_BYTES = 12
 KEYS_VARIABLE = "INLINE_STATE_KEYS"
 KEY_FILE_VARIABLE = "INLINE_STATE_KEY_FILE"
-# A string record (REST) is text: its sealed form is this prefix and base64 of the seal.
-SEALED_TEXT = "\x00is:sealed:"
 _TEXT_AAD = b"\xfe"  # a string record's associated data: never a UTF-8 name's
 _DERIVED_KEPT = 4096  # derived keys of recently used records
 _SEPARATORS = re.compile(r"[\s,]+")

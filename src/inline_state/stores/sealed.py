@@ -18,11 +18,11 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from .._change import Change
-from .._codec import SEALED_MARK
+from .._codec import SEALED_MARK, SEALED_TEXT
 from .._errors import RecordTooLarge, StoreUnavailable
 from .._keys import RecordKey, UserRef
 from .._message import Kind
-from .._seal import SEALED_TEXT, KeyRing, KeyRingError, SealError
+from .._seal import KeyRing, KeyRingError, SealError
 from ._base import (
     KEYS_RECORD,
     DumpedRecord,
@@ -148,27 +148,20 @@ class SealedStore(Store):
             )
             await self.inner.apply([change])
 
-    async def finish_rekey(self, remaining: Mapping[str, int]) -> list[str]:
-        """After a rekey pass: forget the keys no value is sealed under any more
-        (``remaining`` counts values per key id, ``"plain"`` for unsealed ones), and
-        once none is plain, refuse plain values from then on. Returns the ids
-        forgotten."""
+    async def finish_rekey(self) -> list[str]:
+        """After a rekey left nothing under an old key and no plain value: forget every
+        key id but the sealing one, and refuse plain values from then on. Returns the
+        ids forgotten."""
         (record,) = await self.inner.load([KEYS_RECORD])
-        forgotten = [
-            name[len(_KEY_PREFIX) :]
-            for name in record.props
-            if name.startswith(_KEY_PREFIX)
-            and name[len(_KEY_PREFIX) :] != self.keys.current_id
-            and not remaining.get(name[len(_KEY_PREFIX) :])
-        ]
+        current = _KEY_PREFIX + self.keys.current_id
+        removes = frozenset(n for n in record.props if n.startswith(_KEY_PREFIX) and n != current)
         sets: dict[str, bytes] = {}
-        if not remaining.get("plain") and _ALL_SEALED not in record.props:
+        if _ALL_SEALED not in record.props:
             sets[_ALL_SEALED] = self.keys.seal(KEYS_RECORD.encode(), _ALL_SEALED, b"true")
-        if forgotten or sets:
-            removes = frozenset(_KEY_PREFIX + ident for ident in forgotten)
+        if removes or sets:
             await self.inner.apply([Change(KEYS_RECORD, sets, removes, stamp=self.clock.stamp())])
-        self._plain_ok = self._plain_ok and bool(remaining.get("plain"))
-        return forgotten
+        self._plain_ok = False
+        return sorted(name[len(_KEY_PREFIX) :] for name in removes)
 
     # -- sealing and opening -----------------------------------------------------------------
 
@@ -444,5 +437,5 @@ async def rekey(
     left = {i: n for i, n in counts.items() if i != store.keys.current_id and n}
     done = not left and not unreadable
     if done:
-        await store.finish_rekey(left)
+        await store.finish_rekey()
     return Rekeyed(first or {}, left, unreadable[:100], len(unreadable), done)
