@@ -172,31 +172,20 @@ class KeyRing:
 
     def seal(self, record: str, name: str, value: bytes) -> bytes:
         """The sealed form of a property's value in the record of encoded key ``record``."""
-        return self.seal_bag(self.record_aead(record), {name: value}, {}, {})[0][name]
+        return self.seal_values(self.record_aead(record), {name: value})[name]
 
-    def seal_bag(
-        self,
-        aead: AESGCM,
-        values: Mapping[str, bytes],
-        sealed_seen: dict[str, bytes],
-        plain_seen: dict[str, bytes],
-    ) -> tuple[dict[str, bytes], int]:
-        """Several values of one record (``aead`` is its ``record_aead``) sealed; each
-        sealed value goes in ``sealed_seen`` and its plaintext in ``plain_seen``. Returns
-        them and the bytes remembered."""
-        prefix, urandom = self._prefix, os.urandom
+    def seal_values(self, aead: AESGCM, values: Mapping[str, bytes]) -> dict[str, bytes]:
+        """Several values of one record sealed (``aead`` is its ``record_aead``)."""
+        prefix, urandom, encrypt = self._prefix, os.urandom, aead.encrypt
         sealed: dict[str, bytes] = {}
-        grown = 0
         for name, value in values.items():
             # A nonce from the OS per seal: nothing shared that a thread or a forked
             # worker could hand out twice.
             nonce = urandom(NONCE_BYTES)
-            encrypted = aead.encrypt(nonce, value, name.encode("utf-8", "surrogatepass"))
-            sealed[name] = stored = prefix + nonce + encrypted
-            sealed_seen[name] = stored
-            plain_seen[name] = value
-            grown += len(stored) + len(value) + 200
-        return sealed, grown
+            sealed[name] = (
+                prefix + nonce + encrypt(nonce, value, name.encode("utf-8", "surrogatepass"))
+            )
+        return sealed
 
     def open(self, record: str, name: str, value: bytes) -> bytes:
         """The plaintext of a sealed value; SealError when it does not open."""

@@ -53,9 +53,11 @@ _ENTRY_BYTES = 200  # what an entry of _Known.values costs beyond its two values
 
 
 class _Known:
-    """What a sealed store keeps of one record between turns: its AEAD, and for each
-    property the sealed value as last stored or read and its plaintext (two dicts of
-    bytes: no object per value for the garbage collector to follow)."""
+    """What a sealed store keeps of one record between turns: its AEAD, the record's
+    sealed values as last stored or read, and their plaintexts (two dicts of bytes: no
+    object per value for the garbage collector to follow). A load that finds the record
+    as remembered compares one dict in C and opens nothing. The dicts are replaced, never
+    changed, so a turn holding ``plain`` never sees it move."""
 
     __slots__ = ("aead", "plain", "sealed")
 
@@ -161,6 +163,8 @@ class SealedStore(Store):
         if removes or sets:
             await self.inner.apply([Change(KEYS_RECORD, sets, removes, stamp=self.clock.stamp())])
         self._plain_ok = False
+        self._records.clear()  # it may remember plain values as read
+        self._known_bytes = 0
         return sorted(name[len(_KEY_PREFIX) :] for name in removes)
 
     # -- sealing and opening -----------------------------------------------------------------
@@ -182,18 +186,19 @@ class SealedStore(Store):
         try:
             if props:
                 known = self._known(key)
+                was_sealed, was_plain = known.sealed, known.plain
                 opened: dict[str, bytes] = {}
                 for name, value in props.items():
-                    if known.sealed.get(name) == value:
-                        opened[name] = known.plain[name]
+                    if was_sealed.get(name) == value:
+                        opened[name] = was_plain[name]
                     elif value[:1] == SEALED_MARK:
                         opened[name] = plain = self.keys.open(encoded, name, value)
-                        known.sealed[name], known.plain[name] = value, plain
                         self._known_bytes += len(value) + len(plain) + _ENTRY_BYTES
                     elif self._plain_ok:
                         opened[name] = value
                     else:
                         raise SealError("a plain value where every value is sealed")
+                known.sealed, known.plain = dict(props), opened
                 props = opened
             if text is not None:
                 if text.startswith(SEALED_TEXT):
@@ -230,32 +235,37 @@ class SealedStore(Store):
             if not props and record.text is None:
                 out.append(record)
                 continue
-            # The common case, inline (every turn): the values as last sealed or read here.
+            # The common case (every turn): the record as last sealed or read here.
             state = known.get(key)
-            if state is not None and record.text is None:
-                sealed, plain = state.sealed, state.plain
-                opened: dict[str, bytes] = {}
-                for name, value in props.items():
-                    if sealed.get(name) != value:
-                        break
-                    opened[name] = plain[name]
-                else:
-                    out.append(_new(StoredRecord, (opened, None, *record[2:])))
-                    continue
-            out.append(self._opened(key, record))
+            if state is not None and state.sealed == props and record.text is None:
+                out.append(_new(StoredRecord, (state.plain, None, *record[2:])))
+            else:
+                out.append(self._opened(key, record))
         return out
 
     async def apply(self, changes: Sequence[Change]) -> list[Any]:
         """The changes, sealed, applied by the inner store."""
-        seal, records = self.keys.seal_bag, self._records
+        seal, records = self.keys.seal_values, self._records
         sealed_changes: list[Change] = []
         for change in changes:
-            sets = change.sets
+            key, sets, removes = change.key, change.sets, change.removes
+            known = records.get(key) or self._known(key)
+            # What the record holds once this applies, if nothing else wrote to it: the
+            # next load then finds it as remembered.
             if sets:
-                known = records.get(change.key) or self._known(change.key)
-                sealed, grown = seal(known.aead, sets, known.sealed, known.plain)
-                self._known_bytes += grown
-                change = _new(Change, (change.key, sealed, *change[2:]))
+                sealed = seal(known.aead, sets)
+                self._known_bytes += 2 * sum(map(len, sets.values())) + _ENTRY_BYTES * len(sets)
+                change = _new(Change, (key, sealed, *change[2:]))
+                if change.replace:
+                    known.sealed, known.plain = sealed, dict(sets)
+                else:
+                    known.sealed = {**known.sealed, **sealed}
+                    known.plain = {**known.plain, **sets}
+            elif change.replace:
+                known.sealed, known.plain = {}, {}
+            if removes:
+                known.sealed = {n: v for n, v in known.sealed.items() if n not in removes}
+                known.plain = {n: v for n, v in known.plain.items() if n not in removes}
             sealed_changes.append(change)
         return await self.inner.apply(sealed_changes)
 
