@@ -363,9 +363,13 @@ async def _ledger_until(
             n += 1
             started = loop.time()
             try:
-                change = inline_state.Change(key, {name: b"1"}, stamp=store.clock.stamp())
-                if await store.apply([change]) == [ApplyResult.APPLIED]:
-                    acknowledged.append((key, name, loop.time()))
+                # A limit no run reaches: a fast machine writes 64 KiB per record in seconds.
+                change = inline_state.Change(
+                    key, {name: b"1"}, stamp=store.clock.stamp(), max_bytes=1 << 30
+                )
+                result = await store.apply([change])
+                assert result == [ApplyResult.APPLIED], f"a write came back {result}"
+                acknowledged.append((key, name, loop.time()))
             except inline_state.StoreUnavailable:
                 failed.append(loop.time() - started)
                 await asyncio.sleep(0.01)
