@@ -34,16 +34,24 @@ def _ping(port: int) -> bool:
 class RedisServer:
     """One redis-server; ``stop()`` and ``start()`` again on the same port and data."""
 
-    def __init__(self, directory: Path, *extra: str) -> None:
+    def __init__(self, directory: Path, *extra: str, cluster_bus: bool = False) -> None:
         self.directory = directory
         self.extra = extra
         self.port = 0
+        # A cluster node's bus port, picked with its port on each try until one starts
+        # (picked earlier, another node's port could take it), then kept for restarts.
+        self.cluster_bus = cluster_bus
+        self.bus_port = 0
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, port: int | None = None) -> RedisServer:
         self.directory.mkdir(parents=True, exist_ok=True)
         for _ in range(5):
             self.port = port or free_port()
+            bus: tuple[str, ...] = ()
+            if self.cluster_bus:
+                self.bus_port = self.bus_port if port is not None else free_port()
+                bus = ("--cluster-port", str(self.bus_port))
             self.process = subprocess.Popen(
                 [
                     _binary("redis-server"),
@@ -62,6 +70,7 @@ class RedisServer:
                     "--loglevel",
                     "warning",
                     *self.extra,
+                    *bus,
                 ],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
@@ -99,8 +108,7 @@ class RedisCluster:
                 str(directory / f"node{i}" / "nodes.conf"),
                 "--cluster-node-timeout",
                 "2000",
-                "--cluster-port",
-                str(free_port()),
+                cluster_bus=True,
             )
             for i in range(3 * (1 + replicas))
         ]
