@@ -42,7 +42,7 @@ HERE = Path(__file__).resolve().parent
 LUA = HERE / "wrk" / "messages.lua"
 KNOWN = (
     "baseline", "baseline-orjson", "floor", "memory", "memory-plain", "memory-cold", "sqlite",
-    "memory-sealed", "sqlite-sealed", "redis", "redis-cluster",
+    "memory-sealed", "sqlite-sealed", "memory-hashed", "sqlite-hashed", "redis", "redis-cluster",
     "agents", "agents-inline", "botbuilder",
     "botbuilder-patched",
 )
@@ -201,11 +201,12 @@ def command(name: str, a: argparse.Namespace, workdir: Path, redis: Redis | None
         # A cache bound of a tenth of the working set (about 1 KiB counted per record, three
         # records per user): most turns decode their records and pack others out.
         return [*inline, "--store", "memory://", "--cache-bytes", str(a.users * 3 * 1000 // 10)]
-    if name == "memory-sealed":
-        return [*inline, "--store", "memory://", "--encrypt"]
-    if name in ("sqlite", "sqlite-sealed"):
+    sealing = {"-sealed": ["--encrypt"], "-hashed": ["--encrypt", "--hash-ids"]}
+    if name in ("memory-sealed", "memory-hashed"):
+        return [*inline, "--store", "memory://", *sealing[name[len("memory") :]]]
+    if name in ("sqlite", "sqlite-sealed", "sqlite-hashed"):
         db = workdir / f"bench-{time.monotonic_ns()}.db"
-        return [*inline, "--store", f"sqlite:///{db}", *(["--encrypt"] if name != "sqlite" else [])]
+        return [*inline, "--store", f"sqlite:///{db}", *sealing.get(name[len("sqlite") :], [])]
     if name.startswith("redis"):
         assert redis is not None
         redis.flush()

@@ -92,8 +92,9 @@ def make_target(name: str, bag_bytes: int = 0, redis_url: str | None = None) -> 
     args.api = "plain" if name == "memory-plain" else "fast"
     args.no_metrics = name == "memory-nometrics"
     args.increments = name in ("memory-incr", "sqlite-incr")
-    args.encrypt = name in ("memory-sealed", "sqlite-sealed")
-    if name in ("sqlite", "sqlite-incr", "sqlite-sealed"):  # a fresh file, removed with its temporary dir
+    args.encrypt = name in ("memory-sealed", "sqlite-sealed", "memory-hashed", "sqlite-hashed")
+    args.hash_ids = name in ("memory-hashed", "sqlite-hashed")
+    if name in ("sqlite", "sqlite-incr", "sqlite-sealed", "sqlite-hashed"):  # a fresh file, removed with its temporary dir
         args.store = f"sqlite:///{tempfile.mkdtemp(prefix='inline_state-bench-')}/state.db"
     return inline.make_app(args)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -48,7 +49,16 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClu
 StoreFactory = Callable[..., Store]
 
 
+def hashes_ids(store: Store) -> bool:
+    """Whether a store keeps ids and names hashed (a prefix then finds an exact id, and
+    listings come in the hashes' order)."""
+    return isinstance(store, SealedStore) and store.keys.hash_key_id is not None
+
+
 TEST_KEYS = KeyRing.from_text(new_key(), source="the tests' key")
+TEST_HASHING_KEYS = KeyRing.from_text(
+    new_key(), source="the tests' hashing key ring", hash_key=os.urandom(32)
+)
 
 
 @pytest.fixture(
@@ -63,6 +73,10 @@ TEST_KEYS = KeyRing.from_text(new_key(), source="the tests' key")
         "sqlite-sealed",
         "redis-sealed",
         "redis-cluster-sealed",
+        "memory-hashed",
+        "sqlite-hashed",
+        "redis-hashed",
+        "redis-cluster-hashed",
     ]
 )
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
@@ -71,11 +85,13 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
     ``memory-cold`` is memory:// with a cache of one record, so nearly every operation
     packs a record out and decodes one back in; ``sqlite-cold`` keeps no decoded record,
     so every operation reads the file. ``-sealed``: the backend behind a SealedStore
-    (encryption at rest), which must keep every rule.
+    (encryption at rest), which must keep every rule; ``-hashed``: that, with ids and
+    names hashed too.
     """
-    if request.param.endswith("-sealed"):
-        inner = _backend(request.param.removesuffix("-sealed"), request, tmp_path)
-        return lambda **options: SealedStore(inner(**options), TEST_KEYS)
+    if request.param.endswith(("-sealed", "-hashed")):
+        inner = _backend(request.param.rsplit("-", 1)[0], request, tmp_path)
+        ring = TEST_KEYS if request.param.endswith("-sealed") else TEST_HASHING_KEYS
+        return lambda **options: SealedStore(inner(**options), ring)
     return _backend(request.param, request, tmp_path)
 
 

@@ -19,9 +19,9 @@ from inline_state import (
     Store,
     UserRef,
 )
-from inline_state.stores.sealed import KEYS_RECORD
+from inline_state.stores.sealed import KEYS_RECORD, SealedStore
 
-from .conftest import StoreFactory
+from .conftest import StoreFactory, hashes_ids
 from .test_store_contract import CONV, PRIV, USER, FakeTime, change, props, stamp
 
 
@@ -107,10 +107,17 @@ async def test_a_copy_holds_everything_the_source_holds(pair: tuple[Store, Store
     copied, copied_deletions = await everything(target)
     assert comparable(copied) == comparable(dumped)
     assert copied_deletions == deletions
-    assert list(deletions) == [UserRef("bot", "chan", "gone")]
+    hashed = hashes_ids(source)  # a dump holds the stored keys: read those as stored
+    gone = source.keys.hash_user("gone") if isinstance(source, SealedStore) and hashed else "gone"
+    assert list(deletions) == [UserRef("bot", "chan", gone)]
     keys = [r.key for r in dumped]
-    assert [(r.props, r.text, r.etag) for r in await target.load(keys)] == [
-        (r.props, r.text, r.etag) for r in await source.load(keys)
+    reader, writer = (
+        (source.inner, target.inner)
+        if isinstance(source, SealedStore) and isinstance(target, SealedStore) and hashed
+        else (source, target)
+    )
+    assert [(r.props, r.text, r.etag) for r in await writer.load(keys)] == [
+        (r.props, r.text, r.etag) for r in await reader.load(keys)
     ]
     # The deletion stamp came along: a change from before the deletion is dropped there.
     late = change(

@@ -12,6 +12,7 @@ the run (how the cost follows the number of stored users).
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 from _serve import serve
@@ -108,7 +109,10 @@ def make_app(args: argparse.Namespace) -> web.Application:
     if getattr(args, "encrypt", False):  # a fresh random key per run (never in code)
         from inline_state._seal import new_key
 
-        encryption = inline_state.KeyRing.from_text(new_key(), source="the bench's key")
+        hash_key = os.urandom(32) if getattr(args, "hash_ids", False) else None
+        encryption = inline_state.KeyRing.from_text(
+            new_key(), source="the bench's key", hash_key=hash_key
+        )
     middleware = inline_state.setup(app, store, encryption=encryption)
     if getattr(args, "no_metrics", False):  # the engine's counters off, to measure them
         middleware.engine.metrics = None
@@ -130,6 +134,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-metrics", action="store_true", help="the engine counts nothing")
     parser.add_argument("--increments", action="store_true", help="count with incr_* helpers")
     parser.add_argument("--encrypt", action="store_true", help="seal stored values (AES-GCM)")
+    parser.add_argument("--hash-ids", action="store_true", help="with --encrypt: hash ids, names")
 
 
 if __name__ == "__main__":

@@ -303,16 +303,39 @@ def join_bag(props: Mapping[str, bytes]) -> bytes:
 #: to a value: that byte, a 4-byte key id, a 12-byte nonce and a 16-byte tag.
 SEALED_MARK = b"\x00"
 SEAL_OVERHEAD = 33
+#: With ids and names hashed (``_seal``), a value is sealed with its name inside, under
+#: a field named by the name's hash: the plaintext is a 4-byte length, the name's JSON
+#: and the value's. Beside them, each record holds its clear ids sealed under a hashed
+#: field, which counts as nothing (it is no part of the bag).
+SEALED_NAMED_MARK = b"\x01"
+SEALED_IDS_MARK = b"\x02"
+SEALED_MARKS = (SEALED_MARK, SEALED_NAMED_MARK, SEALED_IDS_MARK)
+#: The JSON length of a hashed name: a tilde and 22 base64url digits, quoted.
+HASHED_NAME_JSON = 25
+NAMED_OVERHEAD = SEAL_OVERHEAD + 4 + HASHED_NAME_JSON
 #: A sealed string record (REST) is text: this prefix, then base64 of the sealed form.
 SEALED_TEXT = "\x00is:sealed:"
 
 
 def value_size(value: bytes) -> int:
-    """The JSON length of a stored value: a sealed one counts as the plaintext it holds,
-    so that a size limit means the same with encryption on."""
-    if value[:1] == SEALED_MARK:
+    """The JSON length of a stored value, so that a size limit means the same with
+    encryption on: a sealed one counts as the plaintext it holds; one sealed with its
+    name, as its name and value less its hashed field name's length (so the member
+    counts as the clear one would); a record's sealed ids, as minus their member's
+    framing (so they count as nothing, comma included)."""
+    mark = value[:1]
+    if mark == SEALED_MARK:
         return len(value) - SEAL_OVERHEAD
+    if mark == SEALED_NAMED_MARK:
+        return len(value) - NAMED_OVERHEAD
+    if mark == SEALED_IDS_MARK:
+        return -(HASHED_NAME_JSON + 2)
     return len(value)
+
+
+def is_sealed(value: bytes) -> bool:
+    """Whether a stored value is sealed (in any of its forms)."""
+    return value[:1] in SEALED_MARKS
 
 
 def member_size(name: str, value: bytes) -> int:

@@ -13,7 +13,7 @@ from aiohttp import hdrs, web
 from aiohttp.web_protocol import RequestPayloadError
 
 from ._body import BodyError
-from ._codec import SEALED_MARK, SEALED_TEXT
+from ._codec import SEALED_TEXT, is_sealed
 from ._engine import Engine
 from ._errors import StoreUnavailable, TurnError
 from .stores import Store, StoredRecord, open_store
@@ -206,7 +206,7 @@ class StoreSlot:
 def readable(record: StoredRecord) -> StoredRecord:
     """The record, unless it holds sealed values (the adapter was given the plain store
     under a ``SealedStore``): then a 503 saying so, never the sealed bytes as data."""
-    if any(value[:1] == SEALED_MARK for value in record.props.values()) or (
+    if any(map(is_sealed, record.props.values())) or (
         record.text is not None and record.text.startswith(SEALED_TEXT)
     ):
         raise Refusal(

@@ -24,11 +24,14 @@ the same node also holds).
 
 from __future__ import annotations
 
+from .._codec import HASHED_NAME_JSON, NAMED_OVERHEAD, SEAL_OVERHEAD
+
 HEAD = b"\xff"
 TEXT = b"\xfe"
 
 # Shared prelude: stamps, the head, and a record of either layout read whole.
-_PRELUDE = r"""
+_PRELUDE = (
+    r"""
 local EPOCH_MS = 1735689600000
 local HEAD, TEXT = '\255', '\254'
 local function num(x) if x then return tonumber(x) end return 0 end
@@ -37,12 +40,17 @@ local rk = KEYS[1]
 local function S(x) return string.format('%.0f', x) end
 local function packed(s) return struct.pack('>I8', s) end
 local function stamp_of(v) return (struct.unpack('>I8', v)) end
--- The JSON length of the value starting at byte `at` of `v`: a sealed one (its first
--- byte 0, which no JSON text starts with) counts as the plaintext it holds.
-local SEAL_OVERHEAD = 33
+-- The JSON length of the value starting at byte `at` of `v` (as _codec.value_size): a
+-- sealed one (first byte 0, which no JSON text starts with) counts as its plaintext;
+-- one sealed with its name (1) as that less its hashed field name; sealed ids (2) as
+-- minus their member's framing, so they count as nothing.
 local function vlen(v, at)
   local n = #v - at + 1
-  if n > 0 and string.byte(v, at) == 0 then n = n - SEAL_OVERHEAD end
+  if n > 0 then
+    local b = string.byte(v, at)
+    if b == 0 then n = n - @SEAL_OVERHEAD@ elseif b == 1 then n = n - @NAMED_OVERHEAD@
+    elseif b == 2 then n = -@IDS_FRAMING@ end
+  end
   return n
 end
 -- "bag,etag", with ",tombs,clear" only when either is set: most records fit in the
@@ -132,7 +140,10 @@ local function upgrade(key, r)
   for _, k in ipairs(r.fields) do if not keep[k] then gone[#gone + 1] = k end end
   if #gone > 0 then redis.call('HDEL', key, unpack(gone)) end
 end
-"""
+""".replace("@SEAL_OVERHEAD@", str(SEAL_OVERHEAD))
+    .replace("@NAMED_OVERHEAD@", str(NAMED_OVERHEAD))
+    .replace("@IDS_FRAMING@", str(HASHED_NAME_JSON + 2))
+)
 
 # KEYS: record [, deletion stamp key, user index set]
 # ARGV: stamp, base, replace, max_bytes, ttl_ms, tombstone_ttl_ms, n_sets, now_ms,

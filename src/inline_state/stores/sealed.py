@@ -20,9 +20,9 @@ from typing import Any, NamedTuple
 from .._change import Change
 from .._codec import SEALED_MARK, SEALED_TEXT
 from .._errors import RecordTooLarge, StoreUnavailable
-from .._keys import RecordKey, UserRef
+from .._keys import RecordKey, UserRef, decode_key
 from .._message import Kind
-from .._seal import KeyRing, KeyRingError, SealError
+from .._seal import HASH_KEY_VARIABLE, KeyRing, KeyRingError, SealError
 from ._base import (
     KEYS_RECORD,
     DumpedRecord,
@@ -39,6 +39,7 @@ __all__ = ["KEYS_RECORD", "Rekeyed", "SealedStore", "UnreadableRecord", "rekey"]
 logger = logging.getLogger("inline_state")
 
 _KEY_PREFIX = "key:"
+_HASH_PREFIX = "hash:"
 _ALL_SEALED = "all-sealed"
 _CHECK = b'"inline_state"'
 _new = tuple.__new__  # a NamedTuple without its Python-level __new__ (every turn)
@@ -59,10 +60,11 @@ class _Known:
     as remembered compares one dict in C and opens nothing. The dicts are replaced, never
     changed, so a turn holding ``plain`` never sees it move."""
 
-    __slots__ = ("aead", "plain", "sealed")
+    __slots__ = ("aead", "plain", "sealed", "stored")
 
-    def __init__(self, aead: Any) -> None:
+    def __init__(self, aead: Any, stored: RecordKey) -> None:
         self.aead = aead
+        self.stored = stored  # the key the inner store keeps the record under
         self.sealed: dict[str, bytes] = {}
         self.plain: dict[str, bytes] = {}
 
@@ -93,6 +95,7 @@ class SealedStore(Store):
         # value as last stored or read, with its plaintext.
         self._records: dict[RecordKey, _Known] = {}
         self._known_bytes = 0
+        self._hashing = keys.hash_key_id is not None
 
     @property
     def cache_stats(self) -> Any:
@@ -141,14 +144,42 @@ class SealedStore(Store):
                     f"key {ident!r} does not open the store's check: {exc}"
                 ) from None
         self._plain_ok = _ALL_SEALED not in record.props
+        sets: dict[str, bytes] = {}
+        hashed = {n[len(_HASH_PREFIX) :] for n in record.props if n.startswith(_HASH_PREFIX)}
+        wanted = self.keys.hash_key_id
+        if hashed and wanted not in hashed:
+            raise KeyRingError(
+                f"the store's ids and names are hashed under hash key {sorted(hashed)[0]!r},"
+                + (
+                    f" not under {wanted!r}"
+                    if wanted
+                    else f" and none is configured: set {HASH_KEY_VARIABLE} to it"
+                )
+            )
+        if wanted is not None and not hashed:
+            if record.props or await self._holds_records():
+                raise KeyRingError(
+                    "ids and names can only be hashed in a new store: this one already holds"
+                    " records with them in the clear (unset the hash key, or start a new store)"
+                )
+            self._plain_ok = False
+            sets[_HASH_PREFIX + wanted] = self.keys.seal(encoded, _HASH_PREFIX + wanted, _CHECK)
+            sets[_ALL_SEALED] = self.keys.seal(encoded, _ALL_SEALED, b"true")
         current = _KEY_PREFIX + self.keys.current_id
         if current not in record.props:
-            change = Change(
-                KEYS_RECORD,
-                {current: self.keys.seal(encoded, current, _CHECK)},
-                stamp=self.clock.stamp(),
-            )
-            await self.inner.apply([change])
+            sets[current] = self.keys.seal(encoded, current, _CHECK)
+        if sets:
+            await self.inner.apply([Change(KEYS_RECORD, sets, stamp=self.clock.stamp())])
+
+    async def _holds_records(self) -> bool:
+        cursor: str | None = None
+        while True:  # a page may hold only the keys record, or nothing yet a cursor
+            page = await self.inner.dump(cursor=cursor, limit=10)
+            if any(dumped.key != KEYS_RECORD for dumped in page.records) or page.deletions:
+                return True
+            cursor = page.cursor
+            if cursor is None:
+                return False
 
     async def finish_rekey(self) -> list[str]:
         """After a rekey left nothing under an old key and no plain value: forget every
@@ -175,30 +206,72 @@ class SealedStore(Store):
             if self._known_bytes > OPENED_CACHE_BYTES or len(self._records) > _RECORDS_KNOWN:
                 self._records.clear()
                 self._known_bytes = 0
-            known = self._records[key] = _Known(self.keys.record_aead(key.encode()))
+            stored = self._stored_key(key)
+            aead = self.keys.record_aead(stored.encode())
+            known = self._records[key] = _Known(aead, stored)
         return known
 
-    def _opened(self, key: RecordKey, record: StoredRecord) -> StoredRecord:
+    def _stored_key(self, key: RecordKey) -> RecordKey:
+        """The key the inner store keeps a record under: its ids hashed, if they are."""
+        if not self._hashing:
+            return key
+        keys = self.keys
+        return _new(
+            RecordKey,
+            (
+                key.kind,
+                key.bot,
+                key.channel,
+                keys.hash_conversation(key.conversation) if key.conversation else "",
+                keys.hash_user(key.user) if key.user else "",
+            ),
+        )
+
+    def _open_props(
+        self, known: _Known | None, stored: str, props: Mapping[str, bytes]
+    ) -> tuple[dict[str, bytes], dict[str, str]]:
+        """The plaintexts of a record's stored values, by name, and the name each stored
+        field holds. SealError when one does not open."""
+        opened: dict[str, bytes] = {}
+        names: dict[str, str] = {}
+        keys = self.keys
+        if self._hashing:
+            ids_field = keys.ids_field
+            for field, value in props.items():
+                if field != ids_field:
+                    name, opened[name] = keys.open_named(stored, field, value)
+                    names[field] = name
+            return opened, names
+        was_sealed = known.sealed if known is not None else {}
+        was_plain = known.plain if known is not None else {}
+        for name, value in props.items():
+            names[name] = name
+            if was_sealed.get(name) == value:
+                opened[name] = was_plain[name]
+            elif value[:1] == SEALED_MARK:
+                opened[name] = plain = keys.open(stored, name, value)
+                self._known_bytes += len(value) + len(plain) + _ENTRY_BYTES
+            elif self._plain_ok:
+                opened[name] = value
+            else:
+                raise SealError("a plain value where every value is sealed")
+        return opened, names
+
+    def _opened(
+        self, key: RecordKey, record: StoredRecord, *, stored: RecordKey | None = None
+    ) -> StoredRecord:
+        """A record read from the inner store, opened (``key`` the clear key, ``stored``
+        the inner store's when it is not remembered)."""
         props, text = record.props, record.text
         if not props and text is None:
             return record
-        encoded = key.encode()
+        known = self._known(key) if stored is None else None
+        encoded = (known.stored if known is not None else stored or key).encode()
         try:
             if props:
-                known = self._known(key)
-                was_sealed, was_plain = known.sealed, known.plain
-                opened: dict[str, bytes] = {}
-                for name, value in props.items():
-                    if was_sealed.get(name) == value:
-                        opened[name] = was_plain[name]
-                    elif value[:1] == SEALED_MARK:
-                        opened[name] = plain = self.keys.open(encoded, name, value)
-                        self._known_bytes += len(value) + len(plain) + _ENTRY_BYTES
-                    elif self._plain_ok:
-                        opened[name] = value
-                    else:
-                        raise SealError("a plain value where every value is sealed")
-                known.sealed, known.plain = dict(props), opened
+                opened, _ = self._open_props(known, encoded, props)
+                if known is not None:
+                    known.sealed, known.plain = dict(props), opened
                 props = opened
             if text is not None:
                 if text.startswith(SEALED_TEXT):
@@ -209,7 +282,29 @@ class SealedStore(Store):
             raise UnreadableRecord(
                 f"a value of the {key.kind} record does not open: {exc}"
             ) from None
+        if not props and text is None:  # only its sealed ids: no data
+            return _new(StoredRecord, (props, None, "", *record[3:]))
         return _new(StoredRecord, (props, text, *record[2:]))
+
+    def _clear_key(self, stored: RecordKey, record: StoredRecord) -> RecordKey:
+        """Where ids are hashed: the clear key a record read by its stored key holds
+        beside its values. SealError when there is none, or it does not open, or it does
+        not hash to the stored key."""
+        encoded = stored.encode()
+        if record.text is not None:
+            clear = self.keys.open_text_with_ids(encoded, record.text)[1]
+        else:
+            value = record.props.get(self.keys.ids_field)
+            if value is None:
+                raise SealError("the record holds no sealed ids")
+            clear = self.keys.open_ids(encoded, value)
+        try:
+            key = decode_key(clear or "")
+        except (ValueError, KeyError, IndexError):
+            raise SealError("the record's sealed ids are not a key") from None
+        if self._stored_key(key) != stored:
+            raise SealError("the record's sealed ids are another record's")
+        return key
 
     # -- the store interface -------------------------------------------------------------------
 
@@ -227,24 +322,35 @@ class SealedStore(Store):
 
     async def load(self, keys: Sequence[RecordKey]) -> list[StoredRecord]:
         """The inner store's records, opened (UnreadableRecord when one does not)."""
-        records = await self.inner.load(keys)
         known = self._records
+        if self._hashing:
+            records = await self.inner.load([(known.get(k) or self._known(k)).stored for k in keys])
+        else:
+            records = await self.inner.load(keys)
         out: list[StoredRecord] = []
         for key, record in zip(keys, records, strict=True):
             props = record.props
+            state = known.get(key)
             if not props and record.text is None:
+                if state is not None and state.sealed:  # gone (deleted, expired)
+                    state.sealed, state.plain = {}, {}
                 out.append(record)
                 continue
             # The common case (every turn): the record as last sealed or read here.
-            state = known.get(key)
             if state is not None and state.sealed == props and record.text is None:
-                out.append(_new(StoredRecord, (state.plain, None, *record[2:])))
+                plain = state.plain
+                if plain:
+                    out.append(_new(StoredRecord, (plain, None, *record[2:])))
+                else:  # only its sealed ids
+                    out.append(_new(StoredRecord, (plain, None, "", *record[3:])))
             else:
                 out.append(self._opened(key, record))
         return out
 
     async def apply(self, changes: Sequence[Change]) -> list[Any]:
         """The changes, sealed, applied by the inner store."""
+        if self._hashing:
+            return await self.inner.apply([self._hashed_change(change) for change in changes])
         seal, records = self.keys.seal_values, self._records
         sealed_changes: list[Change] = []
         for change in changes:
@@ -269,6 +375,35 @@ class SealedStore(Store):
             sealed_changes.append(change)
         return await self.inner.apply(sealed_changes)
 
+    def _hashed_change(self, change: Change) -> Change:
+        """A change as the inner store takes it where ids and names are hashed: under the
+        stored key, names hashed, values sealed with their names, and beside the values
+        the record's sealed ids, unless it is remembered holding them (at the values'
+        stamp: a change without values writes no ids, and so no stamp of its own)."""
+        keys = self.keys
+        known = self._records.get(change.key) or self._known(change.key)
+        sets, removes = change.sets, change.removes
+        sealed = keys.seal_named(known.aead, sets) if sets else {}
+        ids_field = keys.ids_field
+        if sets and (change.replace or ids_field not in known.sealed):
+            sealed[ids_field] = keys.seal_ids(known.aead, change.key.encode())
+        self._known_bytes += 2 * sum(map(len, sealed.values())) + _ENTRY_BYTES * len(sealed)
+        removed = frozenset(map(keys.hash_name, removes)) if removes else removes
+        if change.replace:
+            known.sealed, known.plain = sealed, dict(sets)
+        else:
+            known.sealed = {**known.sealed, **sealed}
+            known.plain = {**known.plain, **sets}
+        if removes:
+            known.plain = {n: v for n, v in known.plain.items() if n not in removes}
+            if not known.plain:
+                # The record empties (as far as this process knows): its ids go with its
+                # last value, so that it holds no data. Were another process's value
+                # left, its next write after a load adds them again.
+                removed |= {ids_field}
+            known.sealed = {n: v for n, v in known.sealed.items() if n not in removed}
+        return _new(Change, (known.stored, sealed, removed, *change[3:]))
+
     async def compare_and_set(
         self,
         key: RecordKey,
@@ -278,23 +413,39 @@ class SealedStore(Store):
         max_bytes: int,
     ) -> str:
         """The whole-record write, sealed; a string's size is checked on its plaintext."""
-        encoded = key.encode()
+        stored = self._stored_key(key)
+        encoded = stored.encode()
+        keys = self.keys
         if isinstance(data, str):
             size = len(data.encode("utf-8", "surrogatepass")) + 2
             if size > max_bytes:
                 raise RecordTooLarge(key, size, max_bytes)
-            sealed: Mapping[str, bytes] | str | None = self.keys.seal_text(encoded, data)
-            max_bytes = max(max_bytes, 2 * size + 128)  # the sealed text's, checked above
+            clear = key.encode() if self._hashing else None
+            sealed: Mapping[str, bytes] | str | None = keys.seal_text(encoded, data, clear)
+            # The sealed text's own limit (its plaintext's was checked above).
+            max_bytes = max(max_bytes, 2 * (size + len(clear or "") * 4) + 128)
+        elif data is not None and self._hashing:
+            aead = keys.record_aead(encoded)
+            sealed = keys.seal_named(aead, data)
+            if sealed:
+                sealed[keys.ids_field] = keys.seal_ids(aead, key.encode())
         elif data is not None:
-            seal = self.keys.seal
-            sealed = {name: seal(encoded, name, value) for name, value in data.items()}
+            sealed = {name: keys.seal(encoded, name, value) for name, value in data.items()}
         else:
             sealed = None
-        return await self.inner.compare_and_set(key, sealed, etag, max_bytes=max_bytes)
+        if etag == "" and self._hashing:
+            # A record holding only its sealed ids reads as missing here, not in the inner
+            # store: expect what the inner store holds then (its write still compares).
+            (held,) = await self.inner.load([stored])
+            if held.text is None and set(held.props) == {keys.ids_field}:
+                etag = held.etag
+        return await self.inner.compare_and_set(stored, sealed, etag, max_bytes=max_bytes)
 
     async def delete_user(self, user: UserRef, stamp: int) -> int:
         """The inner store's: it needs no key, so a user whose records do not open can
         still be deleted."""
+        if self._hashing:
+            user = UserRef(user.bot, user.channel, self.keys.hash_user(user.user))
         return await self.inner.delete_user(user, stamp)
 
     async def export(
@@ -304,11 +455,18 @@ class SealedStore(Store):
         logged)."""
         page = await self.inner.export(bot, channel, cursor=cursor, limit=limit)
         records: list[tuple[RecordKey, StoredRecord]] = []
-        for key, rec in page.records:
+        for stored, rec in page.records:
             try:
-                records.append((key, self._opened(key, rec)))
+                key = self._clear_key(stored, rec) if self._hashing else stored
+                opened = self._opened(key, rec, stored=stored)
+            except SealError as exc:
+                logger.warning("inline_state: export skipped a record: %s", exc)
+                continue
             except UnreadableRecord as exc:  # one such record must not stop the export
                 logger.warning("inline_state: export skipped a record: %s", exc)
+                continue
+            if opened.props or opened.text is not None:
+                records.append((key, opened))
         return ExportPage(records, page.cursor)
 
     async def channels(self, bot: str) -> list[str | None]:
@@ -325,15 +483,46 @@ class SealedStore(Store):
         cursor: str | None = None,
         limit: int = 50,
     ) -> KeyPage:
-        """The inner store's."""
-        return await self.inner.list_keys(
+        """The inner store's. Where ids are hashed, a prefix finds the records whose
+        first id (the user's, or the conversation's for conversation records) is exactly
+        it, and each listed record is read for its clear ids."""
+        if not self._hashing:
+            return await self.inner.list_keys(
+                bot, channel, kind, prefix=prefix, cursor=cursor, limit=limit
+            )
+        if prefix:
+            hashing = self.keys.hash_conversation if kind == "conversation" else self.keys.hash_user
+            prefix = hashing(prefix)
+        page = await self.inner.list_keys(
             bot, channel, kind, prefix=prefix, cursor=cursor, limit=limit
         )
+        found: list[RecordKey] = []
+        for stored in page.keys:
+            record = (await self.inner.inspect(stored)).record  # (a load renews expiry)
+            if record.text is None and len(record.props) <= 1:
+                continue  # gone since, or holding only its sealed ids
+            try:
+                found.append(self._clear_key(stored, record))
+            except SealError as exc:
+                logger.warning("inline_state: a listing skipped a record: %s", exc)
+        return KeyPage(found, page.cursor)
 
     async def inspect(self, key: RecordKey) -> InspectedRecord:
         """The inner store's, opened."""
-        inspected = await self.inner.inspect(key)
-        return InspectedRecord(self._opened(key, inspected.record), inspected.stamps)
+        stored = self._stored_key(key)
+        inspected = await self.inner.inspect(stored)
+        record = inspected.record
+        if not self._hashing or not record.props:
+            return InspectedRecord(self._opened(key, record, stored=stored), inspected.stamps)
+        try:
+            opened, names = self._open_props(None, stored.encode(), record.props)
+        except SealError as exc:
+            raise UnreadableRecord(
+                f"a value of the {key.kind} record does not open: {exc}"
+            ) from None
+        stamps = {names[f]: stamp for f, stamp in inspected.stamps.items() if f in names}
+        etag = record.etag if opened else ""
+        return InspectedRecord(_new(StoredRecord, (opened, None, etag, *record[3:])), stamps)
 
     async def dump(self, *, cursor: str | None = None, limit: int = 100) -> DumpPage:
         """The inner store's, values as stored (sealed): a copy needs no key."""
@@ -365,8 +554,7 @@ class SealedStore(Store):
             if by != current:
                 if by == "plain" and not self._plain_ok:
                     raise SealError("a plain value where every value is sealed")
-                plain = value if by == "plain" else keys.open(encoded, name, value)
-                value, changed = keys.seal(encoded, name, plain), True
+                value, changed = keys.reseal(encoded, name, value), True
             values[name] = (stamp, value)
         text = dumped.text
         if text is not None:
@@ -375,8 +563,7 @@ class SealedStore(Store):
             if by != current:
                 if by == "plain" and not self._plain_ok:
                     raise SealError("a plain string where every value is sealed")
-                plain_text = text if by == "plain" else keys.open_text(encoded, text)
-                text, changed = keys.seal_text(encoded, plain_text), True
+                text, changed = keys.reseal_text(encoded, text), True
         return dumped._replace(values=values, text=text) if changed else None
 
 
