@@ -29,11 +29,11 @@ from inline_state import (
 )
 from inline_state._http import STORE_KEY
 from inline_state._seal import key_id, load_hash_key, new_key
-from inline_state.stores.sealed import UnreadableRecord, rekey
+from inline_state.stores.sealed import KEYS_RECORD, UnreadableRecord, rekey
 
 from .redis_servers import RedisServer
 from .support import Client, activity, echo_app, post
-from .test_encryption import file_and_wal
+from .test_encryption import cli, file_and_wal
 
 StartFn = Callable[[web.Application], Awaitable[Client]]
 SECRET = "rest-secret"
@@ -199,10 +199,11 @@ async def test_listings_and_inspection_see_the_clear_ids_and_names() -> None:
 
 
 async def test_a_value_or_the_ids_moved_elsewhere_do_not_open() -> None:
-    store = SealedStore(MemoryStore(), hashing_ring())
+    seal, hash_key = new_key(), os.urandom(32)
+    store = SealedStore(MemoryStore(), hashing_ring(hash_key, seal))
     await store.open()
-    other = USER._replace(user="someone else")
-    for key in (USER, other):
+    other, untouched = USER._replace(user="someone else"), USER._replace(user="untouched")
+    for key in (USER, other, untouched):
         await store.apply([Change(key, {"a": b"1", "b": b"2"}, stamp=store.clock.stamp())])
     keys = store.keys
     stored, stored_other = (store._stored_key(k) for k in (USER, other))
@@ -219,7 +220,58 @@ async def test_a_value_or_the_ids_moved_elsewhere_do_not_open() -> None:
         [Change(stored_other, {keys.ids_field: record.props[keys.ids_field]}, stamp=stamp)]
     )
     page = await store.export("bot-1", "test")
-    assert [k for k, _ in page.records] == []  # USER does not open; other's ids do not
+    # USER does not open; other's ids are USER's: neither comes out, and the rest does.
+    assert [k for k, _ in page.records] == [untouched]
+    # A changed mark (sizes are counted by it) does not open either, nor rekey.
+    [record] = await store.inner.load([store._stored_key(untouched)])
+    flipped = b"\x02" + record.props[a][1:]
+    await store.inner.apply([Change(store._stored_key(untouched), {a: flipped}, stamp=stamp)])
+    store._records.clear()
+    with pytest.raises(UnreadableRecord, match="does not open"):
+        await store.load([untouched])
+    # A rekey to a new key opens each of the three, and names them.
+    rotated = SealedStore(store.inner, hashing_ring(hash_key, new_key(), seal), owns_inner=False)
+    await rotated.open()
+    assert (await rekey(rotated)).unreadable_count == 3
+    await store.close()
+
+
+async def test_the_ids_stay_beside_the_values_whatever_came_before() -> None:
+    store = SealedStore(MemoryStore(), hashing_ring())
+    await store.open()
+
+    async def exported() -> dict[RecordKey, dict[str, bytes]]:
+        page = await store.export("bot-1", "test")
+        return {k: dict(r.props) for k, r in page.records}
+
+    stamp = store.clock.stamp
+    # A string record written by another process (REST), then a turn here reading it
+    # and writing values.
+    other = SealedStore(store.inner, store.keys, owns_inner=False)
+    await other.open()
+    await store.apply([Change(USER, {"a": b"1"}, stamp=stamp())])
+    await other.compare_and_set(USER, "a string", "*", max_bytes=1000)
+    await store.load([USER])
+    await store.apply([Change(USER, {"b": b"2"}, stamp=stamp())])
+    assert await exported() == {USER: {"b": b"2"}}
+    # A whole-record write, then values written without a read between.
+    await store.compare_and_set(USER, None, "*", max_bytes=1000)
+    await store.apply([Change(USER, {"c": b"3"}, stamp=stamp())])
+    assert await exported() == {USER: {"c": b"3"}}
+    # A removal from a record this process forgot: the other values keep their ids.
+    await store.apply([Change(USER, {"d": b"4"}, stamp=stamp())])
+    store._records.clear()
+    await store.apply([Change(USER, {}, frozenset({"c"}), stamp=stamp())])
+    assert await exported() == {USER: {"d": b"4"}}
+    # Every value removed: the record reads as missing, and a create (no eTag) works.
+    await store.apply([Change(USER, {}, frozenset({"d"}), stamp=stamp())])
+    assert await exported() == {}
+    assert not (await store.load([USER]))[0].exists
+    assert await store.channels("bot-1") == []
+    await store.compare_and_set(USER, {"e": b"5"}, None, max_bytes=1000)
+    await store.apply([Change(USER, {}, frozenset({"e"}), stamp=stamp())])
+    await store.compare_and_set(USER, {"f": b"6"}, "", max_bytes=1000)
+    assert await exported() == {USER: {"f": b"6"}}
     await store.close()
 
 
@@ -247,6 +299,41 @@ async def test_the_hash_key_is_checked_at_start_up(tmp_path: Path) -> None:
             await store.apply([Change(USER, {"a": b"1"}, stamp=store.clock.stamp())])
         with pytest.raises(KeyRingError, match="only be hashed in a new store"):
             await SealedStore(open_store(clear), hashing_ring(hash_key, seal)).open()
+
+
+async def test_a_start_with_the_other_choice_is_refused(tmp_path: Path) -> None:
+    seal, hash_key = new_key(), os.urandom(32)
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    # A store started once with ids in the clear, even with nothing written, stays so.
+    async with SealedStore(open_store(url), KeyRing.from_text(seal, source="k")):
+        pass
+    with pytest.raises(KeyRingError, match="keeps them in the clear"):
+        await SealedStore(open_store(url), hashing_ring(hash_key, seal)).open()
+    # Two first starts that raced (both marks in the keys record): every start refuses.
+    async with open_store(url) as plain:
+        await plain.apply(
+            [Change(KEYS_RECORD, {f"hash:{key_id(hash_key)}": b"1"}, stamp=plain.clock.stamp())]
+        )
+    for ring in (hashing_ring(hash_key, seal), KeyRing.from_text(seal, source="k")):
+        with pytest.raises(KeyRingError, match="two first starts raced"):
+            await SealedStore(open_store(url), ring).open()
+
+
+async def test_copy_refuses_to_join_hashed_and_clear_stores(tmp_path: Path) -> None:
+    seal, hash_key = new_key(), os.urandom(32)
+    hashed, clear = (f"sqlite:///{tmp_path / name}" for name in ("hashed.db", "clear.db"))
+    async with SealedStore(open_store(hashed), hashing_ring(hash_key, seal)) as store:
+        await store.apply([Change(USER, {"a": b"1"}, stamp=store.clock.stamp())])
+    async with SealedStore(open_store(clear), KeyRing.from_text(seal, source="k")) as store:
+        await store.apply([Change(USER, {"a": b"1"}, stamp=store.clock.stamp())])
+    code, _, err = await cli("copy", "--from", hashed, "--to", clear)
+    assert code != 0 and "hashed under hash key" in err and "copy into an empty store" in err
+    # Into an empty store it copies, and opens there with the same keys.
+    empty = f"sqlite:///{tmp_path / 'empty.db'}"
+    code, _, err = await cli("copy", "--from", hashed, "--to", empty)
+    assert code == 0, err
+    async with SealedStore(open_store(empty), hashing_ring(hash_key, seal)) as store:
+        assert dict((await store.load([USER]))[0].props) == {"a": b"1"}
 
 
 def test_a_hash_key_is_one_key_of_its_own(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

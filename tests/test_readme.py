@@ -212,14 +212,18 @@ async def test_the_exact_counters_snippet(client_for: StartFn) -> None:
     assert reply["text"] == "visit 21"
 
 
+@pytest.mark.parametrize("hashed", [False, True], ids=["sealed", "hashed"])
 async def test_the_encryption_snippet_seals_what_it_stores(
-    client_for: StartFn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    client_for: StartFn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hashed: bool
 ) -> None:
-    [keygen] = [b for b in blocks("sh", "Encryption at rest") if "keygen" in b]
-    assert "python -m inline_state keygen" in keygen
-    code, out, _ = await cli("keygen")
-    assert code == 0
-    monkeypatch.setenv("INLINE_STATE_KEYS", out.strip())
+    keygens = [b for b in blocks("sh", "Encryption at rest") if "keygen" in b]
+    variables = ["INLINE_STATE_KEYS", "INLINE_STATE_HASH_KEY"][: 1 + hashed]
+    for variable in variables:  # each snippet exports a fresh key into its variable
+        [keygen] = [b for b in keygens if f"export {variable}=" in b]
+        assert "python -m inline_state keygen" in keygen
+        code, out, _ = await cli("keygen")
+        assert code == 0
+        monkeypatch.setenv(variable, out.strip())
     monkeypatch.chdir(tmp_path)
     [snippet] = blocks("python", "Encryption at rest")
     namespace: dict[str, Any] = {"__name__": "readme"}
@@ -228,7 +232,7 @@ async def test_the_encryption_snippet_seals_what_it_stores(
 
     async def remember(request: web.Request) -> web.Response:
         reply = inline_state.create_reply(await request.json(), "ok")
-        inline_state.set_user_data(reply, "name", "Ada Lovelace")
+        inline_state.set_user_data(reply, "full_name", "Ada Lovelace")
         return web.json_response(reply)
 
     app.router.add_post("/api/messages", remember)
@@ -237,4 +241,7 @@ async def test_the_encryption_snippet_seals_what_it_stores(
     assert (await post(client, activity()))[0] == 200
     await client.close()
     raw = file_and_wal(tmp_path / "state.db")
-    assert b"Ada Lovelace" not in raw and b"name" in raw
+    assert b"Ada Lovelace" not in raw
+    # Hashed: neither the property's name nor the user's id is in the file.
+    assert (b"full_name" in raw) != hashed
+    assert (activity()["from"]["id"].encode() in raw) != hashed

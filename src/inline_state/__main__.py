@@ -167,6 +167,7 @@ async def rekey_command(url: str) -> bool:
 async def copy_command(source_url: str, target_url: str) -> Any:
     """Copy every record of one store into another, printing progress."""
     from .stores._copying import Copied, copy_records
+    from .stores.sealed import hash_keys_of, holds_records
 
     source = _lasting_store(source_url, "copy --from", existing=True)
     target = _lasting_store(target_url, "copy --to")
@@ -178,6 +179,15 @@ async def copy_command(source_url: str, target_url: str) -> Any:
         )
 
     async with source, target:
+        hashed, into = await hash_keys_of(source), await hash_keys_of(target)
+        if hashed != into and await holds_records(target):
+            raise SystemExit(
+                "copy: the source keeps ids and names "
+                + (f"hashed under hash key {sorted(hashed)[0]}" if hashed else "in the clear")
+                + " and the target "
+                + (f"hashed under hash key {sorted(into)[0]}" if into else "in the clear")
+                + ": copy into an empty store"
+            )
         copied = await copy_records(source, target, progress=show)
     show(copied)
     _progress("copy: done", done=True)

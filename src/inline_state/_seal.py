@@ -269,14 +269,16 @@ class KeyRing:
             field, named = hash_name(name), encode_name(name)
             nonce = urandom(NONCE_BYTES)
             plain = len(named).to_bytes(4, "big") + named + value
-            sealed[field] = prefix + nonce + encrypt(nonce, plain, field.encode())
+            aad = SEALED_NAMED_MARK + field.encode()
+            sealed[field] = prefix + nonce + encrypt(nonce, plain, aad)
         return sealed
 
     def seal_ids(self, aead: AESGCM, clear_key: str) -> bytes:
         """A record's clear encoded key, sealed to be stored beside its values under
         ``ids_field``."""
         nonce = os.urandom(NONCE_BYTES)
-        sealed = aead.encrypt(nonce, _utf8(clear_key), self.ids_field.encode())
+        aad = SEALED_IDS_MARK + self.ids_field.encode()
+        sealed = aead.encrypt(nonce, _utf8(clear_key), aad)
         return SEALED_IDS_MARK + self._current + nonce + sealed
 
     def open_named(self, record: str, field: str, value: bytes) -> tuple[str, bytes]:
@@ -302,24 +304,24 @@ class KeyRing:
         mark = value[:1]
         if mark not in SEALED_MARKS:
             return self.seal(record, field, value)
-        aad = _utf8(field)
-        plain = self._open(record, value, aad)
+        plain = self._open(record, value, _utf8(field))
         nonce = os.urandom(NONCE_BYTES)
         aead = self.record_aead(record)
-        return mark + self._current + nonce + aead.encrypt(nonce, plain, aad)
+        return mark + self._current + nonce + aead.encrypt(nonce, plain, _aad(mark, _utf8(field)))
 
     def open(self, record: str, name: str, value: bytes) -> bytes:
         """The plaintext of a sealed value; SealError when it does not open."""
         return self._open(record, value, name.encode("utf-8", "surrogatepass"))
 
-    def _open(self, record: str, value: bytes, aad: bytes) -> bytes:
-        if len(value) < SEAL_OVERHEAD or value[:1] not in SEALED_MARKS:
+    def _open(self, record: str, value: bytes, field: bytes) -> bytes:
+        mark = value[:1]
+        if len(value) < SEAL_OVERHEAD or mark not in SEALED_MARKS:
             raise SealError("not a sealed value")
         ident = value[1 : 1 + ID_BYTES]
         nonce = value[1 + ID_BYTES : 1 + ID_BYTES + NONCE_BYTES]
         try:
             return self._aead(ident, record).decrypt(
-                nonce, value[1 + ID_BYTES + NONCE_BYTES :], aad
+                nonce, value[1 + ID_BYTES + NONCE_BYTES :], _aad(mark, field)
             )
         except InvalidTag:
             raise SealError(
@@ -387,6 +389,13 @@ class KeyRing:
         except (binascii.Error, ValueError):
             return "????????"
         return value[1 : 1 + ID_BYTES].hex()
+
+
+def _aad(mark: bytes, field: bytes) -> bytes:
+    """A sealed value's associated data: its field's name, after its mark for the forms
+    hashing adds (so that changing a mark, which sizes are counted by, fails to open; a
+    value of the first form keeps the name alone, as it was sealed before)."""
+    return field if mark == SEALED_MARK else mark + field
 
 
 def _utf8(text: str) -> bytes:

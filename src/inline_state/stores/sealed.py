@@ -21,7 +21,7 @@ from .._change import Change
 from .._codec import SEALED_MARK, SEALED_TEXT
 from .._errors import RecordTooLarge, StoreUnavailable
 from .._keys import RecordKey, UserRef, decode_key
-from .._message import Kind
+from .._message import KINDS, Kind
 from .._seal import HASH_KEY_VARIABLE, KeyRing, KeyRingError, SealError
 from ._base import (
     KEYS_RECORD,
@@ -34,12 +34,21 @@ from ._base import (
     StoredRecord,
 )
 
-__all__ = ["KEYS_RECORD", "Rekeyed", "SealedStore", "UnreadableRecord", "rekey"]
+__all__ = [
+    "KEYS_RECORD",
+    "Rekeyed",
+    "SealedStore",
+    "UnreadableRecord",
+    "hash_keys_of",
+    "holds_records",
+    "rekey",
+]
 
 logger = logging.getLogger("inline_state")
 
 _KEY_PREFIX = "key:"
 _HASH_PREFIX = "hash:"
+_CLEAR_IDS = "clear-ids"  # a store whose ids and names are not hashed
 _ALL_SEALED = "all-sealed"
 _CHECK = b'"inline_state"'
 _new = tuple.__new__  # a NamedTuple without its Python-level __new__ (every turn)
@@ -60,11 +69,12 @@ class _Known:
     as remembered compares one dict in C and opens nothing. The dicts are replaced, never
     changed, so a turn holding ``plain`` never sees it move."""
 
-    __slots__ = ("aead", "plain", "sealed", "stored")
+    __slots__ = ("aead", "ids", "plain", "sealed", "stored")
 
     def __init__(self, aead: Any, stored: RecordKey) -> None:
         self.aead = aead
         self.stored = stored  # the key the inner store keeps the record under
+        self.ids = b""  # where ids are hashed: the record's clear key, sealed (made once)
         self.sealed: dict[str, bytes] = {}
         self.plain: dict[str, bytes] = {}
 
@@ -145,17 +155,8 @@ class SealedStore(Store):
                 ) from None
         self._plain_ok = _ALL_SEALED not in record.props
         sets: dict[str, bytes] = {}
-        hashed = {n[len(_HASH_PREFIX) :] for n in record.props if n.startswith(_HASH_PREFIX)}
         wanted = self.keys.hash_key_id
-        if hashed and wanted not in hashed:
-            raise KeyRingError(
-                f"the store's ids and names are hashed under hash key {sorted(hashed)[0]!r},"
-                + (
-                    f" not under {wanted!r}"
-                    if wanted
-                    else f" and none is configured: set {HASH_KEY_VARIABLE} to it"
-                )
-            )
+        hashed = self._check_hashing(record.props)
         if wanted is not None and not hashed:
             if record.props or await self._holds_records():
                 raise KeyRingError(
@@ -165,21 +166,48 @@ class SealedStore(Store):
             self._plain_ok = False
             sets[_HASH_PREFIX + wanted] = self.keys.seal(encoded, _HASH_PREFIX + wanted, _CHECK)
             sets[_ALL_SEALED] = self.keys.seal(encoded, _ALL_SEALED, b"true")
+        if wanted is None and _CLEAR_IDS not in record.props:
+            sets[_CLEAR_IDS] = self.keys.seal(encoded, _CLEAR_IDS, b"true")
         current = _KEY_PREFIX + self.keys.current_id
         if current not in record.props:
             sets[current] = self.keys.seal(encoded, current, _CHECK)
         if sets:
             await self.inner.apply([Change(KEYS_RECORD, sets, stamp=self.clock.stamp())])
+            # Read it again: another process starting on the new store at the same time
+            # with another choice shows here, before either writes a record.
+            (record,) = await self.inner.load([KEYS_RECORD])
+            self._check_hashing(record.props)
+
+    def _check_hashing(self, entries: Mapping[str, bytes]) -> set[str]:
+        """The hash key ids the keys record names; KeyRingError unless they agree with
+        this key ring's and with each other."""
+        hashed = {n[len(_HASH_PREFIX) :] for n in entries if n.startswith(_HASH_PREFIX)}
+        wanted = self.keys.hash_key_id
+        if len(hashed) > 1 or (hashed and _CLEAR_IDS in entries):
+            raise KeyRingError(
+                "the store was started both with ids hashed (under hash keys"
+                f" {', '.join(map(repr, sorted(hashed)))}) and"
+                + (" with them in the clear" if _CLEAR_IDS in entries else " otherwise")
+                + ": two first starts raced, or a copy joined two stores; start from one"
+            )
+        if hashed and wanted not in hashed:
+            raise KeyRingError(
+                f"the store's ids and names are hashed under hash key {sorted(hashed)[0]!r},"
+                + (
+                    f" not under {wanted!r}"
+                    if wanted
+                    else f" and none is configured: set {HASH_KEY_VARIABLE} to it"
+                )
+            )
+        if wanted is not None and _CLEAR_IDS in entries:
+            raise KeyRingError(
+                "ids and names can only be hashed in a new store: this one keeps them in the"
+                " clear (unset the hash key, or start a new store)"
+            )
+        return hashed
 
     async def _holds_records(self) -> bool:
-        cursor: str | None = None
-        while True:  # a page may hold only the keys record, or nothing yet a cursor
-            page = await self.inner.dump(cursor=cursor, limit=10)
-            if any(dumped.key != KEYS_RECORD for dumped in page.records) or page.deletions:
-                return True
-            cursor = page.cursor
-            if cursor is None:
-                return False
+        return await holds_records(self.inner)
 
     async def finish_rekey(self) -> list[str]:
         """After a rekey left nothing under an old key and no plain value: forget every
@@ -273,6 +301,8 @@ class SealedStore(Store):
                 if known is not None:
                     known.sealed, known.plain = dict(props), opened
                 props = opened
+            elif known is not None:  # a string record now: nothing of what was remembered
+                known.sealed, known.plain = {}, {}
             if text is not None:
                 if text.startswith(SEALED_TEXT):
                     text = self.keys.open_text(encoded, text)
@@ -339,10 +369,9 @@ class SealedStore(Store):
             # The common case (every turn): the record as last sealed or read here.
             if state is not None and state.sealed == props and record.text is None:
                 plain = state.plain
-                if plain:
-                    out.append(_new(StoredRecord, (plain, None, *record[2:])))
-                else:  # only its sealed ids
-                    out.append(_new(StoredRecord, (plain, None, "", *record[3:])))
+                # (Fields by index: a starred slice builds a list first.)
+                etag = record[2] if plain else ""  # (a record holding only its sealed ids)
+                out.append(_new(StoredRecord, (plain, None, etag, record[3], record[4], record[5])))
             else:
                 out.append(self._opened(key, record))
         return out
@@ -361,7 +390,9 @@ class SealedStore(Store):
             if sets:
                 sealed = seal(known.aead, sets)
                 self._known_bytes += 2 * sum(map(len, sets.values())) + _ENTRY_BYTES * len(sets)
-                change = _new(Change, (key, sealed, *change[2:]))
+                change = _new(
+                    Change, (key, sealed, removes, change[3], change[4], change[5], change[6])
+                )
                 if change.replace:
                     known.sealed, known.plain = sealed, dict(sets)
                 else:
@@ -377,17 +408,22 @@ class SealedStore(Store):
 
     def _hashed_change(self, change: Change) -> Change:
         """A change as the inner store takes it where ids and names are hashed: under the
-        stored key, names hashed, values sealed with their names, and beside the values
-        the record's sealed ids, unless it is remembered holding them (at the values'
-        stamp: a change without values writes no ids, and so no stamp of its own)."""
+        stored key, names hashed, values sealed with their names, and the record's sealed
+        ids beside them unless it was read (or written) holding them. A turn reads its
+        records before it writes, so only a clear by another process between the two
+        leaves values without ids (until the next write after a read); ids are never
+        removed (a record holding only them reads as missing), and written only with a
+        value (so a change that sets nothing new stays stale, as on any store)."""
         keys = self.keys
         known = self._records.get(change.key) or self._known(change.key)
         sets, removes = change.sets, change.removes
-        sealed = keys.seal_named(known.aead, sets) if sets else {}
-        ids_field = keys.ids_field
-        if sets and (change.replace or ids_field not in known.sealed):
-            sealed[ids_field] = keys.seal_ids(known.aead, change.key.encode())
-        self._known_bytes += 2 * sum(map(len, sealed.values())) + _ENTRY_BYTES * len(sealed)
+        sealed: dict[str, bytes] = {}
+        if sets:
+            sealed = keys.seal_named(known.aead, sets)
+            if change.replace or keys.ids_field not in known.sealed:
+                ids = known.ids or keys.seal_ids(known.aead, change.key.encode())
+                known.ids = sealed[keys.ids_field] = ids
+            self._known_bytes += 2 * sum(map(len, sealed.values())) + _ENTRY_BYTES * len(sealed)
         removed = frozenset(map(keys.hash_name, removes)) if removes else removes
         if change.replace:
             known.sealed, known.plain = sealed, dict(sets)
@@ -396,11 +432,6 @@ class SealedStore(Store):
             known.plain = {**known.plain, **sets}
         if removes:
             known.plain = {n: v for n, v in known.plain.items() if n not in removes}
-            if not known.plain:
-                # The record empties (as far as this process knows): its ids go with its
-                # last value, so that it holds no data. Were another process's value
-                # left, its next write after a load adds them again.
-                removed |= {ids_field}
             known.sealed = {n: v for n, v in known.sealed.items() if n not in removed}
         return _new(Change, (known.stored, sealed, removed, *change[3:]))
 
@@ -433,12 +464,13 @@ class SealedStore(Store):
             sealed = {name: keys.seal(encoded, name, value) for name, value in data.items()}
         else:
             sealed = None
-        if etag == "" and self._hashing:
-            # A record holding only its sealed ids reads as missing here, not in the inner
-            # store: expect what the inner store holds then (its write still compares).
+        if not etag and self._hashing:
+            # A record holding only its sealed ids reads as missing here, and may not in the
+            # inner store: expect what it holds then (its write still compares the eTag).
             (held,) = await self.inner.load([stored])
             if held.text is None and set(held.props) == {keys.ids_field}:
-                etag = held.etag
+                etag = held.etag or etag
+        self._records.pop(key, None)  # what it remembers of the record may not hold now
         return await self.inner.compare_and_set(stored, sealed, etag, max_bytes=max_bytes)
 
     async def delete_user(self, user: UserRef, stamp: int) -> int:
@@ -470,8 +502,24 @@ class SealedStore(Store):
         return ExportPage(records, page.cursor)
 
     async def channels(self, bot: str) -> list[str | None]:
-        """The inner store's."""
-        return await self.inner.channels(bot)
+        """The inner store's. Where ids are hashed, a channel whose records all hold only
+        their sealed ids (every value removed) is left out, which takes a listing of it."""
+        found = await self.inner.channels(bot)
+        if not self._hashing:
+            return found
+        return [channel for channel in found if await self._holds_data(bot, channel)]
+
+    async def _holds_data(self, bot: str, channel: str | None) -> bool:
+        for kind in KINDS:
+            cursor: str | None = None
+            while True:
+                page = await self.list_keys(bot, channel, kind, cursor=cursor, limit=200)
+                if page.keys:
+                    return True
+                cursor = page.cursor
+                if cursor is None:
+                    break
+        return False
 
     async def list_keys(
         self,
@@ -565,6 +613,25 @@ class SealedStore(Store):
                     raise SealError("a plain string where every value is sealed")
                 text, changed = keys.reseal_text(encoded, text), True
         return dumped._replace(values=values, text=text) if changed else None
+
+
+async def holds_records(store: Store) -> bool:
+    """Whether a store holds any record but its keys record, or a deletion stamp."""
+    cursor: str | None = None
+    while True:  # a page may hold only the keys record, or nothing yet a cursor
+        page = await store.dump(cursor=cursor, limit=10)
+        if any(dumped.key != KEYS_RECORD for dumped in page.records) or page.deletions:
+            return True
+        cursor = page.cursor
+        if cursor is None:
+            return False
+
+
+async def hash_keys_of(store: Store) -> frozenset[str]:
+    """The ids of the hash keys a store's ids and names are hashed under (read as
+    stored: no key needed); empty for one keeping them in the clear."""
+    (record,) = await store.load([KEYS_RECORD])
+    return frozenset(n[len(_HASH_PREFIX) :] for n in record.props if n.startswith(_HASH_PREFIX))
 
 
 class Rekeyed(NamedTuple):
