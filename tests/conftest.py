@@ -70,7 +70,9 @@ TEST_HASHING_KEYS = KeyRing.from_text(
         "redis",
         "redis-cluster",
         "memory-sealed",
+        "memory-cold-sealed",
         "sqlite-sealed",
+        "sqlite-cold-sealed",
         "redis-sealed",
         "redis-cluster-sealed",
         "memory-hashed",
@@ -85,7 +87,8 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
     ``memory-cold`` is memory:// with a cache of one record, so nearly every operation
     packs a record out and decodes one back in; ``sqlite-cold`` keeps no decoded record,
     so every operation reads the file. ``-sealed``: the backend behind a SealedStore
-    (encryption at rest), which must keep every rule; ``-hashed``: that, with ids and
+    (encryption at rest), which must keep every rule (memory:// and SQLite seal where
+    values leave the process, so their cold variants open on nearly every read); ``-hashed``: that, with ids and
     names hashed too.
     """
     if request.param.endswith(("-sealed", "-hashed")):

@@ -98,7 +98,8 @@ async def test_no_plaintext_in_memory_records(client_for: StartFn, encrypted: bo
     await chat(client)
     assert seen[-1]["botUserData"]["secret"] == MARKERS[-2], "the bot reads its data"
     raw = b"".join(blob for records in store._packed.values() for blob in records.values())
-    raw += b"".join(rec.pack() for rec in store._hot.values())
+    # The decoded record (the cache, as any sealing store keeps one) as it is packed.
+    raw += b"".join(rec.pack(store.sealer, key.encode()) for key, rec in store._hot.items())
     assert store._packed_count > 0
     assert expected(encrypted)(markers_in(raw))
 
@@ -148,39 +149,6 @@ async def test_no_plaintext_in_any_redis_value(
 # -- bound to its record and property, and never wrong data ----------------------------------
 
 
-async def sealed_memory(keys: KeyRing) -> SealedStore:
-    store = SealedStore(MemoryStore(), keys)
-    await store.open()
-    return store
-
-
-async def test_a_value_moved_to_another_record_or_property_does_not_open() -> None:
-    store = await sealed_memory(ring(new_key()))
-    other = USER._replace(user="user-2")
-    await store.apply([Change(USER, {"secret": b'"mine"'}, stamp=store.clock.stamp())])
-    [stored] = await store.inner.load([USER])
-    sealed = stored.props["secret"]
-    assert b"mine" not in sealed and len(sealed) == len(b'"mine"') + SEAL_OVERHEAD
-    stamp = store.clock.stamp()
-    await store.inner.apply([Change(other, {"secret": sealed}, stamp=stamp)])
-    await store.inner.apply([Change(USER, {"renamed": sealed}, stamp=stamp)])
-    for key in (other, USER):
-        with pytest.raises(UnreadableRecord, match="does not open"):
-            await store.load([key])
-
-
-@pytest.mark.parametrize("where", [1, 3, 8, 20, -1])
-async def test_a_tampered_value_does_not_open(where: int) -> None:
-    store = await sealed_memory(ring(new_key()))
-    await store.apply([Change(USER, {"secret": b'"mine"'}, stamp=store.clock.stamp())])
-    [stored] = await store.inner.load([USER])
-    tampered = bytearray(stored.props["secret"])
-    tampered[where] ^= 0x01
-    await store.inner.apply([Change(USER, {"secret": bytes(tampered)}, stamp=store.clock.stamp())])
-    with pytest.raises(UnreadableRecord, match=r"does not open|not configured"):
-        await store.load([USER])
-
-
 def tamper(path: Path, name: str, change: Callable[[bytes], bytes]) -> None:
     """Another program rewrites a stored value in the SQLite file."""
     with sqlite3.connect(path) as conn:
@@ -189,6 +157,50 @@ def tamper(path: Path, name: str, change: Callable[[bytes], bytes]) -> None:
                 "UPDATE properties SET value = ? WHERE key = ? AND name = ?",
                 (change(value), key, name),
             )
+
+
+async def test_a_value_moved_to_another_record_or_property_does_not_open(
+    tmp_path: Path,
+) -> None:
+    path, keys = tmp_path / "state.db", ring(new_key())
+    other = USER._replace(user="user-2")
+    async with SealedStore(SqliteStore(path), keys) as store:
+        for key in (USER, other):
+            await store.apply([Change(key, {"secret": b'"mine"'}, stamp=store.clock.stamp())])
+    with sqlite3.connect(path) as conn:  # another program moves USER's value about
+        (sealed,) = conn.execute(
+            "SELECT value FROM properties WHERE key = ? AND name = 'secret'", (USER.encode(),)
+        ).fetchone()
+        assert b"mine" not in sealed and len(sealed) == len(b'"mine"') + SEAL_OVERHEAD
+        conn.execute(
+            "UPDATE properties SET value = ? WHERE key = ? AND name = 'secret'",
+            (sealed, other.encode()),
+        )
+        conn.execute(
+            "UPDATE properties SET name = 'renamed' WHERE key = ? AND name = 'secret'",
+            (USER.encode(),),
+        )
+    async with SealedStore(SqliteStore(path), keys) as store:
+        for key in (other, USER):
+            with pytest.raises(UnreadableRecord, match="does not open"):
+                await store.load([key])
+
+
+@pytest.mark.parametrize("where", [1, 3, 8, 20, -1])
+async def test_a_tampered_value_does_not_open(tmp_path: Path, where: int) -> None:
+    path, keys = tmp_path / "state.db", ring(new_key())
+    async with SealedStore(SqliteStore(path), keys) as store:
+        await store.apply([Change(USER, {"secret": b'"mine"'}, stamp=store.clock.stamp())])
+
+    def flip(value: bytes) -> bytes:
+        tampered = bytearray(value)
+        tampered[where] ^= 0x01
+        return bytes(tampered)
+
+    tamper(path, "secret", flip)
+    async with SealedStore(SqliteStore(path), keys) as store:
+        with pytest.raises(UnreadableRecord, match=r"does not open|not configured"):
+            await store.load([USER])
 
 
 async def test_a_record_that_does_not_open_fails_its_turn_and_locks_no_one_out(
@@ -375,19 +387,29 @@ async def test_turning_encryption_on_reads_old_values_and_rekey_seals_them(
         found = (await rekey(store)).found
         assert found["plain"] > 0
         assert set(await values_by_key(store)) == {keys.current_id}
-        # From now on a plain value is tampering.
-        await store.inner.apply([Change(USER, {"secret": b'"forged"'}, stamp=store.clock.stamp())])
     await client.close()
+    # From now on a plain value is tampering.
+    tamper(tmp_path / "state.db", "secret", lambda value: b'"forged"')
     async with SealedStore(open_store(url), keys) as store:
         with pytest.raises(UnreadableRecord, match="plain value where every value is sealed"):
             await store.load([USER])
 
 
-async def test_a_string_record_is_sealed_and_its_limit_is_on_the_plaintext() -> None:
-    store = await sealed_memory(ring(new_key()))
+async def test_a_string_record_is_sealed_and_its_limit_is_on_the_plaintext(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "state.db"
+    async with SealedStore(SqliteStore(path), ring(new_key())) as store:
+        await a_string_record_on(store, path)
+
+
+async def a_string_record_on(store: SealedStore, path: Path) -> None:
     etag = await store.compare_and_set(USER, "a REST string ü", "*", max_bytes=100)
-    [stored] = await store.inner.load([USER])
-    assert stored.text is not None and "REST string" not in stored.text
+    with sqlite3.connect(path) as conn:
+        (stored,) = conn.execute(
+            "SELECT text FROM heads WHERE key = ?", (USER.encode(),)
+        ).fetchone()
+    assert stored is not None and "REST string" not in stored
     [record] = await store.load([USER])
     assert record.text == "a REST string ü" and record.etag == etag
     exact = "x" * 98  # 100 bytes as JSON

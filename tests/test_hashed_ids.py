@@ -98,7 +98,10 @@ async def test_no_clear_id_or_name_in_memory_records(client_for: StartFn, hashed
         for namespace, records in store._packed.items()
         for key, blob in records.items()
     )
-    raw += b"".join(key.encode().encode() + rec.pack() for key, rec in store._hot.items())
+    raw += b"".join(
+        key.encode().encode() + rec.pack(store.sealer, key.encode())
+        for key, rec in store._hot.items()
+    )
     assert store._packed_count > 0
     assert marks_in(raw) == expected(hashed)
 

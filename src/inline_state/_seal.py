@@ -244,7 +244,9 @@ class KeyRing:
 
     def seal(self, record: str, name: str, value: bytes) -> bytes:
         """The sealed form of a property's value in the record of encoded key ``record``."""
-        return self.seal_values(self.record_aead(record), {name: value})[name]
+        aead = self._derived.get((self._current, record)) or self.record_aead(record)
+        nonce = os.urandom(NONCE_BYTES)  # from the OS per seal, as in seal_values
+        return self._prefix + nonce + aead.encrypt(nonce, value, _utf8(name))
 
     def seal_values(self, aead: AESGCM, values: Mapping[str, bytes]) -> dict[str, bytes]:
         """Several values of one record sealed (``aead`` is its ``record_aead``)."""

@@ -11,11 +11,11 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType, TracebackType
-from typing import NamedTuple, Self
+from typing import Any, NamedTuple, Protocol, Self
 
 from .._change import Change
 from .._clock import HybridClock, lease_time
-from .._errors import InvalidCursor, StoreError
+from .._errors import InvalidCursor, StoreError, StoreUnavailable
 from .._keys import RecordKey, UserRef, decode_key, listing_prefix
 from .._message import Kind
 
@@ -35,6 +35,30 @@ DEFAULT_TOMBSTONE_TTL = 600.0
 NODE_LEASE_SECONDS = 30.0
 
 logger = logging.getLogger("inline_state")
+
+
+class UnreadableRecord(StoreUnavailable):
+    """A stored value does not open (tampered with, moved, or its key is missing): the
+    turn gets 503, never wrong data. Deleting the user's data and a REST overwrite still
+    work."""
+
+
+class RecordSealer(Protocol):
+    """What a store that seals values itself, where they leave the process (a
+    ``SealedStore`` hands it one), calls: ``record`` is the encoded record key."""
+
+    def seal(self, record: str, name: str, value: bytes) -> bytes:
+        """A value as it is kept at rest (one sealed already, as it is)."""
+
+    def seal_text(self, record: str, text: str) -> str:
+        """A string record's text as it is kept at rest."""
+
+    def read(self, record: str, rec: Any) -> None:
+        """A ``Record`` just read from rest: marks it to be opened at its first view."""
+
+    def open(self, record: str, rec: Any) -> None:
+        """Open a marked ``Record``'s values in place; UnreadableRecord when one does
+        not open."""
 
 
 class ApplyResult(enum.Enum):

@@ -25,7 +25,7 @@ from .._clock import EPOCH_MS, MS_SHIFT, stamp_ms
 from .._codec import canonical, encode_name, member_size, value_size
 from .._errors import PreconditionFailed
 from .._keys import RecordKey
-from ._base import MISSING, DumpedRecord, StoredRecord
+from ._base import MISSING, DumpedRecord, RecordSealer, StoredRecord
 
 FORMAT = 2
 # What a decoded record costs beyond its JSON, measured on CPython 3.11: the Record and
@@ -56,6 +56,7 @@ class Record:
         "_newest",
         "clear",
         "created",
+        "sealed",
         "stamps",
         "text",
         "text_stamp",
@@ -78,6 +79,9 @@ class Record:
         self._members = 0  # the sum of the properties' JSON member sizes
         self._etag: str | None = None
         self._newest = -1  # the newest live entry's stamp; -1: to be counted again
+        # Read from a store that seals at rest, not opened yet: its sealer and encoded key,
+        # and why it cannot open when it cannot (``RecordSealer``; opened by ``view``).
+        self.sealed: tuple[RecordSealer, str] | None = None
 
     # -- packed form ------------------------------------------------------------------
 
@@ -135,19 +139,25 @@ class Record:
         rec._members = members
         return rec
 
-    def pack(self) -> bytes:
-        """Encode into one bytes object."""
+    def pack(self, sealer: RecordSealer | None = None, record: str = "") -> bytes:
+        """Encode into one bytes object (values sealed by ``sealer``, for the record of
+        encoded key ``record``)."""
         created = self.created
         stamps = self.stamps
         flat: list[Any] = []
-        for name, value in self.values.items():
-            flat += (name, value, stamps[name] - created)
+        if sealer is None:
+            for name, value in self.values.items():
+                flat += (name, value, stamps[name] - created)
+        else:
+            for name, value in self.values.items():
+                flat += (name, sealer.seal(record, name, value), stamps[name] - created)
         tombs: list[Any] = []
         for name, stamp in self.tombs.items():
             tombs += (name, stamp - created)
         fields: list[Any] = [FORMAT, created, self.writes, self.clear, flat, tombs]
         if self.text is not None:
-            fields += (self.text, self.text_stamp)
+            text = self.text if sealer is None else sealer.seal_text(record, self.text)
+            fields += (text, self.text_stamp)
         packed: bytes = msgpack.packb(fields)
         return packed
 
@@ -158,6 +168,7 @@ class Record:
         rec.text, rec.text_stamp = self.text, self.text_stamp
         rec.values, rec.stamps, rec.tombs = dict(self.values), dict(self.stamps), dict(self.tombs)
         rec.top, rec._members, rec._etag = self.top, self._members, self._etag
+        rec.sealed = self.sealed
         rec._newest = self._newest
         return rec
 
@@ -196,7 +207,11 @@ class Record:
         return 1 + self._members + len(values) if values else 2
 
     def view(self, deleted: int = 0) -> StoredRecord:
-        """The read-only form a load returns: a snapshot, not a view of this record."""
+        """The read-only form a load returns: a snapshot, not a view of this record.
+        UnreadableRecord when it was read sealed and does not open."""
+        if self.sealed is not None:
+            sealer, record = self.sealed
+            sealer.open(record, self)
         values = self.values
         if self.text is None:
             if not values:
@@ -358,6 +373,7 @@ class Record:
         was_live = self.live
         self._clear_below(stamp)
         self.tombs = {}
+        self.sealed = None  # nothing read sealed is left
         if isinstance(data, str):
             self.text, self.text_stamp = data, stamp
         elif data is not None:
@@ -385,17 +401,25 @@ class Record:
 
     # -- dumps: moving records between stores, re-sealing in place -------------------------
 
-    def dumped(self, key: RecordKey, expires_ms: int) -> DumpedRecord:
-        """Everything of this record, for ``Store.dump``."""
+    def dumped(
+        self, key: RecordKey, expires_ms: int, sealer: RecordSealer | None = None
+    ) -> DumpedRecord:
+        """Everything of this record, for ``Store.dump`` (values sealed by ``sealer``)."""
         stamps = self.stamps
+        values = {name: (stamps[name], value) for name, value in self.values.items()}
+        text = self.text
+        if sealer is not None:
+            record = key.encode()
+            values = {n: (at, sealer.seal(record, n, v)) for n, (at, v) in values.items()}
+            text = sealer.seal_text(record, text) if text is not None else None
         return DumpedRecord(
             key,
             self.created,
             self.writes,
             self.clear,
-            {name: (stamps[name], value) for name, value in self.values.items()},
+            values,
             dict(self.tombs),
-            self.text,
+            text,
             self.text_stamp,
             expires_ms,
         )

@@ -23,6 +23,7 @@ from typing import Any
 
 from .._change import Change
 from .._errors import StoreError
+from ._base import RecordSealer
 from ._record import FormatError, Record
 
 __all__: list[str] = []
@@ -115,8 +116,11 @@ def _upgrade_from_blobs(conn: sqlite3.Connection) -> None:
     conn.execute("DROP TABLE records")
 
 
-def read_record(conn: sqlite3.Connection, key: str, now_ms: int) -> Record | None:
-    """The record stored under an encoded key, None when missing or expired."""
+def read_record(
+    conn: sqlite3.Connection, key: str, now_ms: int, sealer: RecordSealer | None = None
+) -> Record | None:
+    """The record stored under an encoded key, None when missing or expired (marked for
+    ``sealer`` to open at its first view)."""
     head = conn.execute(_READ_HEAD, (key,)).fetchone()
     if head is None:
         return None
@@ -126,7 +130,10 @@ def read_record(conn: sqlite3.Connection, key: str, now_ms: int) -> Record | Non
     rows = conn.execute(_READ_ROWS, (key,)).fetchall()
     if any(type(row[1]) is str for row in rows):  # TEXT from another program: as bytes
         rows = [(n, v.encode() if type(v) is str else v, s) for n, v, s in rows]
-    return Record.from_rows(created, writes, clear, text, text_stamp, rows)
+    rec = Record.from_rows(created, writes, clear, text, text_stamp, rows)
+    if sealer is not None:
+        sealer.read(key, rec)
+    return rec
 
 
 _LIVE = (
@@ -153,39 +160,71 @@ def live_keys(
     return [row[0] for row in conn.execute(sql, args)]
 
 
-def _write_head(conn: sqlite3.Connection, key: str, rec: Record, expires: int | None) -> None:
+def _write_head(
+    conn: sqlite3.Connection,
+    key: str,
+    rec: Record,
+    expires: int | None,
+    sealer: RecordSealer | None,
+) -> None:
+    text = rec.text
+    if text is not None and sealer is not None:
+        text = sealer.seal_text(key, text)
     conn.execute(
-        _WRITE_HEAD,
-        (key, rec.created, rec.writes, rec.clear, rec.text, rec.text_stamp, expires),
+        _WRITE_HEAD, (key, rec.created, rec.writes, rec.clear, text, rec.text_stamp, expires)
     )
 
 
-def write_record(conn: sqlite3.Connection, key: str, rec: Record, expires: int | None) -> None:
-    """Store a whole record under an encoded key, replacing every row it had."""
+def write_record(
+    conn: sqlite3.Connection,
+    key: str,
+    rec: Record,
+    expires: int | None,
+    sealer: RecordSealer | None = None,
+) -> None:
+    """Store a whole record under an encoded key, replacing every row it had (values
+    sealed by ``sealer``)."""
     conn.execute("DELETE FROM properties WHERE key = ?", (key,))
-    _write_head(conn, key, rec, expires)
+    _write_head(conn, key, rec, expires, sealer)
     stamps = rec.stamps
+    values = rec.values.items()
+    if sealer is not None:
+        values = {name: sealer.seal(key, name, value) for name, value in values}.items()
     rows: Iterable[tuple[str, str, bytes | None, int]] = [
-        *((key, name, value, stamps[name]) for name, value in rec.values.items()),
+        *((key, name, value, stamps[name]) for name, value in values),
         *((key, name, None, stamp) for name, stamp in rec.tombs.items()),
     ]
     conn.executemany(_WRITE_ROW, rows)
 
 
 def write_change(
-    conn: sqlite3.Connection, key: str, rec: Record, change: Change, expires: int | None
+    conn: sqlite3.Connection,
+    key: str,
+    rec: Record,
+    change: Change,
+    expires: int | None,
+    sealer: RecordSealer | None = None,
 ) -> None:
     """Store what merging ``change`` (no ``replace``) changed in ``rec``: its head and
-    the rows of the entries the change won (every row, on the record's first write)."""
+    the rows of the entries the change won (every row, on the record's first write),
+    values sealed by ``sealer``."""
     if rec.writes == 1:
-        write_record(conn, key, rec, expires)
+        write_record(conn, key, rec, expires, sealer)
         return
-    _write_head(conn, key, rec, expires)
+    _write_head(conn, key, rec, expires, sealer)
     stamp = change.stamp
     stamps, values = rec.stamps, rec.values
-    rows: list[tuple[str, str, bytes | None, int]] = [
-        (key, name, values[name], stamp) for name in change.sets if stamps.get(name) == stamp
-    ]
+    if sealer is None:
+        rows: list[tuple[str, str, bytes | None, int]] = [
+            (key, name, values[name], stamp) for name in change.sets if stamps.get(name) == stamp
+        ]
+    else:
+        seal = sealer.seal
+        rows = [
+            (key, name, seal(key, name, values[name]), stamp)
+            for name in change.sets
+            if stamps.get(name) == stamp
+        ]
     if change.removes:
         tombs = rec.tombs
         rows += [(key, name, None, stamp) for name in change.removes if tombs.get(name) == stamp]

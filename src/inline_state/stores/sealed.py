@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 
 from .._change import Change
 from .._codec import SEALED_MARK, SEALED_TEXT
-from .._errors import RecordTooLarge, StoreUnavailable
+from .._errors import RecordTooLarge
 from .._keys import RecordKey, UserRef, decode_key
 from .._message import KINDS, Kind
 from .._seal import HASH_KEY_VARIABLE, KeyRing, KeyRingError, SealError
@@ -32,6 +32,7 @@ from ._base import (
     KeyPage,
     Store,
     StoredRecord,
+    UnreadableRecord,
 )
 
 __all__ = [
@@ -79,10 +80,73 @@ class _Known:
         self.plain: dict[str, bytes] = {}
 
 
-class UnreadableRecord(StoreUnavailable):
-    """A stored value does not open (tampered with, moved, or its key is missing): the
-    turn gets 503, never wrong data. Deleting the user's data and a REST overwrite still
-    work."""
+class _AtRest:
+    """What a sealed store hands a store that seals values itself where they leave the
+    process (``seal_at_rest``: memory://'s packed records, SQLite's rows): the same
+    sealed form, so dumps, copies and rekeys cannot tell the two ways apart."""
+
+    __slots__ = ("_store",)
+
+    def __init__(self, store: SealedStore) -> None:
+        self._store = store
+
+    def seal(self, record: str, name: str, value: bytes) -> bytes:
+        if value[:1] == SEALED_MARK:  # as read, or as dumped
+            return value
+        return self._store.keys.seal(record, name, value)
+
+    def seal_text(self, record: str, text: str) -> str:
+        if text.startswith(SEALED_TEXT):
+            return text
+        return self._store.keys.seal_text(record, text)
+
+    def read(self, record: str, rec: Any) -> None:
+        values, text = rec.values, rec.text
+        plain = sealed = False
+        for value in values.values():
+            if value[:1] == SEALED_MARK:
+                sealed = True
+            else:
+                plain = True
+        if text is not None:
+            if text.startswith(SEALED_TEXT):
+                sealed = True
+            else:
+                plain = True
+        if plain and not self._store._plain_ok:
+            rec.sealed = (_REFUSED, record)
+        elif sealed:
+            rec.sealed = (self, record)
+
+    def open(self, record: str, rec: Any) -> None:
+        keys = self._store.keys
+        try:
+            opened = {
+                name: keys.open(record, name, value)
+                for name, value in rec.values.items()
+                if value[:1] == SEALED_MARK
+            }
+            text = rec.text
+            if text is not None and text.startswith(SEALED_TEXT):
+                text = keys.open_text(record, text)
+        except SealError as exc:
+            raise _unreadable(record, str(exc)) from None
+        rec.values.update(opened)  # sizes stay: a sealed value counts as its plaintext
+        rec.text, rec.sealed = text, None
+
+
+class _Refused:
+    """The mark of a record read holding a plain value where every value is sealed."""
+
+    def open(self, record: str, rec: Any) -> None:
+        raise _unreadable(record, "a plain value where every value is sealed")
+
+
+_REFUSED: Any = _Refused()
+
+
+def _unreadable(record: str, why: str) -> UnreadableRecord:
+    return UnreadableRecord(f"a value of the {decode_key(record).kind} record does not open: {why}")
 
 
 class SealedStore(Store):
@@ -106,6 +170,7 @@ class SealedStore(Store):
         self._records: dict[RecordKey, _Known] = {}
         self._known_bytes = 0
         self._hashing = keys.hash_key_id is not None
+        self._at_rest = False  # the inner store seals at rest itself (see open)
 
     @property
     def cache_stats(self) -> Any:
@@ -125,9 +190,19 @@ class SealedStore(Store):
         except BaseException:
             await self.close()
             raise
+        seal_at_rest = getattr(self.inner, "seal_at_rest", None)
+        if seal_at_rest is not None and not self._hashing:
+            # The store seals where values leave the process and opens where they come
+            # back: a turn on a record it holds decoded seals only what it writes.
+            seal_at_rest(_AtRest(self))
+            self._at_rest = True
 
     async def close(self) -> None:
-        """Close the inner store (or end its clock's lease)."""
+        """Close the inner store (or end its clock's lease); a store sealing at rest
+        for this one stops."""
+        if self._at_rest:
+            self._at_rest = False
+            self.inner.seal_at_rest(None)  # type: ignore[attr-defined]
         if self._owns_inner:
             await self.inner.close()
         elif self._leased:
@@ -352,6 +427,8 @@ class SealedStore(Store):
 
     async def load(self, keys: Sequence[RecordKey]) -> list[StoredRecord]:
         """The inner store's records, opened (UnreadableRecord when one does not)."""
+        if self._at_rest:
+            return await self.inner.load(keys)
         known = self._records
         if self._hashing:
             records = await self.inner.load([(known.get(k) or self._known(k)).stored for k in keys])
@@ -378,6 +455,8 @@ class SealedStore(Store):
 
     async def apply(self, changes: Sequence[Change]) -> list[Any]:
         """The changes, sealed, applied by the inner store."""
+        if self._at_rest:
+            return await self.inner.apply(changes)
         if self._hashing:
             return await self.inner.apply([self._hashed_change(change) for change in changes])
         seal, records = self.keys.seal_values, self._records
@@ -444,6 +523,8 @@ class SealedStore(Store):
         max_bytes: int,
     ) -> str:
         """The whole-record write, sealed; a string's size is checked on its plaintext."""
+        if self._at_rest:
+            return await self.inner.compare_and_set(key, data, etag, max_bytes=max_bytes)
         stored = self._stored_key(key)
         encoded = stored.encode()
         keys = self.keys
@@ -486,6 +567,8 @@ class SealedStore(Store):
         """The inner store's page, opened; a record that does not open is left out (and
         logged)."""
         page = await self.inner.export(bot, channel, cursor=cursor, limit=limit)
+        if self._at_rest:
+            return page
         records: list[tuple[RecordKey, StoredRecord]] = []
         for stored, rec in page.records:
             try:
@@ -557,6 +640,8 @@ class SealedStore(Store):
 
     async def inspect(self, key: RecordKey) -> InspectedRecord:
         """The inner store's, opened."""
+        if self._at_rest:
+            return await self.inner.inspect(key)
         stored = self._stored_key(key)
         inspected = await self.inner.inspect(stored)
         record = inspected.record
