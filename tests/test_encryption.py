@@ -22,6 +22,7 @@ from aiohttp import web
 import inline_state
 from inline_state import (
     Change,
+    DumpedRecord,
     KeyRing,
     KeyRingError,
     MemoryStore,
@@ -31,9 +32,11 @@ from inline_state import (
     Store,
     open_store,
 )
-from inline_state._codec import SEAL_OVERHEAD
+from inline_state._codec import SEAL_OVERHEAD, SEALED_TEXT
 from inline_state._http import STORE_KEY
-from inline_state._seal import key_id, new_key
+from inline_state._seal import SealError, key_id, new_key
+from inline_state.stores._record import Record
+from inline_state.stores.memory import _split
 from inline_state.stores.sealed import KEYS_RECORD, UnreadableRecord, rekey
 
 from .redis_servers import RedisServer
@@ -575,3 +578,112 @@ async def test_rekey_names_a_record_that_does_not_open_and_exits_1(tmp_path: Pat
     code, _, err = await cli("copy", "--from", f"sqlite:///{tmp_path / 'typo.db'}", "--to", url)
     assert code != 0 and "no such SQLite file" in err
     assert not (tmp_path / "typo.db").exists()
+
+
+# -- memory:// and SQLite seal at rest themselves ---------------------------------------------
+
+
+def rows_of(path: Path) -> bytes:
+    with sqlite3.connect(path) as conn:
+        values = conn.execute("SELECT coalesce(value, x'') FROM properties").fetchall()
+        texts = conn.execute("SELECT coalesce(text, '') FROM heads").fetchall()
+    return b"".join(v for (v,) in values) + "".join(t for (t,) in texts).encode()
+
+
+async def test_a_store_sealing_at_rest_goes_on_after_its_sealed_store_closes(
+    tmp_path: Path,
+) -> None:
+    seal = new_key()
+    path, keys = tmp_path / "state.db", ring(seal)
+    inner = SqliteStore(path, cache_bytes=0)
+    async with inner:
+        async with SealedStore(inner, keys, owns_inner=False) as first:
+            # A second sealed store over the same store shares its sealing; it reads the
+            # keys record as stored, whatever the first opened.
+            async with SealedStore(inner, keys, owns_inner=False) as second:
+                await second.apply([Change(USER, {"a": b'"MARK-1"'}, stamp=second.clock.stamp())])
+            await first.apply([Change(USER, {"b": b'"MARK-2"'}, stamp=first.clock.stamp())])
+        await inner.apply([Change(USER, {"c": b'"MARK-3"'}, stamp=inner.clock.stamp())])
+        with pytest.raises(KeyRingError, match="seals it with other keys"):
+            await SealedStore(inner, ring(new_key(), seal), owns_inner=False).open()
+    assert b"MARK-" not in rows_of(path)
+    async with SealedStore(SqliteStore(path), keys) as store:
+        [record] = await store.load([USER])
+        assert dict(record.props) == {"a": b'"MARK-1"', "b": b'"MARK-2"', "c": b'"MARK-3"'}
+
+
+@pytest.mark.parametrize("backend", ["memory", "sqlite"])
+async def test_a_string_that_looks_sealed_is_sealed_too(tmp_path: Path, backend: str) -> None:
+    path, keys = tmp_path / "state.db", ring(new_key())
+    text = SEALED_TEXT + "MARK-card 4111"
+    inner: Store = MemoryStore(cache_bytes=0) if backend == "memory" else SqliteStore(path)
+    async with inner, SealedStore(inner, keys, owns_inner=False) as store:
+        await store.compare_and_set(USER, text, "*", max_bytes=1000)
+        await store.apply(
+            [Change(USER._replace(user="other"), {"a": b"1"}, stamp=store.clock.stamp())]
+        )
+        if isinstance(inner, MemoryStore):  # packed out by the other record
+            at_rest = b"".join(b for records in inner._packed.values() for b in records.values())
+            assert inner._packed_count and b"MARK-" not in at_rest
+        [record] = await store.load([USER])
+        assert record.text == text
+    if isinstance(inner, SqliteStore):
+        assert b"MARK-" not in rows_of(path)
+        async with SealedStore(SqliteStore(path), keys) as store:
+            assert (await store.load([USER]))[0].text == text
+
+
+async def dumped_records(store: Store) -> list[DumpedRecord]:
+    found: list[DumpedRecord] = []
+    cursor: str | None = None
+    while True:
+        page = await store.dump(cursor=cursor)
+        found += page.records
+        cursor = page.cursor
+        if cursor is None:
+            return found
+
+
+@pytest.mark.parametrize("backend", ["memory", "sqlite"])
+async def test_a_restore_where_every_value_is_sealed(tmp_path: Path, backend: str) -> None:
+    keys = ring(new_key())
+
+    def opened(kind: str, name: str) -> Store:
+        return MemoryStore() if kind == "memory" else SqliteStore(tmp_path / name)
+
+    async with (
+        SealedStore(opened(backend, "a.db"), keys) as store,
+        SealedStore(opened(backend, "b.db"), keys) as source,
+    ):
+        assert (await rekey(store)).done  # nothing plain: from now on plain is tampering
+        await store.apply([Change(USER, {"a": b"1"}, stamp=store.clock.stamp())])
+        await source.apply([Change(USER, {"b": b"2"}, stamp=source.clock.stamp())])
+        [dumped] = [r for r in await dumped_records(source) if r.key == USER]
+        # A restore bringing a sealed value leaves the values written here readable.
+        assert await store.restore([dumped]) == 1
+        [record] = await store.load([USER])
+        assert dict(record.props) == {"a": b"1", "b": b"2"}
+        # A plain value is refused, as a rekey refuses it.
+        forged = dumped._replace(values={"b": (dumped.values["b"][0] + 1, b'"forged"')})
+        with pytest.raises(SealError, match="plain value"):
+            await store.restore([forged])
+
+
+async def test_a_tampered_packed_record_does_not_open() -> None:
+    keys = ring(new_key())
+    inner = MemoryStore(cache_bytes=0)
+    async with SealedStore(inner, keys, owns_inner=False) as store:
+        await store.apply([Change(USER, {"secret": b'"mine"'}, stamp=store.clock.stamp())])
+        other = USER._replace(user="other")
+        await store.apply([Change(other, {"a": b"1"}, stamp=store.clock.stamp())])  # packs USER
+        namespace, local = _split(USER.encode())
+        records = inner._packed[namespace]
+        blob = records[local]
+        sealed = Record.unpack(blob).values["secret"]
+        assert sealed[:1] == b"\x00" and b"mine" not in sealed
+        records[local] = blob.replace(sealed, sealed[:-1] + bytes([sealed[-1] ^ 1]))
+        with pytest.raises(UnreadableRecord, match="does not open"):
+            await store.load([USER])
+        # Deleting the user's data still works, and so does an overwrite.
+        await store.compare_and_set(USER, {"secret": b'"new"'}, "*", max_bytes=1000)
+        assert dict((await store.load([USER]))[0].props) == {"secret": b'"new"'}

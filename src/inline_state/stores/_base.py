@@ -50,11 +50,15 @@ class RecordSealer(Protocol):
     def seal(self, record: str, name: str, value: bytes) -> bytes:
         """A value as it is kept at rest (one sealed already, as it is)."""
 
-    def seal_text(self, record: str, text: str) -> str:
-        """A string record's text as it is kept at rest."""
+    def seal_text(self, record: str, text: str, from_rest: bool) -> str:
+        """A string record's text as it is kept at rest (``from_rest``: the record was
+        read from rest and not opened since: its text may be sealed already)."""
 
     def read(self, record: str, rec: Any) -> None:
         """A ``Record`` just read from rest: marks it to be opened at its first view."""
+
+    def restored(self, record: str, rec: Any) -> None:
+        """A ``Record`` a restore merged dumped values into: marks it likewise."""
 
     def open(self, record: str, rec: Any) -> None:
         """Open a marked ``Record``'s values in place; UnreadableRecord when one does

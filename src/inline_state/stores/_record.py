@@ -156,7 +156,9 @@ class Record:
             tombs += (name, stamp - created)
         fields: list[Any] = [FORMAT, created, self.writes, self.clear, flat, tombs]
         if self.text is not None:
-            text = self.text if sealer is None else sealer.seal_text(record, self.text)
+            text = self.text
+            if sealer is not None:
+                text = sealer.seal_text(record, text, self.sealed is not None)
             fields += (text, self.text_stamp)
         packed: bytes = msgpack.packb(fields)
         return packed
@@ -411,7 +413,8 @@ class Record:
         if sealer is not None:
             record = key.encode()
             values = {n: (at, sealer.seal(record, n, v)) for n, (at, v) in values.items()}
-            text = sealer.seal_text(record, text) if text is not None else None
+            if text is not None:
+                text = sealer.seal_text(record, text, self.sealed is not None)
         return DumpedRecord(
             key,
             self.created,

@@ -169,7 +169,7 @@ def _write_head(
 ) -> None:
     text = rec.text
     if text is not None and sealer is not None:
-        text = sealer.seal_text(key, text)
+        text = sealer.seal_text(key, text, rec.sealed is not None)
     conn.execute(
         _WRITE_HEAD, (key, rec.created, rec.writes, rec.clear, text, rec.text_stamp, expires)
     )

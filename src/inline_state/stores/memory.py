@@ -245,7 +245,7 @@ class _Tables(_blob.RecordTable):
     def put_restored(self, key: RecordKey, rec: Record, expires_ms: int) -> None:
         expires = self.store._expires.get(key)
         if self.store.sealer is not None:  # it may hold values as dumped: sealed
-            self.store.sealer.read(key.encode(), rec)
+            self.store.sealer.restored(key.encode(), rec)
         self.put(key, rec)
         if expires_ms or expires is not None:
             self.store._expires[key] = expires_ms or expires  # type: ignore[assignment]

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from .._change import Change
-from .._codec import SEALED_MARK, SEALED_TEXT
+from .._codec import SEALED_MARK, SEALED_MARKS, SEALED_TEXT
 from .._errors import RecordTooLarge
 from .._keys import RecordKey, UserRef, decode_key
 from .._message import KINDS, Kind
@@ -83,43 +83,60 @@ class _Known:
 class _AtRest:
     """What a sealed store hands a store that seals values itself where they leave the
     process (``seal_at_rest``: memory://'s packed records, SQLite's rows): the same
-    sealed form, so dumps, copies and rekeys cannot tell the two ways apart."""
+    sealed form, so dumps, copies and rekeys cannot tell the two ways apart. Sealed
+    stores over one such store share it (they must hold the same keys)."""
 
-    __slots__ = ("_store",)
+    __slots__ = ("keys", "plain_ok")
 
-    def __init__(self, store: SealedStore) -> None:
-        self._store = store
+    def __init__(self, keys: KeyRing, plain_ok: bool) -> None:
+        self.keys = keys
+        self.plain_ok = plain_ok  # until a rekey has sealed every value
 
     def seal(self, record: str, name: str, value: bytes) -> bytes:
-        if value[:1] == SEALED_MARK:  # as read, or as dumped
+        if value[:1] == SEALED_MARK:  # as read from rest, or dumped: no JSON starts so
             return value
-        return self._store.keys.seal(record, name, value)
+        return self.keys.seal(record, name, value)
 
-    def seal_text(self, record: str, text: str) -> str:
-        if text.startswith(SEALED_TEXT):
+    def seal_text(self, record: str, text: str, from_rest: bool) -> str:
+        if from_rest and text.startswith(SEALED_TEXT):  # (a text from a bot may, too)
             return text
-        return self._store.keys.seal_text(record, text)
+        return self.keys.seal_text(record, text)
 
     def read(self, record: str, rec: Any) -> None:
-        values, text = rec.values, rec.text
+        if record == _KEYS_ENCODED:  # sealed by the sealed store itself, read as stored
+            return
         plain = sealed = False
-        for value in values.values():
+        for value in rec.values.values():
             if value[:1] == SEALED_MARK:
                 sealed = True
             else:
                 plain = True
+        text = rec.text
         if text is not None:
             if text.startswith(SEALED_TEXT):
                 sealed = True
             else:
                 plain = True
-        if plain and not self._store._plain_ok:
+        if plain and not self.plain_ok:
             rec.sealed = (_REFUSED, record)
         elif sealed:
             rec.sealed = (self, record)
 
+    def restored(self, record: str, rec: Any) -> None:
+        # Values as dumped are sealed; the rest was written here (SealedStore.restore
+        # refused plain values where every value is sealed).
+        if (
+            record != _KEYS_ENCODED
+            and rec.sealed is None
+            and (
+                any(v[:1] == SEALED_MARK for v in rec.values.values())
+                or (rec.text is not None and rec.text.startswith(SEALED_TEXT))
+            )
+        ):
+            rec.sealed = (self, record)
+
     def open(self, record: str, rec: Any) -> None:
-        keys = self._store.keys
+        keys = self.keys
         try:
             opened = {
                 name: keys.open(record, name, value)
@@ -143,6 +160,7 @@ class _Refused:
 
 
 _REFUSED: Any = _Refused()
+_KEYS_ENCODED = KEYS_RECORD.encode()
 
 
 def _unreadable(record: str, why: str) -> UnreadableRecord:
@@ -171,6 +189,7 @@ class SealedStore(Store):
         self._known_bytes = 0
         self._hashing = keys.hash_key_id is not None
         self._at_rest = False  # the inner store seals at rest itself (see open)
+        self._sealer: _AtRest | None = None
 
     @property
     def cache_stats(self) -> Any:
@@ -186,6 +205,12 @@ class SealedStore(Store):
         else:
             self._leased = await self.inner.ensure_clock()
         try:
+            sealer = getattr(self.inner, "sealer", None)
+            if isinstance(sealer, _AtRest) and sealer.keys.ids != self.keys.ids:
+                raise KeyRingError(
+                    "another SealedStore over this store seals it with other keys"
+                    f" ({', '.join(sealer.keys.ids)}): give every one the same key ring"
+                )
             await self._check_keys()
         except BaseException:
             await self.close()
@@ -193,16 +218,16 @@ class SealedStore(Store):
         seal_at_rest = getattr(self.inner, "seal_at_rest", None)
         if seal_at_rest is not None and not self._hashing:
             # The store seals where values leave the process and opens where they come
-            # back: a turn on a record it holds decoded seals only what it writes.
-            seal_at_rest(_AtRest(self))
+            # back: a turn on a record it holds decoded seals only what it writes. It
+            # goes on doing so after this closes (what it holds stays sealed at rest).
+            if not isinstance(sealer, _AtRest):
+                sealer = _AtRest(self.keys, self._plain_ok)
+                seal_at_rest(sealer)
+            self._sealer = sealer
             self._at_rest = True
 
     async def close(self) -> None:
-        """Close the inner store (or end its clock's lease); a store sealing at rest
-        for this one stops."""
-        if self._at_rest:
-            self._at_rest = False
-            self.inner.seal_at_rest(None)  # type: ignore[attr-defined]
+        """Close the inner store (or end its clock's lease)."""
         if self._owns_inner:
             await self.inner.close()
         elif self._leased:
@@ -297,6 +322,8 @@ class SealedStore(Store):
         if removes or sets:
             await self.inner.apply([Change(KEYS_RECORD, sets, removes, stamp=self.clock.stamp())])
         self._plain_ok = False
+        if self._sealer is not None:
+            self._sealer.plain_ok = False
         self._records.clear()  # it may remember plain values as read
         self._known_bytes = 0
         return sorted(name[len(_KEY_PREFIX) :] for name in removes)
@@ -668,7 +695,17 @@ class SealedStore(Store):
         *,
         reseal: bool = False,
     ) -> int:
-        """The inner store's: values as dumped."""
+        """The inner store's: values as dumped. Where every value is sealed, a plain
+        one is refused (SealError), as a rekey refuses it."""
+        if not self._plain_ok:
+            for dumped in records:
+                if any(v[:1] not in SEALED_MARKS for _, v in dumped.values.values()) or (
+                    dumped.text is not None and not dumped.text.startswith(SEALED_TEXT)
+                ):
+                    raise SealError(
+                        f"the {dumped.key.kind} record to restore holds a plain value, where"
+                        " every value is sealed"
+                    )
         return await self.inner.restore(records, deletions, reseal=reseal)
 
     # -- rekey ---------------------------------------------------------------------------------

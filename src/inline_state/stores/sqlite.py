@@ -233,9 +233,9 @@ class _SqlTable(_blob.RecordTable):
             ).fetchone()
             expires = self._expires(key) if row is None else row[0]
         sealer = self.store.sealer
+        if sealer is not None:  # it may hold values as dumped: sealed (first: the text)
+            sealer.restored(encoded, rec)
         write_record(self.conn, encoded, rec, expires_ms or expires, sealer)
-        if sealer is not None:  # it may hold values as dumped: sealed
-            sealer.read(encoded, rec)
         self._remember(key, rec)
 
     def set_deletion_stamp(self, user: UserRef, stamp: int) -> None:
