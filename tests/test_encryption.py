@@ -138,15 +138,27 @@ async def test_no_plaintext_in_any_redis_value(
     client = await client_for(app)
     await chat(client)
     store: Any = app[STORE_KEY]
-    redis = store.inner.client if encrypted else store.client
-    raw = b""
-    async for name in redis.scan_iter(match=f"{prefix}:*"):
-        if await redis.type(name) == b"hash":
-            raw += b"".join(k + v for k, v in (await redis.hgetall(name)).items())
-        elif await redis.type(name) == b"string":
-            raw += await redis.get(name)
+    raw = await redis_bytes(store.inner.client if encrypted else store.client, prefix)
     assert raw
     assert expected(encrypted)(markers_in(raw))
+
+
+async def redis_bytes(redis: Any, prefix: str) -> bytes:
+    """Everything Redis keeps under a key prefix, as raw bytes: key names, every hash's
+    fields and values (HGETALL, not DUMP, which compresses), sets, sorted sets, strings."""
+    raw = b""
+    async for name in redis.scan_iter(match=f"{prefix}:*"):
+        raw += name
+        kind = await redis.type(name)
+        if kind == b"hash":
+            raw += b"".join(k + v for k, v in (await redis.hgetall(name)).items())
+        elif kind == b"set":
+            raw += b"".join(await redis.smembers(name))
+        elif kind == b"zset":
+            raw += b"".join(await redis.zrange(name, 0, -1))
+        elif kind == b"string":
+            raw += await redis.get(name)
+    return raw
 
 
 # -- bound to its record and property, and never wrong data ----------------------------------

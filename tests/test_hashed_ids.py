@@ -33,7 +33,7 @@ from inline_state.stores.sealed import KEYS_RECORD, UnreadableRecord, rekey
 
 from .redis_servers import RedisServer
 from .support import Client, activity, echo_app, post
-from .test_encryption import cli, file_and_wal
+from .test_encryption import cli, file_and_wal, redis_bytes
 
 StartFn = Callable[[web.Application], Awaitable[Client]]
 SECRET = "rest-secret"
@@ -126,19 +126,7 @@ async def test_no_clear_id_or_name_in_any_redis_key_or_field(
     url = f"redis://127.0.0.1:{redis_server.port}?prefix={prefix}"
     app, _ = echo_app(named, url, encryption=ring_for(hashed))
     await conversation(await client_for(app))
-    redis = app[STORE_KEY].inner.client  # type: ignore[attr-defined]
-    raw = b""
-    async for name in redis.scan_iter(match=f"{prefix}:*"):
-        raw += name
-        kind = await redis.type(name)
-        if kind == b"hash":
-            raw += b"".join(k + v for k, v in (await redis.hgetall(name)).items())
-        elif kind == b"set":
-            raw += b"".join(await redis.smembers(name))
-        elif kind == b"zset":
-            raw += b"".join(await redis.zrange(name, 0, -1))
-        elif kind == b"string":
-            raw += await redis.get(name)
+    raw = await redis_bytes(app[STORE_KEY].inner.client, prefix)  # type: ignore[attr-defined]
     assert raw
     assert marks_in(raw) == expected(hashed)
 
