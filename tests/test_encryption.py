@@ -616,8 +616,8 @@ async def test_a_store_sealing_at_rest_goes_on_after_its_sealed_store_closes(
                 await second.apply([Change(USER, {"a": b'"MARK-1"'}, stamp=second.clock.stamp())])
             await first.apply([Change(USER, {"b": b'"MARK-2"'}, stamp=first.clock.stamp())])
         await inner.apply([Change(USER, {"c": b'"MARK-3"'}, stamp=inner.clock.stamp())])
-        with pytest.raises(KeyRingError, match="seals it with other keys"):
-            await SealedStore(inner, ring(new_key(), seal), owns_inner=False).open()
+        with pytest.raises(KeyRingError, match="seals it with keys this key ring lacks"):
+            await SealedStore(inner, ring(new_key()), owns_inner=False).open()
     assert b"MARK-" not in rows_of(path)
     async with SealedStore(SqliteStore(path), keys) as store:
         [record] = await store.load([USER])
@@ -699,3 +699,36 @@ async def test_a_tampered_packed_record_does_not_open() -> None:
         # Deleting the user's data still works, and so does an overwrite.
         await store.compare_and_set(USER, {"secret": b'"new"'}, "*", max_bytes=1000)
         assert dict((await store.load([USER]))[0].props) == {"secret": b'"new"'}
+
+
+async def test_sealed_stores_over_one_store_share_what_a_rekey_settles(tmp_path: Path) -> None:
+    old, new = new_key(), new_key()
+    inner = MemoryStore()
+    async with inner:
+        async with SealedStore(inner, ring(old), owns_inner=False) as store:
+            await store.apply([Change(USER, {"a": b"1"}, stamp=store.clock.stamp())])
+        # Rotating a memory:// store in its process: a ring holding the old key too.
+        async with (
+            SealedStore(inner, ring(new, old), owns_inner=False) as first,
+            SealedStore(inner, ring(new, old), owns_inner=False) as second,
+        ):
+            assert (await rekey(first)).done
+            [dumped] = [r for r in await dumped_records(inner) if r.key == USER]
+            forged = dumped._replace(values={"a": (dumped.values["a"][0] + 1, b'"forged"')})
+            with pytest.raises(SealError, match="plain value"):
+                await second.restore([forged])  # the first's rekey settled it for both
+            assert dict((await second.load([USER]))[0].props) == {"a": b"1"}
+
+
+async def test_a_restore_leaves_a_string_that_looks_sealed_sealed(tmp_path: Path) -> None:
+    path, keys = tmp_path / "state.db", ring(new_key())
+    text = SEALED_TEXT + "MARK-card 4111"
+    async with SealedStore(SqliteStore(path), keys) as store:
+        await store.compare_and_set(USER, text, "*", max_bytes=1000)
+        [dumped] = [r for r in await dumped_records(store) if r.key == USER]
+        later = dumped._replace(tombs={"x": dumped.text_stamp + 1})  # only a tombstone new
+        assert await store.restore([later]) == 1
+        assert (await store.load([USER]))[0].text == text
+    assert b"MARK-" not in rows_of(path)
+    async with SealedStore(SqliteStore(path), keys) as store:
+        assert (await store.load([USER]))[0].text == text

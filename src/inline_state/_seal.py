@@ -64,8 +64,8 @@ _IDS_NAME = "\x00is:ids"  # the hashed field a record's clear ids are sealed und
 _HASHES_KEPT = 100_000
 _TEXT_AAD = b"\xfe"  # a string record's associated data: never a UTF-8 name's
 _TEXT_IDS_AAD = b"\xfd"  # a string record's, with its clear ids inside
-_DERIVED_KEPT = 4096  # AESGCM objects of recently used records
-_DERIVED_KEYS_KEPT = 65_536  # derived keys of recently used records
+_DERIVED_KEPT = 4096  # AESGCM objects of the records most recently made for
+_DERIVED_KEYS_KEPT = 65_536  # derived keys of the records most recently derived for
 _SEPARATORS = re.compile(r"[\s,]+")
 
 assert 1 + ID_BYTES + NONCE_BYTES + 16 == SEAL_OVERHEAD

@@ -98,7 +98,9 @@ class _AtRest:
         return self.keys.seal(record, name, value)
 
     def seal_text(self, record: str, text: str, from_rest: bool) -> str:
-        if from_rest and text.startswith(SEALED_TEXT):  # (a text from a bot may, too)
+        # A record read from rest (or restored) and not opened since holds its text as
+        # read; a bot's text may start like a sealed one, and is sealed.
+        if from_rest and text.startswith(SEALED_TEXT) and self._opens(record, text):
             return text
         return self.keys.seal_text(record, text)
 
@@ -123,17 +125,24 @@ class _AtRest:
             rec.sealed = (self, record)
 
     def restored(self, record: str, rec: Any) -> None:
-        # Values as dumped are sealed; the rest was written here (SealedStore.restore
-        # refused plain values where every value is sealed).
-        if (
-            record != _KEYS_ENCODED
-            and rec.sealed is None
-            and (
-                any(v[:1] == SEALED_MARK for v in rec.values.values())
-                or (rec.text is not None and rec.text.startswith(SEALED_TEXT))
-            )
+        # Values as dumped are sealed (no JSON starts with their mark); the rest was
+        # written here (SealedStore.restore refused plain values where every value is
+        # sealed). A text is the dump's when it opens (a restore checked that a sealed
+        # one does): a bot's text may start like a sealed one.
+        if record == _KEYS_ENCODED or rec.sealed is not None:
+            return
+        text = rec.text
+        if any(v[:1] == SEALED_MARK for v in rec.values.values()) or (
+            text is not None and text.startswith(SEALED_TEXT) and self._opens(record, text)
         ):
             rec.sealed = (self, record)
+
+    def _opens(self, record: str, text: str) -> bool:
+        try:
+            self.keys.open_text(record, text)
+        except SealError:
+            return False
+        return True
 
     def open(self, record: str, rec: Any) -> None:
         keys = self.keys
@@ -206,10 +215,11 @@ class SealedStore(Store):
             self._leased = await self.inner.ensure_clock()
         try:
             sealer = getattr(self.inner, "sealer", None)
-            if isinstance(sealer, _AtRest) and sealer.keys.ids != self.keys.ids:
+            if isinstance(sealer, _AtRest) and not set(sealer.keys.ids) <= set(self.keys.ids):
                 raise KeyRingError(
-                    "another SealedStore over this store seals it with other keys"
-                    f" ({', '.join(sealer.keys.ids)}): give every one the same key ring"
+                    "another SealedStore over this store seals it with keys this key ring"
+                    f" lacks ({', '.join(sealer.keys.ids)}): give this one every key of that"
+                    " one (a new key first, to rotate)"
                 )
             await self._check_keys()
         except BaseException:
@@ -223,6 +233,9 @@ class SealedStore(Store):
             if not isinstance(sealer, _AtRest):
                 sealer = _AtRest(self.keys, self._plain_ok)
                 seal_at_rest(sealer)
+            else:  # shared: this ring (it holds every key of the other), and the refusal
+                sealer.keys = self.keys
+                sealer.plain_ok = sealer.plain_ok and self._plain_ok
             self._sealer = sealer
             self._at_rest = True
 
@@ -697,18 +710,27 @@ class SealedStore(Store):
     ) -> int:
         """The inner store's: values as dumped. Where every value is sealed, a plain
         one is refused (SealError), as a rekey refuses it."""
-        if not self._plain_ok:
-            for dumped in records:
-                if any(v[:1] not in SEALED_MARKS for _, v in dumped.values.values()) or (
-                    dumped.text is not None and not dumped.text.startswith(SEALED_TEXT)
-                ):
-                    raise SealError(
-                        f"the {dumped.key.kind} record to restore holds a plain value, where"
-                        " every value is sealed"
-                    )
+        plain_ok = self._plain_values_ok()
+        for dumped in records:
+            text = dumped.text
+            if not plain_ok and (
+                any(v[:1] not in SEALED_MARKS for _, v in dumped.values.values())
+                or (text is not None and not text.startswith(SEALED_TEXT))
+            ):
+                raise SealError(
+                    f"the {dumped.key.kind} record to restore holds a plain value, where"
+                    " every value is sealed"
+                )
+            if text is not None and text.startswith(SEALED_TEXT) and self._sealer is not None:
+                self.keys.open_text(dumped.key.encode(), text)  # SealError: it does not open
         return await self.inner.restore(records, deletions, reseal=reseal)
 
     # -- rekey ---------------------------------------------------------------------------------
+
+    def _plain_values_ok(self) -> bool:
+        """Whether a plain value may still be read (no rekey has sealed every one): the
+        shared sealer's answer, where the store seals at rest for several sealed stores."""
+        return self._sealer.plain_ok if self._sealer is not None else self._plain_ok
 
     def resealed(self, dumped: DumpedRecord, counts: dict[str, int]) -> DumpedRecord | None:
         """The record with every value not sealed under the sealing key sealed under
@@ -722,7 +744,7 @@ class SealedStore(Store):
             by = keys.sealed_by(value) or "plain"
             counts[by] = counts.get(by, 0) + 1
             if by != current:
-                if by == "plain" and not self._plain_ok:
+                if by == "plain" and not self._plain_values_ok():
                     raise SealError("a plain value where every value is sealed")
                 value, changed = keys.reseal(encoded, name, value), True
             values[name] = (stamp, value)
@@ -731,7 +753,7 @@ class SealedStore(Store):
             by = keys.text_sealed_by(text) or "plain"
             counts[by] = counts.get(by, 0) + 1
             if by != current:
-                if by == "plain" and not self._plain_ok:
+                if by == "plain" and not self._plain_values_ok():
                     raise SealError("a plain string where every value is sealed")
                 text, changed = keys.reseal_text(encoded, text), True
         return dumped._replace(values=values, text=text) if changed else None
