@@ -169,9 +169,7 @@ class _Tables(_blob.RecordTable):
             blob = records.pop(local, None) if records is not None else None
             if blob is None:
                 return None
-            rec = Record.unpack(blob)
-            if store.sealer is not None:
-                store.sealer.read(encoded, rec)
+            rec = store._unpacked(encoded, blob)
             store._packed_count -= 1
             store.decodes += 1
             store._admit(key, rec)
@@ -297,6 +295,13 @@ class MemoryStore(Store):
         seals and opens nothing.)"""
         self.sealer = sealer
 
+    def _unpacked(self, encoded: str, blob: bytes) -> Record:
+        """A packed record decoded, marked for the sealer to open (if one seals)."""
+        rec = Record.unpack(blob)
+        if self.sealer is not None:
+            self.sealer.read(encoded, rec)
+        return rec
+
     def _admit(self, key: RecordKey, rec: Record) -> None:
         """Put a decoded record in the cache, packing the least recently used out."""
         cost = rec.cost()
@@ -317,7 +322,7 @@ class MemoryStore(Store):
             if packed is None:
                 packed = self._packed[namespace] = {}
             index = self._index.get(namespace)
-            blob = rec.pack(self.sealer, key.encode()) if self.sealer else rec.pack()
+            blob = rec.pack(self.sealer, key.encode())
             packed[index.stored(local) if index is not None else local] = blob
             self._packed_count += 1
 
@@ -502,9 +507,7 @@ class MemoryStore(Store):
             blob = self._packed.get(namespace, {}).get(local)
             if blob is None:
                 return None
-            rec = Record.unpack(blob)
-            if self.sealer is not None:
-                self.sealer.read(key.encode(), rec)
+            rec = self._unpacked(key.encode(), blob)
         if key.kind in self.ttl_ms:
             expires = self._expires.get(key)
             if expires is not None and expires < self.clock.wall_ms():

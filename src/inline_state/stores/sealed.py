@@ -271,7 +271,7 @@ class SealedStore(Store):
         wanted = self.keys.hash_key_id
         hashed = self._check_hashing(record.props)
         if wanted is not None and not hashed:
-            if record.props or await self._holds_records():
+            if record.props or await holds_records(self.inner):
                 raise KeyRingError(
                     "ids and names can only be hashed in a new store: this one already holds"
                     " records with them in the clear (unset the hash key, or start a new store)"
@@ -294,7 +294,7 @@ class SealedStore(Store):
     def _check_hashing(self, entries: Mapping[str, bytes]) -> set[str]:
         """The hash key ids the keys record names; KeyRingError unless they agree with
         this key ring's and with each other."""
-        hashed = {n[len(_HASH_PREFIX) :] for n in entries if n.startswith(_HASH_PREFIX)}
+        hashed = _hash_key_ids(entries)
         wanted = self.keys.hash_key_id
         if len(hashed) > 1 or (hashed and _CLEAR_IDS in entries):
             raise KeyRingError(
@@ -318,9 +318,6 @@ class SealedStore(Store):
                 " clear (unset the hash key, or start a new store)"
             )
         return hashed
-
-    async def _holds_records(self) -> bool:
-        return await holds_records(self.inner)
 
     async def finish_rekey(self) -> list[str]:
         """After a rekey left nothing under an old key and no plain value: forget every
@@ -775,7 +772,12 @@ async def hash_keys_of(store: Store) -> frozenset[str]:
     """The ids of the hash keys a store's ids and names are hashed under (read as
     stored: no key needed); empty for one keeping them in the clear."""
     (record,) = await store.load([KEYS_RECORD])
-    return frozenset(n[len(_HASH_PREFIX) :] for n in record.props if n.startswith(_HASH_PREFIX))
+    return frozenset(_hash_key_ids(record.props))
+
+
+def _hash_key_ids(entries: Mapping[str, bytes]) -> set[str]:
+    """The hash key ids a keys record's entries name."""
+    return {n[len(_HASH_PREFIX) :] for n in entries if n.startswith(_HASH_PREFIX)}
 
 
 class Rekeyed(NamedTuple):
