@@ -25,6 +25,7 @@ from .._message import KINDS, Kind
 from .._seal import HASH_KEY_VARIABLE, KeyRing, KeyRingError, SealError
 from ._base import (
     KEYS_RECORD,
+    ApplyResult,
     DumpedRecord,
     DumpPage,
     ExportPage,
@@ -495,7 +496,15 @@ class SealedStore(Store):
         if self._at_rest:
             return await self.inner.apply(changes)
         if self._hashing:
-            return await self.inner.apply([self._hashed_change(change) for change in changes])
+            pairs = [self._hashed_change(change) for change in changes]
+            results = await self.inner.apply([hashed for hashed, _ in pairs])
+            # Then the ids of each record a change was applied to and that lacked them:
+            # on their own, so that a change refused or stale writes nothing.
+            applied = ApplyResult.APPLIED
+            ids = [i for (_, i), r in zip(pairs, results, strict=True) if i and r is applied]
+            if ids:
+                await self.inner.apply(ids)
+            return results
         seal, records = self.keys.seal_values, self._records
         sealed_changes: list[Change] = []
         for change in changes:
@@ -522,34 +531,43 @@ class SealedStore(Store):
             sealed_changes.append(change)
         return await self.inner.apply(sealed_changes)
 
-    def _hashed_change(self, change: Change) -> Change:
-        """A change as the inner store takes it where ids and names are hashed: under the
-        stored key, names hashed, values sealed with their names, and the record's sealed
-        ids beside them unless it was read (or written) holding them. A turn reads its
-        records before it writes, so only a clear by another process between the two
-        leaves values without ids (until the next write after a read); ids are never
-        removed (a record holding only them reads as missing), and written only with a
-        value (so a change that sets nothing new stays stale, as on any store)."""
+    def _hashed_change(self, change: Change) -> tuple[Change, Change | None]:
+        """A change as the inner store takes it where ids and names are hashed (under the
+        stored key, names hashed, values sealed with their names), and the change that
+        writes the record's sealed ids at the same stamp once it applied, unless it was
+        read (or written) holding them. A change of their own, so that a change whose
+        values are all stale or too large writes nothing, as on any store. A turn reads its records before it
+        writes, so only a clear by another process between the two leaves values
+        without ids (until the next write after a read); ids are never removed (a
+        record holding only them reads as missing), and written only with a value."""
         keys = self.keys
         known = self._records.get(change.key) or self._known(change.key)
         sets, removes = change.sets, change.removes
         sealed: dict[str, bytes] = {}
+        ids_change: Change | None = None
         if sets:
             sealed = keys.seal_named(known.aead, sets)
             if change.replace or keys.ids_field not in known.sealed:
-                ids = known.ids or keys.seal_ids(known.aead, change.key.encode())
-                known.ids = sealed[keys.ids_field] = ids
+                ids = known.ids = known.ids or keys.seal_ids(known.aead, change.key.encode())
+                ids_change = Change(
+                    known.stored,
+                    {keys.ids_field: ids},
+                    stamp=change.stamp,
+                    base=change.base,
+                    max_bytes=change.max_bytes,
+                )
             self._known_bytes += 2 * sum(map(len, sealed.values())) + _ENTRY_BYTES * len(sealed)
         removed = frozenset(map(keys.hash_name, removes)) if removes else removes
+        written = sealed if ids_change is None else {**ids_change.sets, **sealed}
         if change.replace:
-            known.sealed, known.plain = sealed, dict(sets)
+            known.sealed, known.plain = written, dict(sets)
         else:
-            known.sealed = {**known.sealed, **sealed}
+            known.sealed = {**known.sealed, **written}
             known.plain = {**known.plain, **sets}
         if removes:
             known.plain = {n: v for n, v in known.plain.items() if n not in removes}
             known.sealed = {n: v for n, v in known.sealed.items() if n not in removed}
-        return _new(Change, (known.stored, sealed, removed, *change[3:]))
+        return _new(Change, (known.stored, sealed, removed, *change[3:])), ids_change
 
     async def compare_and_set(
         self,
