@@ -26,6 +26,7 @@ from inline_state import (
     open_store,
 )
 from inline_state._clock import HybridClock
+from inline_state.stores import sqlite as sqlite_module
 from inline_state.stores._record import Record
 
 from .support import REPO, RunningBot, RunningProcess, v1_message
@@ -321,6 +322,28 @@ async def test_one_changed_counter_writes_one_row(tmp_path: Path) -> None:
     async with SqliteStore(tmp_path / "s.db") as fresh:  # what the file holds
         [loaded] = await fresh.load([USER])
         assert loaded.props == {**bag, "count": b"2"}
+
+
+async def test_the_wal_stays_bounded_under_steady_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A passive checkpoint never catches up with writes that keep coming, and only a
+    # WAL copied to its end is written again from its start: without restarts it grows
+    # by every commit's pages, for as long as the writes go on.
+    monkeypatch.setattr(sqlite_module, "_WAL_RESTART_FRAMES", 100)
+    wal = tmp_path / "s.db-wal"
+    largest = 0
+    async with SqliteStore(tmp_path / "s.db") as store:
+        for i in range(4000):
+            key = RecordKey("user", "bot-1", None, "", f"u{i % 500}")
+            await store.apply([_change(store, key, n=b"%d" % i, pad=b'"' + b"x" * 300 + b'"')])
+            if i % 100 == 0:
+                largest = max(largest, wal.stat().st_size)
+                await asyncio.sleep(0)
+        [loaded] = await store.load([RecordKey("user", "bot-1", None, "", "u499")])
+        assert loaded.props["n"] == b"3999"
+    # 4000 commits of a few 4 KiB pages each would be tens of MiB.
+    assert 0 < largest < 8 * 1024 * 1024, f"the WAL reached {largest} bytes"
 
 
 _SCHEMA_1 = """

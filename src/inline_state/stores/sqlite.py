@@ -89,6 +89,10 @@ T = TypeVar("T")
 DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
 _DELETIONS_KEPT = 65536  # deletion stamps remembered (a user's is read from the file once)
 _CHECKPOINT_EVERY = 200  # commits (a few pages each) between checkpoints; 1 s at most
+# WAL frames (pages) past which a checkpoint also restarts the WAL: under steady writes a
+# passive checkpoint never catches up with the frames appended while it runs, and only a
+# fully copied WAL is written again from its start, so it would grow without bound.
+_WAL_RESTART_FRAMES = 2000
 _RETRY_FIRST, _RETRY_MOST = 0.001, 0.05  # seconds between tries while the file is locked
 
 logger = logging.getLogger("inline_state")
@@ -249,7 +253,10 @@ class _SqlTable(_blob.RecordTable):
 class _Checkpointer(threading.Thread):
     """Copies the WAL into the database file (``PRAGMA wal_checkpoint(PASSIVE)``, which
     never blocks readers or writers) on its own connection, when nudged or once a
-    second, so a checkpoint's fsync never stalls the event loop."""
+    second, so a checkpoint's fsync never stalls the event loop. When the WAL has grown
+    past ``_WAL_RESTART_FRAMES`` it restarts it (``RESTART``): writers wait for that
+    checkpoint (a store retries a locked file without blocking its loop), and the next
+    write goes to the start of the WAL, which stays bounded."""
 
     def __init__(self, connect: Callable[[], sqlite3.Connection]) -> None:
         super().__init__(name="inline_state-sqlite-checkpoint", daemon=True)
@@ -277,7 +284,9 @@ class _Checkpointer(threading.Thread):
                 self._wake.wait(1.0)
                 self._wake.clear()
                 try:
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    _, frames, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    if frames > _WAL_RESTART_FRAMES:
+                        conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
                 except sqlite3.Error as exc:  # the next one catches up
                     logger.warning("inline_state: SQLite checkpoint failed: %s", exc)
                 if self._stopping:
