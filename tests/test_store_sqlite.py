@@ -334,16 +334,17 @@ async def test_the_wal_stays_bounded_under_steady_writes(
     wal = tmp_path / "s.db-wal"
     largest = 0
     async with SqliteStore(tmp_path / "s.db") as store:
-        for i in range(4000):
+        for i in range(12000):
             key = RecordKey("user", "bot-1", None, "", f"u{i % 500}")
             await store.apply([_change(store, key, n=b"%d" % i, pad=b'"' + b"x" * 300 + b'"')])
             if i % 100 == 0:
                 largest = max(largest, wal.stat().st_size)
                 await asyncio.sleep(0)
         [loaded] = await store.load([RecordKey("user", "bot-1", None, "", "u499")])
-        assert loaded.props["n"] == b"3999"
-    # 4000 commits of a few 4 KiB pages each would be tens of MiB.
-    assert 0 < largest < 8 * 1024 * 1024, f"the WAL reached {largest} bytes"
+        assert loaded.props["n"] == b"11999"
+    # 12,000 commits of a few 4 KiB pages each come to over 100 MiB; a restart can come
+    # late (its thread waits for the GIL and the lock), so the bound is loose.
+    assert 0 < largest < 48 * 1024 * 1024, f"the WAL reached {largest} bytes"
 
 
 _SCHEMA_1 = """
