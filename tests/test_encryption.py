@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hmac
 import logging
 import os
 import sqlite3
 import sys
 import uuid
+import zlib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 import inline_state
 from inline_state import (
@@ -34,7 +37,7 @@ from inline_state import (
 )
 from inline_state._codec import SEAL_OVERHEAD, SEALED_TEXT
 from inline_state._http import STORE_KEY
-from inline_state._seal import SealError, key_id, new_key
+from inline_state._seal import BUCKETS, SealError, key_id, new_key
 from inline_state.stores._record import Record
 from inline_state.stores.memory import _split
 from inline_state.stores.sealed import KEYS_RECORD, UnreadableRecord, rekey
@@ -174,11 +177,41 @@ def tamper(path: Path, name: str, change: Callable[[bytes], bytes]) -> None:
             )
 
 
+def a_user_in_the_bucket_of(key: RecordKey, same: bool) -> RecordKey:
+    """Another user's record sealed under the same bucket key as ``key`` (so that only
+    the record's part of the associated data can tell the two apart), or another one."""
+    bucket = zlib.crc32(key.encode().encode()) % BUCKETS
+    for n in range(100 * BUCKETS):
+        other = key._replace(user=f"user-{n}")
+        if other != key and (zlib.crc32(other.encode().encode()) % BUCKETS == bucket) == same:
+            return other
+    raise AssertionError("no such user among the first ones")
+
+
+def test_the_sealed_form_opens_by_its_specification() -> None:
+    """What the module docstring and the README say, done apart from the key ring: the
+    bucket key an HMAC of the master over the bucket's number, the bucket the CRC-32 of
+    the record's encoded key, the associated data that key (length first) and the name."""
+    master = os.urandom(32)
+    keys = KeyRing([master], source="the test")
+    record, name, value = USER.encode(), "secret", b'"mine"'
+    sealed = keys.seal(record, name, value)
+    assert sealed[:5] == b"\x00" + hmac.digest(master, b"inline_state key id", "sha256")[:4]
+    encoded = record.encode()
+    bucket = zlib.crc32(encoded) % 1024
+    key = hmac.digest(master, b"inline_state bucket " + bucket.to_bytes(2, "big"), "sha256")
+    aad = len(encoded).to_bytes(4, "big") + encoded + name.encode()
+    assert AESGCM(key).decrypt(sealed[5:17], sealed[17:], aad) == value
+    assert len(sealed) == len(value) + SEAL_OVERHEAD
+    assert keys.open(record, name, sealed) == value
+
+
+@pytest.mark.parametrize("same_bucket", [True, False], ids=["same-bucket", "other-bucket"])
 async def test_a_value_moved_to_another_record_or_property_does_not_open(
-    tmp_path: Path,
+    tmp_path: Path, same_bucket: bool
 ) -> None:
     path, keys = tmp_path / "state.db", ring(new_key())
-    other = USER._replace(user="user-2")
+    other = a_user_in_the_bucket_of(USER, same_bucket)
     async with SealedStore(SqliteStore(path), keys) as store:
         for key in (USER, other):
             await store.apply([Change(key, {"secret": b'"mine"'}, stamp=store.clock.stamp())])

@@ -1,12 +1,15 @@
 """Sealing stored values: the key ring and the sealed form. A leaf (``cryptography`` is
 the ``encryption`` extra).
 
-A value is sealed with AES-256-GCM under a key derived for its record: HMAC-SHA256 of
-the master key over the record's encoded key. The property name is the associated data,
-so a value copied into another record (another derived key) or another property (other
-associated data) fails to open. Nonces are 96 random bits, which bounds a key to about
-2**32 seals; with a key per record, that bound is per record, which no record comes near
-(at one write per second, 136 years).
+A value is sealed with AES-256-GCM under one of 1,024 bucket keys of its master key
+(HMAC-SHA256 of the master key over the bucket's number), the bucket picked by the
+CRC-32 of the record's encoded key. The associated data is the record's encoded key
+(length first) and the property name, so a value copied into another record or
+another property fails to open. Nonces are 96 random bits, which bounds a key to about
+2**32 seals; spread over 1,024 buckets, a master key is good for about 2**42 (at 10,000
+writes a second, 14 years), and one record's seals stay under one bucket's bound (at
+one write a second, 136 years). Every bucket key is kept made once it has sealed
+(about 2.7 KiB each, with OpenSSL's contexts), so a seal derives nothing.
 
 Sealed form: ``SEALED_MARK`` (the byte 0, which no JSON text starts with), the 4-byte id
 of the master key, the 12-byte nonce, the ciphertext and its 16-byte tag: 33 bytes more
@@ -32,7 +35,7 @@ import hashlib
 import hmac
 import os
 import re
-from collections import OrderedDict
+import zlib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -64,8 +67,7 @@ _IDS_NAME = "\x00is:ids"  # the hashed field a record's clear ids are sealed und
 _HASHES_KEPT = 100_000
 _TEXT_AAD = b"\xfe"  # a string record's associated data: never a UTF-8 name's
 _TEXT_IDS_AAD = b"\xfd"  # a string record's, with its clear ids inside
-_DERIVED_KEPT = 4096  # AESGCM objects of the records most recently made for
-_DERIVED_KEYS_KEPT = 65_536  # derived keys of the records most recently derived for
+BUCKETS = 1024  # bucket keys per master key: a power of two (picked by a mask)
 _SEPARATORS = re.compile(r"[\s,]+")
 
 assert 1 + ID_BYTES + NONCE_BYTES + 16 == SEAL_OVERHEAD
@@ -126,10 +128,9 @@ class KeyRing:
             raise KeyRingError(f"{source} holds no key")
         self.source = source
         self._current = next(iter(self._keys))
-        # (OrderedDicts: the oldest goes in O(1); a dict's first key is found by a scan
-        # over the slots its deletions left.)
-        self._derived: OrderedDict[tuple[bytes, str], AESGCM] = OrderedDict()
-        self._derived_keys: OrderedDict[tuple[bytes, str], bytes] = OrderedDict()
+        self._buckets: dict[bytes, list[AESGCM | None]] = {
+            ident: [None] * BUCKETS for ident in self._keys
+        }
         self._prefix = SEALED_MARK + self._current
         if hash_key is not None:
             if len(hash_key) != KEY_BYTES:
@@ -227,72 +228,71 @@ class KeyRing:
         """A property name as stored when names are hashed."""
         return self._hash(2, name)
 
-    def _aead(self, ident: bytes, record: str) -> AESGCM:
-        derived = self._derived.get((ident, record))
-        if derived is None:
-            # Two caches, oldest out first: a record's derived key (about 200 bytes kept,
-            # 1.3 us to derive again) for many records, and its AESGCM object (about
-            # 2.7 KiB, with OpenSSL's contexts; 0.8 us to make again) for fewer.
-            key = self._derived_keys.get((ident, record))
-            if key is None:
-                master = self._keys.get(ident)
-                if master is None:
-                    raise SealError(
-                        f"sealed under key {ident.hex()}, which is not configured"
-                        f" (configured: {', '.join(self.ids)})"
-                    )
-                key = hmac.digest(master, _utf8(record), "sha256")
-                if len(self._derived_keys) >= _DERIVED_KEYS_KEPT:
-                    self._derived_keys.popitem(last=False)
-                self._derived_keys[ident, record] = key
-            derived = AESGCM(key)
-            if len(self._derived) >= _DERIVED_KEPT:
-                self._derived.popitem(last=False)
-            self._derived[ident, record] = derived
-        return derived
+    def _bucket(self, ident: bytes, record: bytes) -> AESGCM:
+        buckets = self._buckets.get(ident)
+        if buckets is None:
+            raise SealError(
+                f"sealed under key {ident.hex()}, which is not configured"
+                f" (configured: {', '.join(self.ids)})"
+            )
+        number = zlib.crc32(record) & (BUCKETS - 1)
+        aead = buckets[number]
+        if aead is None:
+            key = hmac.digest(self._keys[ident], _BUCKET + number.to_bytes(2, "big"), "sha256")
+            aead = buckets[number] = AESGCM(key)
+        return aead
 
-    def record_aead(self, record: str) -> AESGCM:
-        """The AEAD of the sealing key for the record of encoded key ``record``."""
-        return self._aead(self._current, record)
+    def record_aead(self, record: str) -> RecordAead:
+        """The sealing key's AEAD for the record of encoded key ``record``."""
+        encoded = _utf8(record)
+        return RecordAead(self._bucket(self._current, encoded), _binding(encoded))
 
     def seal(self, record: str, name: str, value: bytes) -> bytes:
         """The sealed form of a property's value in the record of encoded key ``record``."""
-        aead = self._derived.get((self._current, record)) or self.record_aead(record)
+        encoded = _utf8(record)
         nonce = os.urandom(NONCE_BYTES)  # from the OS per seal, as in seal_values
-        return self._prefix + nonce + aead.encrypt(nonce, value, _utf8(name))
+        return (
+            self._prefix
+            + nonce
+            + self._bucket(self._current, encoded).encrypt(
+                nonce, value, _binding(encoded) + _utf8(name)
+            )
+        )
 
-    def seal_values(self, aead: AESGCM, values: Mapping[str, bytes]) -> dict[str, bytes]:
+    def seal_values(self, aead: RecordAead, values: Mapping[str, bytes]) -> dict[str, bytes]:
         """Several values of one record sealed (``aead`` is its ``record_aead``)."""
-        prefix, urandom, encrypt = self._prefix, os.urandom, aead.encrypt
+        prefix, urandom, encrypt, binding = self._prefix, os.urandom, aead.encrypt, aead.binding
         sealed: dict[str, bytes] = {}
         for name, value in values.items():
             # A nonce from the OS per seal: nothing shared that a thread or a forked
             # worker could hand out twice.
             nonce = urandom(NONCE_BYTES)
             sealed[name] = (
-                prefix + nonce + encrypt(nonce, value, name.encode("utf-8", "surrogatepass"))
+                prefix
+                + nonce
+                + encrypt(nonce, value, binding + name.encode("utf-8", "surrogatepass"))
             )
         return sealed
 
-    def seal_named(self, aead: AESGCM, values: Mapping[str, bytes]) -> dict[str, bytes]:
+    def seal_named(self, aead: RecordAead, values: Mapping[str, bytes]) -> dict[str, bytes]:
         """Several values of one record sealed each with its name inside, under the
         field its name hashes to (``aead`` is the record's ``record_aead``)."""
         prefix = SEALED_NAMED_MARK + self._current
         urandom, encrypt, hash_name = os.urandom, aead.encrypt, self.hash_name
+        bound = aead.binding + SEALED_NAMED_MARK
         sealed: dict[str, bytes] = {}
         for name, value in values.items():
             field, named = hash_name(name), encode_name(name)
             nonce = urandom(NONCE_BYTES)
             plain = len(named).to_bytes(4, "big") + named + value
-            aad = SEALED_NAMED_MARK + field.encode()
-            sealed[field] = prefix + nonce + encrypt(nonce, plain, aad)
+            sealed[field] = prefix + nonce + encrypt(nonce, plain, bound + field.encode())
         return sealed
 
-    def seal_ids(self, aead: AESGCM, clear_key: str) -> bytes:
+    def seal_ids(self, aead: RecordAead, clear_key: str) -> bytes:
         """A record's clear encoded key, sealed to be stored beside its values under
         ``ids_field``."""
         nonce = os.urandom(NONCE_BYTES)
-        aad = SEALED_IDS_MARK + self.ids_field.encode()
+        aad = aead.binding + SEALED_IDS_MARK + self.ids_field.encode()
         sealed = aead.encrypt(nonce, _utf8(clear_key), aad)
         return SEALED_IDS_MARK + self._current + nonce + sealed
 
@@ -322,7 +322,8 @@ class KeyRing:
         plain = self._open(record, value, _utf8(field))
         nonce = os.urandom(NONCE_BYTES)
         aead = self.record_aead(record)
-        return mark + self._current + nonce + aead.encrypt(nonce, plain, _aad(mark, _utf8(field)))
+        aad = aead.binding + _aad(mark, _utf8(field))
+        return mark + self._current + nonce + aead.encrypt(nonce, plain, aad)
 
     def open(self, record: str, name: str, value: bytes) -> bytes:
         """The plaintext of a sealed value; SealError when it does not open."""
@@ -334,9 +335,11 @@ class KeyRing:
             raise SealError("not a sealed value")
         ident = value[1 : 1 + ID_BYTES]
         nonce = value[1 + ID_BYTES : 1 + ID_BYTES + NONCE_BYTES]
+        encoded = _utf8(record)
+        aead = self._bucket(ident, encoded)
         try:
-            return self._aead(ident, record).decrypt(
-                nonce, value[1 + ID_BYTES + NONCE_BYTES :], _aad(mark, field)
+            return aead.decrypt(
+                nonce, value[1 + ID_BYTES + NONCE_BYTES :], _binding(encoded) + _aad(mark, field)
             )
         except InvalidTag:
             raise SealError(
@@ -362,7 +365,8 @@ class KeyRing:
 
     def _seal_text_plain(self, record: str, plain: bytes, aad: bytes) -> str:
         nonce = os.urandom(NONCE_BYTES)
-        sealed = self.record_aead(record).encrypt(nonce, plain, aad)
+        aead = self.record_aead(record)
+        sealed = aead.encrypt(nonce, plain, aead.binding + aad)
         return SEALED_TEXT + base64.b64encode(self._prefix + nonce + sealed).decode()
 
     def _open_text_plain(self, record: str, text: str) -> tuple[bytes, bytes]:
@@ -406,10 +410,30 @@ class KeyRing:
         return value[1 : 1 + ID_BYTES].hex()
 
 
+class RecordAead:
+    """The sealing key's AEAD for one record, and the record's part of the associated
+    data (kept per record by a sealed store: made once, used for every seal)."""
+
+    __slots__ = ("binding", "encrypt")
+
+    def __init__(self, aead: AESGCM, binding: bytes) -> None:
+        self.encrypt = aead.encrypt
+        self.binding = binding
+
+
+_BUCKET = b"inline_state bucket "
+
+
+def _binding(record: bytes) -> bytes:
+    """A record's part of its values' associated data: its encoded key, length first
+    (so that no key and name can pass for another key and name)."""
+    return len(record).to_bytes(4, "big") + record
+
+
 def _aad(mark: bytes, field: bytes) -> bytes:
-    """A sealed value's associated data: its field's name, after its mark for the forms
-    hashing adds (so that changing a mark, which sizes are counted by, fails to open; a
-    value of the first form keeps the name alone, as it was sealed before)."""
+    """A sealed value's associated data after its record's: its field's name, after its
+    mark for the forms hashing adds (so that changing a mark, which sizes are counted
+    by, fails to open)."""
     return field if mark == SEALED_MARK else mark + field
 
 
